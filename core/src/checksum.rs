@@ -1,0 +1,148 @@
+//! CRC-64 checksums as LTX defines them.
+//!
+//! Two checksums matter:
+//! - the **file checksum** of an LTX file: CRC-64 (Go's `crc64.ISO` table, the `CRC_64_GO_ISO`
+//!   catalogue entry) over the file's logical content, with bit 63 set;
+//! - the **database checksum**: XOR over every page but the lock-byte page of
+//!   `CRC-64(pgno as u32 big-endian || page)`, each term with bit 63 set, and the result with
+//!   bit 63 set. XOR makes it incremental: replacing a page is `sum ^ old ^ new`.
+
+use crc::{Crc, Digest, Table};
+
+/// Bit 63, set on every stored checksum so that zero always means "absent".
+pub const CHECKSUM_FLAG: u64 = 1 << 63;
+
+static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&crc::CRC_64_GO_ISO);
+
+/// A running CRC-64 (ISO) digest.
+pub struct Hasher(Digest<'static, u64, Table<16>>);
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self(CRC64.digest())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest so far with [`CHECKSUM_FLAG`] set, as LTX stores it.
+    pub fn finish_flagged(self) -> u64 {
+        CHECKSUM_FLAG | self.0.finalize()
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
+/// The checksum of one page as it contributes to the database checksum.
+pub fn page_checksum(pgno: u32, page: &[u8]) -> u64 {
+    let mut digest = CRC64.digest();
+    digest.update(&pgno.to_be_bytes());
+    digest.update(page);
+    CHECKSUM_FLAG | digest.finalize()
+}
+
+/// The page number holding byte offset 1 GiB (SQLite's PENDING_BYTE). SQLite never writes it, LTX
+/// files never carry it and the database checksum leaves it out.
+pub fn lock_pgno(page_size: u32) -> u32 {
+    const PENDING_BYTE: u32 = 0x4000_0000;
+    PENDING_BYTE / page_size + 1
+}
+
+/// An incremental database checksum (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbChecksum(u64);
+
+impl DbChecksum {
+    /// The checksum of an empty database.
+    pub const EMPTY: DbChecksum = DbChecksum(CHECKSUM_FLAG);
+
+    pub fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Adds (or, applied twice, removes) one page's contribution.
+    pub fn toggle(&mut self, page_sum: u64) {
+        self.0 = CHECKSUM_FLAG | (self.0 ^ page_sum);
+    }
+
+    /// Computes the checksum of a whole database image read page by page.
+    pub fn of_pages<'a>(pages: impl IntoIterator<Item = (u32, &'a [u8])>, page_size: u32) -> Self {
+        let lock = lock_pgno(page_size);
+        let mut sum = Self::EMPTY;
+        for (pgno, page) in pages {
+            if pgno != lock {
+                sum.toggle(page_checksum(pgno, page));
+            }
+        }
+        sum
+    }
+}
+
+/// Computes the database checksum of a file, streaming it one page at a time.
+pub fn checksum_file(file: &std::fs::File, page_size: u32) -> std::io::Result<DbChecksum> {
+    use std::io::Read;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let lock = lock_pgno(page_size);
+    let mut page = vec![0u8; page_size as usize];
+    let mut sum = DbChecksum::EMPTY;
+    let mut pgno: u32 = 0;
+    loop {
+        match reader.read_exact(&mut page) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        pgno += 1;
+        if pgno != lock {
+            sum.toggle(page_checksum(pgno, &page));
+        }
+    }
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc64_matches_go_iso_check_value() {
+        let mut h = Hasher::new();
+        h.update(b"123456789");
+        assert_eq!(h.finish_flagged(), CHECKSUM_FLAG | 0xb909_56c7_75a4_1001);
+    }
+
+    #[test]
+    fn lock_page_numbers() {
+        assert_eq!(lock_pgno(4096), 262_145);
+        assert_eq!(lock_pgno(512), 2_097_153);
+        assert_eq!(lock_pgno(65536), 16_385);
+    }
+
+    #[test]
+    fn database_checksum_is_incremental() {
+        let a = vec![1u8; 512];
+        let b = vec![2u8; 512];
+        let c = vec![3u8; 512];
+        let full = DbChecksum::of_pages([(1, &a[..]), (2, &b[..])], 512);
+        let mut inc = DbChecksum::of_pages([(1, &a[..]), (2, &c[..])], 512);
+        inc.toggle(page_checksum(2, &c));
+        inc.toggle(page_checksum(2, &b));
+        assert_eq!(full, inc);
+        assert_ne!(full, DbChecksum::EMPTY);
+    }
+}

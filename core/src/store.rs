@@ -1,0 +1,361 @@
+//! The object-store seam: the only way the engine and restore reach a replica.
+//!
+//! Keys are `/`-separated and relative to the replica's root. Every implementation (a local
+//! directory here, S3 and the simulator's in-memory store elsewhere) keeps the same contract,
+//! checked by one conformance suite (`tests/store_conformance.rs`):
+//!
+//! - `put` is atomic: a reader sees the whole old object, the whole new one, or nothing; never a
+//!   prefix. Once `put` returns `Ok` the object is durable (for a directory: file and directory
+//!   fsynced). If `put` fails or the process dies during it, the object is either absent or
+//!   whole; a leftover temporary object is never listed.
+//! - `put` with [`PutMode::Create`] fails with [`StoreErrorKind::AlreadyExists`] if the key
+//!   exists, atomically with respect to other `Create` puts on the same store.
+//! - `list` returns every object under a prefix in lexicographic key order.
+//! - `get_range` returns exactly the requested bytes, or fewer only at the end of the object.
+//! - `delete` of a missing key succeeds (deletes are idempotent).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+/// What kind of failure, so callers can decide whether to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    NotFound,
+    AlreadyExists,
+    /// Worth retrying: timeouts, 5xx, throttling, resets.
+    Transient,
+    /// Not worth retrying: permissions, missing bucket, bad configuration, full disk.
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {location}: {message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub op: &'static str,
+    /// The store and key involved, e.g. `file:///backups/app.db/ltx/0/...`.
+    pub location: String,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, op: &'static str, location: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { kind, op, location: location.into(), message: message.into() }
+    }
+
+    fn from_io(op: &'static str, location: impl Into<String>, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::NotFound => StoreErrorKind::NotFound,
+            K::AlreadyExists => StoreErrorKind::AlreadyExists,
+            K::Interrupted | K::TimedOut | K::WouldBlock => StoreErrorKind::Transient,
+            _ => StoreErrorKind::Permanent,
+        };
+        Self::new(kind, op, location, e.to_string())
+    }
+}
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// The timestamp given at `put` (for LTX files, the file's creation time), in Unix ms.
+    pub timestamp_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PutMode {
+    #[default]
+    Overwrite,
+    /// Only if the key does not exist yet.
+    Create,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    /// Stored as the object's timestamp (file mtime, S3 `litestream-timestamp` metadata).
+    pub timestamp_ms: i64,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// A description for messages, e.g. `file:///backups/app.db`. Never contains secrets.
+    fn describe(&self) -> String;
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError>;
+
+    /// Reads `len` bytes from `offset` (fewer at the end of the object).
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// A local file holding the object, when the store is a directory, so readers can skip a
+    /// download. `None` for remote stores.
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Rejects keys that could escape the store's root or name temporaries.
+fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), StoreError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        || key.ends_with(TMP_SUFFIX);
+    if bad {
+        return Err(StoreError::new(StoreErrorKind::Permanent, op, format!("{store}/{key}"), "invalid key"));
+    }
+    Ok(())
+}
+
+const TMP_SUFFIX: &str = ".tmp";
+
+/// A replica in a local directory: keys are relative paths, objects are files.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        key.split('/').fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    fn location(&self, key: &str) -> String {
+        self.path(key).display().to_string()
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn mtime_ms(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result<()> {
+    let dir = final_path.parent().ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut name = final_path.file_name().unwrap_or_default().to_os_string();
+    // Unique per writer so concurrent puts of one key never share a temporary.
+    name.push(format!(".{}.{:x}{TMP_SUFFIX}", std::process::id(), rand_suffix()));
+    let tmp = dir.join(name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        let when = UNIX_EPOCH + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
+        f.set_modified(when)?;
+        f.sync_all()?;
+        drop(f);
+        match opts.mode {
+            PutMode::Overwrite => std::fs::rename(&tmp, final_path)?,
+            // link(2) fails if the target exists: an atomic create-if-absent.
+            PutMode::Create => {
+                std::fs::hard_link(&tmp, final_path)?;
+                std::fs::remove_file(&tmp)?;
+            }
+        }
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (u64::from(nanos) << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+fn list_dir(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        let Ok(rel) = path.strip_prefix(root) else { continue };
+        let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        if ft.is_dir() {
+            if prefix.starts_with(&key) || key.starts_with(prefix) {
+                list_dir(root, &path, prefix, out)?;
+            }
+        } else if ft.is_file() && key.starts_with(prefix) && !key.ends_with(TMP_SUFFIX) {
+            let meta = entry.metadata()?;
+            out.push(ObjectMeta { key, size: meta.len(), timestamp_ms: mtime_ms(&meta) });
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Permanent, "task", "", e.to_string()))?
+}
+
+#[async_trait]
+impl ObjectStore for DirStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        check_key("put", &self.describe(), key)?;
+        let (path, loc) = (self.path(key), self.location(key));
+        blocking(move || put_file(&path, &data, opts).map_err(|e| StoreError::from_io("put", loc, &e))).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        check_key("get", &self.describe(), key)?;
+        let (path, loc) = (self.path(key), self.location(key));
+        blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let io = |e: std::io::Error| StoreError::from_io("get", loc.clone(), &e);
+            let f = std::fs::File::open(&path).map_err(io)?;
+            let size = f.metadata().map_err(io)?.len();
+            let end = offset.saturating_add(len).min(size);
+            let mut buf = vec![0u8; usize::try_from(end.saturating_sub(offset)).unwrap_or(0)];
+            f.read_exact_at(&mut buf, offset).map_err(io)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        check_key("head", &self.describe(), key)?;
+        let (path, loc, key) = (self.path(key), self.location(key), key.to_string());
+        blocking(move || {
+            let meta = std::fs::metadata(&path).map_err(|e| StoreError::from_io("head", loc, &e))?;
+            Ok(ObjectMeta { key, size: meta.len(), timestamp_ms: mtime_ms(&meta) })
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let (root, prefix, loc) = (self.root.clone(), prefix.to_string(), self.describe());
+        blocking(move || {
+            let mut out = Vec::new();
+            list_dir(&root, &root, &prefix, &mut out).map_err(|e| StoreError::from_io("list", loc, &e))?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key("delete", &self.describe(), key)?;
+        let (path, loc) = (self.path(key), self.location(key));
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::from_io("delete", loc, &e)),
+        })
+        .await
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
+}
+
+/// An in-memory store: the simulator's backend and a reference for the conformance suite.
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    objects: Arc<Mutex<std::collections::BTreeMap<String, (Vec<u8>, i64)>>>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (Vec<u8>, i64)>> {
+        // A panic while holding the lock cannot leave a half-applied put: each operation is a
+        // single map call, so the data is consistent even if the mutex is poisoned.
+        self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemStore {
+    fn describe(&self) -> String {
+        "mem://".to_string()
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        check_key("put", "mem:/", key)?;
+        let mut objects = self.lock();
+        if opts.mode == PutMode::Create && objects.contains_key(key) {
+            return Err(StoreError::new(StoreErrorKind::AlreadyExists, "put", format!("mem://{key}"), "object exists"));
+        }
+        objects.insert(key.to_string(), (data, opts.timestamp_ms));
+        Ok(())
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let objects = self.lock();
+        let (data, _) = objects
+            .get(key)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "get", format!("mem://{key}"), "no such object"))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX).min(data.len());
+        Ok(data.get(start..end).unwrap_or_default().to_vec())
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let objects = self.lock();
+        let (data, ts) = objects
+            .get(key)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "head", format!("mem://{key}"), "no such object"))?;
+        Ok(ObjectMeta { key: key.to_string(), size: data.len() as u64, timestamp_ms: *ts })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let objects = self.lock();
+        Ok(objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (d, ts))| ObjectMeta { key: k.clone(), size: d.len() as u64, timestamp_ms: *ts })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+}

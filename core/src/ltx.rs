@@ -43,7 +43,9 @@ pub enum LtxError {
     InvalidPage(String),
     #[error("file is truncated")]
     Truncated,
-    #[error("file checksum mismatch: trailer says {stored:016x}, content hashes to {computed:016x}")]
+    #[error(
+        "file checksum mismatch: trailer says {stored:016x}, content hashes to {computed:016x}"
+    )]
     FileChecksumMismatch { stored: u64, computed: u64 },
     #[error(
         "database checksum mismatch: trailer says {stored:016x}, pages hash to {computed:016x}"
@@ -162,7 +164,9 @@ impl Header {
         }
         if self.is_snapshot() || !self.has_checksums() {
             if self.pre_apply_checksum != 0 {
-                return bad("pre-apply checksum not allowed on a snapshot or no-checksum file".into());
+                return bad(
+                    "pre-apply checksum not allowed on a snapshot or no-checksum file".into(),
+                );
             }
         } else if self.pre_apply_checksum & CHECKSUM_FLAG == 0 {
             return bad("pre-apply checksum missing".into());
@@ -250,7 +254,11 @@ pub struct Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     pub fn new(inner: W, header: Header) -> Result<Self, LtxError> {
         header.validate()?;
-        let mut out = Counted { inner, offset: 0, hash: Hasher::new() };
+        let mut out = Counted {
+            inner,
+            offset: 0,
+            hash: Hasher::new(),
+        };
         out.write_hashed(&header.encode())?;
         let bound = lz4_flex::block::get_maximum_output_size(header.page_size as usize);
         Ok(Self {
@@ -271,7 +279,11 @@ impl<W: Write> Encoder<W> {
         let h = &self.header;
         let bad = |s: String| Err(LtxError::InvalidPage(s));
         if page.len() != h.page_size as usize {
-            return bad(format!("page {pgno} has {} bytes, want {}", page.len(), h.page_size));
+            return bad(format!(
+                "page {pgno} has {} bytes, want {}",
+                page.len(),
+                h.page_size
+            ));
         }
         if pgno == 0 || pgno > h.commit {
             return bad(format!("page {pgno} outside 1..={}", h.commit));
@@ -281,13 +293,23 @@ impl<W: Write> Encoder<W> {
             return bad(format!("page {pgno} is the lock page"));
         }
         if h.is_snapshot() {
-            let expected = if self.prev_pgno + 1 == lock { lock + 1 } else { self.prev_pgno + 1 };
+            let expected = if self.prev_pgno + 1 == lock {
+                lock + 1
+            } else {
+                self.prev_pgno + 1
+            };
             if pgno != expected {
-                return bad(format!("snapshot pages not sequential: {} then {pgno}", self.prev_pgno));
+                return bad(format!(
+                    "snapshot pages not sequential: {} then {pgno}",
+                    self.prev_pgno
+                ));
             }
             self.snapshot_sum.toggle(page_checksum(pgno, page));
         } else if pgno <= self.prev_pgno {
-            return bad(format!("pages out of order: {} then {pgno}", self.prev_pgno));
+            return bad(format!(
+                "pages out of order: {} then {pgno}",
+                self.prev_pgno
+            ));
         }
         let n = lz4_flex::block::compress_into(page, &mut self.compressed)
             .map_err(|e| LtxError::InvalidPage(format!("lz4 compression failed: {e}")))?;
@@ -313,14 +335,22 @@ impl<W: Write> Encoder<W> {
             (true, Some(sum)) => sum.raw(),
             (false, None) => 0,
             (true, None) => {
-                return Err(LtxError::InvalidHeader("post-apply checksum required".into()));
+                return Err(LtxError::InvalidHeader(
+                    "post-apply checksum required".into(),
+                ));
             }
             (false, Some(_)) => {
-                return Err(LtxError::InvalidHeader("no-checksum file given a checksum".into()));
+                return Err(LtxError::InvalidHeader(
+                    "no-checksum file given a checksum".into(),
+                ));
             }
         };
         if h.is_snapshot() {
-            let last = if h.commit == lock_pgno(h.page_size) { h.commit - 1 } else { h.commit };
+            let last = if h.commit == lock_pgno(h.page_size) {
+                h.commit - 1
+            } else {
+                h.commit
+            };
             if self.prev_pgno != last {
                 return Err(LtxError::InvalidPage(format!(
                     "snapshot ends at page {} but the database has {} pages",
@@ -343,12 +373,18 @@ impl<W: Write> Encoder<W> {
             put_uvarint(&mut buf, size);
         }
         put_uvarint(&mut buf, 0);
-        let index_len = (self.out.offset - index_start) + buf.len() as u64 + 8;
+        // The size field counts the index entries and terminator, not itself.
+        let index_len = (self.out.offset - index_start) + buf.len() as u64;
         buf.extend_from_slice(&index_len.to_be_bytes());
         self.out.write_hashed(&buf)?;
         self.out.write_hashed(&post.to_be_bytes())?;
-        let Counted { mut inner, hash, .. } = self.out;
-        let trailer = Trailer { post_apply_checksum: post, file_checksum: hash.finish_flagged() };
+        let Counted {
+            mut inner, hash, ..
+        } = self.out;
+        let trailer = Trailer {
+            post_apply_checksum: post,
+            file_checksum: hash.finish_flagged(),
+        };
         inner.write_all(&trailer.file_checksum.to_be_bytes())?;
         inner.flush()?;
         Ok((inner, trailer))
@@ -404,7 +440,10 @@ impl<R: Read> Decoder<R> {
         }
         let page_size = self.header.page_size as usize;
         if page.len() != page_size {
-            return Err(LtxError::InvalidPage(format!("buffer of {} bytes for page size {page_size}", page.len())));
+            return Err(LtxError::InvalidPage(format!(
+                "buffer of {} bytes for page size {page_size}",
+                page.len()
+            )));
         }
         let mut ph = [0u8; PAGE_HEADER_SIZE];
         self.input.read_exact(&mut ph)?;
@@ -418,16 +457,26 @@ impl<R: Read> Decoder<R> {
             return Ok(None);
         }
         if pgno == 0 || flags & !PAGE_FLAG_SIZE != 0 {
-            return Err(LtxError::InvalidPage(format!("bad page header (pgno {pgno}, flags 0x{flags:04x})")));
+            return Err(LtxError::InvalidPage(format!(
+                "bad page header (pgno {pgno}, flags 0x{flags:04x})"
+            )));
         }
         if pgno <= self.prev_pgno {
-            return Err(LtxError::InvalidPage(format!("pages out of order: {} then {pgno}", self.prev_pgno)));
+            return Err(LtxError::InvalidPage(format!(
+                "pages out of order: {} then {pgno}",
+                self.prev_pgno
+            )));
         }
         if pgno == lock_pgno(self.header.page_size) {
-            return Err(LtxError::InvalidPage(format!("page {pgno} is the lock page")));
+            return Err(LtxError::InvalidPage(format!(
+                "page {pgno} is the lock page"
+            )));
         }
         if pgno > self.header.commit {
-            return Err(LtxError::InvalidPage(format!("page {pgno} beyond commit size {}", self.header.commit)));
+            return Err(LtxError::InvalidPage(format!(
+                "page {pgno} beyond commit size {}",
+                self.header.commit
+            )));
         }
         if flags & PAGE_FLAG_SIZE != 0 {
             let mut sb = [0u8; 4];
@@ -436,15 +485,20 @@ impl<R: Read> Decoder<R> {
             let size = u32::from_be_bytes(sb) as usize;
             let bound = lz4_flex::block::get_maximum_output_size(page_size);
             if size > bound {
-                return Err(LtxError::InvalidPage(format!("page {pgno} claims {size} compressed bytes")));
+                return Err(LtxError::InvalidPage(format!(
+                    "page {pgno} claims {size} compressed bytes"
+                )));
             }
             self.compressed.resize(size, 0);
             self.input.read_exact(&mut self.compressed)?;
             self.offset += 4 + size as u64;
-            let n = lz4_flex::block::decompress_into(&self.compressed, page)
-                .map_err(|e| LtxError::InvalidPage(format!("page {pgno} does not decompress: {e}")))?;
+            let n = lz4_flex::block::decompress_into(&self.compressed, page).map_err(|e| {
+                LtxError::InvalidPage(format!("page {pgno} does not decompress: {e}"))
+            })?;
             if n != page_size {
-                return Err(LtxError::InvalidPage(format!("page {pgno} decompresses to {n} bytes")));
+                return Err(LtxError::InvalidPage(format!(
+                    "page {pgno} decompresses to {n} bytes"
+                )));
             }
         } else {
             // Legacy: one LZ4 frame per page. Find the frame's extent from its structure, then
@@ -454,9 +508,14 @@ impl<R: Read> Decoder<R> {
             let mut decoded = Vec::with_capacity(page_size);
             lz4_flex::frame::FrameDecoder::new(&frame[..])
                 .read_to_end(&mut decoded)
-                .map_err(|e| LtxError::InvalidPage(format!("page {pgno} frame does not decode: {e}")))?;
+                .map_err(|e| {
+                    LtxError::InvalidPage(format!("page {pgno} frame does not decode: {e}"))
+                })?;
             if decoded.len() != page_size {
-                return Err(LtxError::InvalidPage(format!("page {pgno} decodes to {} bytes", decoded.len())));
+                return Err(LtxError::InvalidPage(format!(
+                    "page {pgno} decodes to {} bytes",
+                    decoded.len()
+                )));
             }
             page.copy_from_slice(&decoded);
         }
@@ -490,7 +549,9 @@ impl<R: Read> Decoder<R> {
             }
         }
         let mut rest = Vec::new();
-        (&mut self.input).take(PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64 + 1).read_to_end(&mut rest)?;
+        (&mut self.input)
+            .take(PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64 + 1)
+            .read_to_end(&mut rest)?;
         if rest.len() < TRAILER_SIZE + 8 + 1 {
             return Err(LtxError::Truncated);
         }
@@ -514,20 +575,31 @@ impl<R: Read> Decoder<R> {
                 read_uvarint(index_bytes, &mut pos)?,
             );
             if got != (u64::from(pgno), offset, size) {
-                return Err(LtxError::InvalidPage(format!("page index disagrees with page {pgno}")));
+                return Err(LtxError::InvalidPage(format!(
+                    "page index disagrees with page {pgno}"
+                )));
             }
         }
         if read_uvarint(index_bytes, &mut pos)? != 0 {
-            return Err(LtxError::InvalidPage("page index lists pages the file lacks".into()));
+            return Err(LtxError::InvalidPage(
+                "page index lists pages the file lacks".into(),
+            ));
         }
         let index_len = be_u64(index_bytes, pos);
-        if pos + 8 + 8 != body.len() || index_len != (pos + 8) as u64 {
-            return Err(LtxError::InvalidPage("page index size field is wrong".into()));
+        if pos + 8 + 8 != body.len() || index_len != pos as u64 {
+            return Err(LtxError::InvalidPage(
+                "page index size field is wrong".into(),
+            ));
         }
-        let trailer = Trailer { post_apply_checksum: be_u64(body, body.len() - 8), file_checksum: stored };
+        let trailer = Trailer {
+            post_apply_checksum: be_u64(body, body.len() - 8),
+            file_checksum: stored,
+        };
         if h.has_checksums() {
             if trailer.post_apply_checksum & CHECKSUM_FLAG == 0 {
-                return Err(LtxError::InvalidHeader("post-apply checksum missing".into()));
+                return Err(LtxError::InvalidHeader(
+                    "post-apply checksum missing".into(),
+                ));
             }
             if h.is_snapshot() && trailer.post_apply_checksum != self.snapshot_sum.raw() {
                 return Err(LtxError::DbChecksumMismatch {
@@ -536,7 +608,9 @@ impl<R: Read> Decoder<R> {
                 });
             }
         } else if trailer.post_apply_checksum != 0 {
-            return Err(LtxError::InvalidHeader("post-apply checksum on a no-checksum file".into()));
+            return Err(LtxError::InvalidHeader(
+                "post-apply checksum on a no-checksum file".into(),
+            ));
         }
         Ok(trailer)
     }
@@ -607,7 +681,9 @@ mod tests {
     }
 
     fn page(seed: u8) -> Vec<u8> {
-        (0..512u32).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect()
+        (0..512u32)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
     }
 
     fn snapshot(pages: u32) -> Vec<u8> {
@@ -621,7 +697,9 @@ mod tests {
         enc.finish(Some(sum)).expect("finish").0
     }
 
-    fn decode_all(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer), LtxError> {
+    type Decoded = (Header, Vec<(u32, Vec<u8>)>, Trailer);
+
+    fn decode_all(bytes: &[u8]) -> Result<Decoded, LtxError> {
         let mut dec = Decoder::new(bytes)?;
         let h = *dec.header();
         let mut out = Vec::new();
@@ -654,8 +732,14 @@ mod tests {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
                 if let Ok(decoded) = decode_all(&bad) {
-                    assert_eq!(decoded.1, good.1, "flip of bit {bit} at byte {i} changed a page unnoticed");
-                    assert_eq!(decoded.0, good.0, "flip of bit {bit} at byte {i} changed the header");
+                    assert_eq!(
+                        decoded.1, good.1,
+                        "flip of bit {bit} at byte {i} changed a page unnoticed"
+                    );
+                    assert_eq!(
+                        decoded.0, good.0,
+                        "flip of bit {bit} at byte {i} changed the header"
+                    );
                 }
             }
         }
@@ -665,7 +749,10 @@ mod tests {
     fn every_truncation_is_detected() {
         let bytes = snapshot(2);
         for len in 0..bytes.len() {
-            assert!(decode_all(&bytes[..len]).is_err(), "truncation to {len} bytes went unnoticed");
+            assert!(
+                decode_all(&bytes[..len]).is_err(),
+                "truncation to {len} bytes went unnoticed"
+            );
         }
     }
 
@@ -678,17 +765,27 @@ mod tests {
 
     #[test]
     fn encoder_refuses_out_of_order_and_lock_pages() {
-        let mut enc = Encoder::new(Vec::new(), header(2, 3, 10, HEADER_FLAG_NO_CHECKSUM, 0)).expect("enc");
+        let mut enc =
+            Encoder::new(Vec::new(), header(2, 3, 10, HEADER_FLAG_NO_CHECKSUM, 0)).expect("enc");
         enc.encode_page(4, &page(1)).expect("page 4");
-        assert!(matches!(enc.encode_page(4, &page(1)), Err(LtxError::InvalidPage(_))));
-        assert!(matches!(enc.encode_page(11, &page(1)), Err(LtxError::InvalidPage(_))));
+        assert!(matches!(
+            enc.encode_page(4, &page(1)),
+            Err(LtxError::InvalidPage(_))
+        ));
+        assert!(matches!(
+            enc.encode_page(11, &page(1)),
+            Err(LtxError::InvalidPage(_))
+        ));
     }
 
     #[test]
     fn snapshot_with_wrong_post_apply_checksum_is_refused() {
         let mut enc = Encoder::new(Vec::new(), header(1, 1, 1, 0, 0)).expect("enc");
         enc.encode_page(1, &page(1)).expect("page");
-        assert!(matches!(enc.finish(Some(DbChecksum::EMPTY)), Err(LtxError::DbChecksumMismatch { .. })));
+        assert!(matches!(
+            enc.finish(Some(DbChecksum::EMPTY)),
+            Err(LtxError::DbChecksumMismatch { .. })
+        ));
     }
 
     #[test]
@@ -717,7 +814,7 @@ mod tests {
         put_uvarint(&mut tail, HEADER_SIZE as u64);
         put_uvarint(&mut tail, (PAGE_HEADER_SIZE + frame.len()) as u64);
         put_uvarint(&mut tail, 0);
-        let index_len = (tail.len() - 6 + 8) as u64;
+        let index_len = (tail.len() - 6) as u64;
         tail.extend_from_slice(&index_len.to_be_bytes());
         tail.extend_from_slice(&0u64.to_be_bytes());
         hash.update(&tail);

@@ -33,7 +33,11 @@ impl Layout {
     }
 
     pub fn key(self, level: u8, min_txid: u64, max_txid: u64) -> String {
-        format!("{}{}", self.level_prefix(level), file_name(min_txid, max_txid))
+        format!(
+            "{}{}",
+            self.level_prefix(level),
+            file_name(min_txid, max_txid)
+        )
     }
 
     /// Parses a key of this layout, or `None` for anything else (temporaries, other files).
@@ -65,9 +69,11 @@ pub fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(".ltx")?;
     let (a, b) = stem.split_once('-')?;
     let hex = |s: &str| {
-        (s.len() == 16 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
+        (s.len() == 16
+            && s.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
     };
     let (min, max) = (hex(a)?, hex(b)?);
     (min <= max && min > 0).then_some((min, max))
@@ -86,7 +92,12 @@ pub struct FileInfo {
 
 impl fmt::Display for FileInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "level {} {}", self.level, file_name(self.min_txid, self.max_txid))
+        write!(
+            f,
+            "level {} {}",
+            self.level,
+            file_name(self.min_txid, self.max_txid)
+        )
     }
 }
 
@@ -112,7 +123,13 @@ impl Replica {
 
     fn info_of(&self, meta: &ObjectMeta) -> Option<FileInfo> {
         let (level, min_txid, max_txid) = self.layout.parse_key(&meta.key)?;
-        Some(FileInfo { level, min_txid, max_txid, size: meta.size, created_ms: meta.timestamp_ms })
+        Some(FileInfo {
+            level,
+            min_txid,
+            max_txid,
+            size: meta.size,
+            created_ms: meta.timestamp_ms,
+        })
     }
 
     /// Files of one level sorted by (min, max) TXID.
@@ -132,11 +149,33 @@ impl Replica {
         Ok(all)
     }
 
-    pub async fn write(&self, level: u8, min_txid: u64, max_txid: u64, data: Vec<u8>, timestamp_ms: i64) -> Result<FileInfo, StoreError> {
+    pub async fn write(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+    ) -> Result<FileInfo, StoreError> {
         let size = data.len() as u64;
         let key = self.layout.key(level, min_txid, max_txid);
-        self.store.put(&key, data, PutOptions { timestamp_ms, ..PutOptions::default() }).await?;
-        Ok(FileInfo { level, min_txid, max_txid, size, created_ms: timestamp_ms })
+        self.store
+            .put(
+                &key,
+                data,
+                PutOptions {
+                    timestamp_ms,
+                    ..PutOptions::default()
+                },
+            )
+            .await?;
+        Ok(FileInfo {
+            level,
+            min_txid,
+            max_txid,
+            size,
+            created_ms: timestamp_ms,
+        })
     }
 }
 
@@ -152,18 +191,42 @@ mod tests {
                 assert_eq!(layout.parse_key(&key), Some((level, 1, 0xabc)), "{key}");
             }
         }
-        assert_eq!(Layout::File.key(9, 1, 2), "ltx/9/0000000000000001-0000000000000002.ltx");
-        assert_eq!(Layout::S3.key(9, 1, 2), "0009/0000000000000001-0000000000000002.ltx");
+        assert_eq!(
+            Layout::File.key(9, 1, 2),
+            "ltx/9/0000000000000001-0000000000000002.ltx"
+        );
+        assert_eq!(
+            Layout::S3.key(9, 1, 2),
+            "0009/0000000000000001-0000000000000002.ltx"
+        );
     }
 
     #[test]
     fn foreign_names_are_ignored() {
-        assert_eq!(Layout::File.parse_key("ltx/0/0000000000000001-0000000000000002.ltx.tmp"), None);
-        assert_eq!(Layout::File.parse_key("ltx/0/00000000000000A1-0000000000000002.ltx"), None);
-        assert_eq!(Layout::File.parse_key("ltx/10/0000000000000001-0000000000000002.ltx"), None);
-        assert_eq!(Layout::File.parse_key("ltx/00/0000000000000001-0000000000000002.ltx"), None);
-        assert_eq!(Layout::File.parse_key("ltx/0/0000000000000003-0000000000000002.ltx"), None);
-        assert_eq!(Layout::S3.parse_key("ltx/0/0000000000000001-0000000000000002.ltx"), None);
+        assert_eq!(
+            Layout::File.parse_key("ltx/0/0000000000000001-0000000000000002.ltx.tmp"),
+            None
+        );
+        assert_eq!(
+            Layout::File.parse_key("ltx/0/00000000000000A1-0000000000000002.ltx"),
+            None
+        );
+        assert_eq!(
+            Layout::File.parse_key("ltx/10/0000000000000001-0000000000000002.ltx"),
+            None
+        );
+        assert_eq!(
+            Layout::File.parse_key("ltx/00/0000000000000001-0000000000000002.ltx"),
+            None
+        );
+        assert_eq!(
+            Layout::File.parse_key("ltx/0/0000000000000003-0000000000000002.ltx"),
+            None
+        );
+        assert_eq!(
+            Layout::S3.parse_key("ltx/0/0000000000000001-0000000000000002.ltx"),
+            None
+        );
         assert_eq!(Layout::File.parse_key("generations/x/wal/0.wal.lz4"), None);
     }
 }

@@ -48,24 +48,41 @@ pub enum Target {
 pub enum RestoreError {
     #[error("no backups found in replica {replica}")]
     ReplicaEmpty { replica: String },
-    #[error("no backup in replica {replica} reaches {target}; the newest restorable state is TXID {newest:016x}")]
-    TargetNotAvailable { replica: String, target: String, newest: u64 },
+    #[error(
+        "no backup in replica {replica} reaches {target}; the newest restorable state is TXID {newest:016x}"
+    )]
+    TargetNotAvailable {
+        replica: String,
+        target: String,
+        newest: u64,
+    },
     #[error(
         "replica {replica} has a gap: TXIDs {from:016x}..={to:016x} are missing (next file: {next})"
     )]
-    Gap { replica: String, from: u64, to: u64, next: String },
-    #[error("{file}: {source}")]
-    Ltx { file: String, source: LtxError },
+    Gap {
+        replica: String,
+        from: u64,
+        to: u64,
+        next: String,
+    },
+    #[error("{file}: {error}")]
+    Ltx { file: String, error: LtxError },
     #[error("{file}: {message}")]
     Chain { file: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Io { path: path.to_path_buf(), source }
+    move |error| RestoreError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 fn describe_target(target: Target) -> String {
@@ -91,14 +108,29 @@ fn eligible(f: &FileInfo, target: Target) -> bool {
 /// Litestream's tie-break among files that extend the range: reach furthest, then start
 /// earliest, then the higher level, then the older file.
 fn better(candidate: &FileInfo, than: &FileInfo) -> bool {
-    (candidate.max_txid, std::cmp::Reverse(candidate.min_txid), candidate.level, std::cmp::Reverse(candidate.created_ms))
-        > (than.max_txid, std::cmp::Reverse(than.min_txid), than.level, std::cmp::Reverse(than.created_ms))
+    (
+        candidate.max_txid,
+        std::cmp::Reverse(candidate.min_txid),
+        candidate.level,
+        std::cmp::Reverse(candidate.created_ms),
+    ) > (
+        than.max_txid,
+        std::cmp::Reverse(than.min_txid),
+        than.level,
+        std::cmp::Reverse(than.created_ms),
+    )
 }
 
 /// Chooses the files to apply, in order. `files` is every LTX file of the replica, any order.
-pub fn plan(replica: &str, files: &[FileInfo], target: Target) -> Result<Vec<FileInfo>, RestoreError> {
+pub fn plan(
+    replica: &str,
+    files: &[FileInfo],
+    target: Target,
+) -> Result<Vec<FileInfo>, RestoreError> {
     if files.is_empty() {
-        return Err(RestoreError::ReplicaEmpty { replica: replica.to_string() });
+        return Err(RestoreError::ReplicaEmpty {
+            replica: replica.to_string(),
+        });
     }
     let mut chosen: Vec<FileInfo> = Vec::new();
     let snapshot = files
@@ -113,8 +145,10 @@ pub fn plan(replica: &str, files: &[FileInfo], target: Target) -> Result<Vec<Fil
         current = s.max_txid;
         chosen.push(s.clone());
     }
-    let incremental: Vec<&FileInfo> =
-        files.iter().filter(|f| f.level < SNAPSHOT_LEVEL && eligible(f, target)).collect();
+    let incremental: Vec<&FileInfo> = files
+        .iter()
+        .filter(|f| f.level < SNAPSHOT_LEVEL && eligible(f, target))
+        .collect();
     let reached = |current: u64| matches!(target, Target::Txid(t) if current >= t);
     while !reached(current) {
         let next = incremental
@@ -129,7 +163,10 @@ pub fn plan(replica: &str, files: &[FileInfo], target: Target) -> Result<Vec<Fil
         chosen.push(next.clone());
     }
     // A later eligible file that cannot be reached means history is missing.
-    if let Some(after) = incremental.iter().filter(|f| f.min_txid > current + 1).min_by_key(|f| f.min_txid)
+    if let Some(after) = incremental
+        .iter()
+        .filter(|f| f.min_txid > current + 1)
+        .min_by_key(|f| f.min_txid)
         && !reached(current)
     {
         return Err(RestoreError::Gap {
@@ -180,7 +217,11 @@ pub struct Fetched {
 async fn fetch(replica: &Replica, info: FileInfo, scratch: &Path) -> Result<Fetched, RestoreError> {
     let key = replica.key(&info);
     if let Some(path) = replica.store.local_path(&key) {
-        return Ok(Fetched { info, path, _scratch: None });
+        return Ok(Fetched {
+            info,
+            path,
+            _scratch: None,
+        });
     }
     let tmp = tempfile::NamedTempFile::new_in(scratch).map_err(io_err(scratch))?;
     let path = tmp.path().to_path_buf();
@@ -188,28 +229,46 @@ async fn fetch(replica: &Replica, info: FileInfo, scratch: &Path) -> Result<Fetc
     let mut offset = 0u64;
     // Ranged GETs: a dropped connection costs one chunk, not the whole file.
     while offset < info.size {
-        let chunk = replica.store.get_range(&key, offset, DOWNLOAD_CHUNK_BYTES).await?;
+        let chunk = replica
+            .store
+            .get_range(&key, offset, DOWNLOAD_CHUNK_BYTES)
+            .await?;
         if chunk.is_empty() {
             break;
         }
         file.write_all_at(&chunk, offset).map_err(io_err(&path))?;
         offset += chunk.len() as u64;
     }
-    Ok(Fetched { info, path, _scratch: Some(tmp.into_temp_path()) })
+    Ok(Fetched {
+        info,
+        path,
+        _scratch: Some(tmp.into_temp_path()),
+    })
 }
 
 /// Applies one file's pages onto `out`. Returns its header and trailer's post-apply checksum
 /// (`None` for no-checksum files).
-fn apply_file(out: &File, out_path: &Path, fetched: &Fetched, page: &mut Vec<u8>) -> Result<(Header, Option<u64>), RestoreError> {
+fn apply_file(
+    out: &File,
+    out_path: &Path,
+    fetched: &Fetched,
+    page: &mut Vec<u8>,
+) -> Result<(Header, Option<u64>), RestoreError> {
     let name = format!("{} ({})", fetched.info, fetched.path.display());
-    let ltx = |source: LtxError| RestoreError::Ltx { file: name.clone(), source };
+    let ltx = |error: LtxError| RestoreError::Ltx {
+        file: name.clone(),
+        error,
+    };
     let f = File::open(&fetched.path).map_err(io_err(&fetched.path))?;
     let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, f)).map_err(ltx)?;
     let h = *dec.header();
     if (h.min_txid, h.max_txid) != (fetched.info.min_txid, fetched.info.max_txid) {
         return Err(RestoreError::Chain {
             file: name,
-            message: format!("header says TXIDs {}, file name disagrees", file_name(h.min_txid, h.max_txid)),
+            message: format!(
+                "header says TXIDs {}, file name disagrees",
+                file_name(h.min_txid, h.max_txid)
+            ),
         });
     }
     page.resize(h.page_size as usize, 0);
@@ -218,15 +277,28 @@ fn apply_file(out: &File, out_path: &Path, fetched: &Fetched, page: &mut Vec<u8>
         out.write_all_at(page, at).map_err(io_err(out_path))?;
     }
     let trailer = dec.finish().map_err(ltx)?;
-    out.set_len(u64::from(h.commit) * u64::from(h.page_size)).map_err(io_err(out_path))?;
+    out.set_len(u64::from(h.commit) * u64::from(h.page_size))
+        .map_err(io_err(out_path))?;
     Ok((h, h.has_checksums().then_some(trailer.post_apply_checksum)))
 }
 
 /// Streams `files` into `out` and verifies the chain. Blocking.
-pub fn apply_plan(out: &File, out_path: &Path, files: impl IntoIterator<Item = Result<Fetched, RestoreError>>, mut on_file: impl FnMut(&FileInfo)) -> Result<RestoreReport, RestoreError> {
+pub fn apply_plan(
+    out: &File,
+    out_path: &Path,
+    files: impl IntoIterator<Item = Result<Fetched, RestoreError>>,
+    mut on_file: impl FnMut(&FileInfo),
+) -> Result<RestoreReport, RestoreError> {
     let mut page = Vec::new();
     let mut prev: Option<(Header, Option<u64>)> = None;
-    let mut report = RestoreReport { txid: 0, page_size: 0, pages: 0, files: 0, bytes: 0, checksum_verified: false };
+    let mut report = RestoreReport {
+        txid: 0,
+        page_size: 0,
+        pages: 0,
+        files: 0,
+        bytes: 0,
+        checksum_verified: false,
+    };
     for fetched in files {
         let fetched = fetched?;
         let (h, post) = apply_file(out, out_path, &fetched, &mut page)?;
@@ -235,11 +307,17 @@ pub fn apply_plan(out: &File, out_path: &Path, files: impl IntoIterator<Item = R
             if h.page_size != ph.page_size {
                 return Err(RestoreError::Chain {
                     file: name,
-                    message: format!("page size {} differs from the {} bytes of earlier files", h.page_size, ph.page_size),
+                    message: format!(
+                        "page size {} differs from the {} bytes of earlier files",
+                        h.page_size, ph.page_size
+                    ),
                 });
             }
             if h.min_txid > ph.max_txid + 1 {
-                return Err(RestoreError::Chain { file: name, message: format!("does not follow TXID {:016x}", ph.max_txid) });
+                return Err(RestoreError::Chain {
+                    file: name,
+                    message: format!("does not follow TXID {:016x}", ph.max_txid),
+                });
             }
             // Both sides checksummed and the file starts right after the previous one: the
             // database it was written against must be the one we have.
@@ -256,7 +334,10 @@ pub fn apply_plan(out: &File, out_path: &Path, files: impl IntoIterator<Item = R
                 });
             }
         } else if !h.is_snapshot() {
-            return Err(RestoreError::Chain { file: name, message: "the first file of a restore must be a snapshot".into() });
+            return Err(RestoreError::Chain {
+                file: name,
+                message: "the first file of a restore must be a snapshot".into(),
+            });
         }
         report.txid = h.max_txid;
         report.page_size = h.page_size;
@@ -271,7 +352,10 @@ pub fn apply_plan(out: &File, out_path: &Path, files: impl IntoIterator<Item = R
         if computed != DbChecksum::from_raw(expected) {
             return Err(RestoreError::Ltx {
                 file: format!("restored database {}", out_path.display()),
-                source: LtxError::DbChecksumMismatch { stored: expected, computed: computed.raw() },
+                error: LtxError::DbChecksumMismatch {
+                    stored: expected,
+                    computed: computed.raw(),
+                },
             });
         }
         report.checksum_verified = true;
@@ -281,19 +365,32 @@ pub fn apply_plan(out: &File, out_path: &Path, files: impl IntoIterator<Item = R
 
 /// Fetches `files` with up to `parallelism` downloads in flight and applies them in order onto
 /// `tmp_path`, which is created (or truncated). The caller renames it into place.
-pub async fn restore_to(replica: &Replica, files: Vec<FileInfo>, tmp_path: &Path, parallelism: usize, on_file: impl FnMut(&FileInfo) + Send + 'static) -> Result<RestoreReport, RestoreError> {
+pub async fn restore_to(
+    replica: &Replica,
+    files: Vec<FileInfo>,
+    tmp_path: &Path,
+    parallelism: usize,
+    on_file: impl FnMut(&FileInfo) + Send + 'static,
+) -> Result<RestoreReport, RestoreError> {
     let dir = tmp_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let scratch = tempfile::Builder::new().prefix(".sluice-restore-").tempdir_in(&dir).map_err(io_err(&dir))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".sluice-restore-")
+        .tempdir_in(&dir)
+        .map_err(io_err(&dir))?;
     let out = File::create(tmp_path).map_err(io_err(tmp_path))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, RestoreError>>(1);
     let out_path = tmp_path.to_path_buf();
-    let applier = tokio::task::spawn_blocking(move || apply_plan(&out, &out_path, rx, on_file).and_then(|r| {
-        out.sync_all().map_err(io_err(&out_path))?;
-        Ok(r)
-    }));
+    let applier = tokio::task::spawn_blocking(move || {
+        apply_plan(&out, &out_path, rx, on_file).and_then(|r| {
+            out.sync_all().map_err(io_err(&out_path))?;
+            Ok(r)
+        })
+    });
     let parallelism = parallelism.clamp(1, PARALLELISM_MAX);
     let scratch_path = scratch.path().to_path_buf();
-    let mut downloads = futures::stream::iter(files).map(|info| fetch(replica, info, &scratch_path)).buffered(parallelism);
+    let mut downloads = futures::stream::iter(files)
+        .map(|info| fetch(replica, info, &scratch_path))
+        .buffered(parallelism);
     while let Some(fetched) = downloads.next().await {
         let failed = fetched.is_err();
         // The applier stops at its first error and drops the receiver; its error wins.
@@ -302,7 +399,10 @@ pub async fn restore_to(replica: &Replica, files: Vec<FileInfo>, tmp_path: &Path
         }
     }
     drop(tx);
-    let result = applier.await.map_err(|e| RestoreError::Io { path: tmp_path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let result = applier.await.map_err(|e| RestoreError::Io {
+        path: tmp_path.to_path_buf(),
+        error: std::io::Error::other(e),
+    })?;
     drop(scratch);
     result
 }
@@ -312,16 +412,32 @@ mod tests {
     use super::*;
 
     fn f(level: u8, min: u64, max: u64) -> FileInfo {
-        FileInfo { level, min_txid: min, max_txid: max, size: 100, created_ms: (max as i64) * 1000 }
+        FileInfo {
+            level,
+            min_txid: min,
+            max_txid: max,
+            size: 100,
+            created_ms: (max as i64) * 1000,
+        }
     }
 
     fn ranges(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {
-        p.iter().map(|f| (f.level, f.min_txid, f.max_txid)).collect()
+        p.iter()
+            .map(|f| (f.level, f.min_txid, f.max_txid))
+            .collect()
     }
 
     #[test]
     fn latest_uses_snapshot_then_the_widest_files() {
-        let files = vec![f(9, 1, 10), f(1, 1, 8), f(1, 9, 12), f(0, 11, 11), f(0, 12, 12), f(0, 13, 13), f(2, 1, 12)];
+        let files = vec![
+            f(9, 1, 10),
+            f(1, 1, 8),
+            f(1, 9, 12),
+            f(0, 11, 11),
+            f(0, 12, 12),
+            f(0, 13, 13),
+            f(2, 1, 12),
+        ];
         let p = plan("r", &files, Target::Latest).expect("plan");
         // Among files reaching TXID 12, the one starting earliest wins (Litestream's tie-break).
         assert_eq!(ranges(&p), vec![(9, 1, 10), (2, 1, 12), (0, 13, 13)]);
@@ -330,51 +446,89 @@ mod tests {
     #[test]
     fn txid_target_stops_exactly_there() {
         let files = vec![f(0, 1, 1), f(0, 2, 2), f(0, 3, 3), f(1, 1, 3)];
-        assert_eq!(ranges(&plan("r", &files, Target::Txid(2)).expect("plan")), vec![(0, 1, 1), (0, 2, 2)]);
-        assert_eq!(ranges(&plan("r", &files, Target::Txid(3)).expect("plan")), vec![(1, 1, 3)]);
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Txid(2)).expect("plan")),
+            vec![(0, 1, 1), (0, 2, 2)]
+        );
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Txid(3)).expect("plan")),
+            vec![(1, 1, 3)]
+        );
     }
 
     #[test]
     fn txid_beyond_the_replica_is_refused() {
         let files = vec![f(0, 1, 1), f(0, 2, 2)];
-        assert!(matches!(plan("r", &files, Target::Txid(5)), Err(RestoreError::TargetNotAvailable { newest: 2, .. })));
+        assert!(matches!(
+            plan("r", &files, Target::Txid(5)),
+            Err(RestoreError::TargetNotAvailable { newest: 2, .. })
+        ));
     }
 
     #[test]
     fn txid_inside_a_compacted_file_is_refused() {
         let files = vec![f(1, 1, 5)];
-        assert!(matches!(plan("r", &files, Target::Txid(3)), Err(RestoreError::TargetNotAvailable { .. })));
+        assert!(matches!(
+            plan("r", &files, Target::Txid(3)),
+            Err(RestoreError::TargetNotAvailable { .. })
+        ));
     }
 
     #[test]
     fn gap_names_the_missing_range() {
         let files = vec![f(0, 1, 1), f(0, 2, 2), f(0, 5, 5)];
         let err = plan("r", &files, Target::Latest).expect_err("gap");
-        assert!(matches!(err, RestoreError::Gap { from: 3, to: 4, .. }), "{err}");
+        assert!(
+            matches!(err, RestoreError::Gap { from: 3, to: 4, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn timestamp_target_uses_only_older_files() {
         let files = vec![f(0, 1, 1), f(0, 2, 2), f(0, 3, 3)];
-        assert_eq!(ranges(&plan("r", &files, Target::Before(2500)).expect("plan")), vec![(0, 1, 1), (0, 2, 2)]);
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Before(2500)).expect("plan")),
+            vec![(0, 1, 1), (0, 2, 2)]
+        );
         assert!(plan("r", &files, Target::Before(500)).is_err());
     }
 
     #[test]
     fn empty_replica_is_its_own_error() {
-        assert!(matches!(plan("r", &[], Target::Latest), Err(RestoreError::ReplicaEmpty { .. })));
+        assert!(matches!(
+            plan("r", &[], Target::Latest),
+            Err(RestoreError::ReplicaEmpty { .. })
+        ));
     }
 
     #[test]
     fn without_a_snapshot_history_must_start_at_txid_1() {
         let files = vec![f(0, 2, 2), f(0, 3, 3)];
-        assert!(matches!(plan("r", &files, Target::Latest), Err(RestoreError::Gap { from: 1, to: 1, .. })));
+        assert!(matches!(
+            plan("r", &files, Target::Latest),
+            Err(RestoreError::Gap { from: 1, to: 1, .. })
+        ));
     }
 
     #[test]
     fn newer_snapshot_below_target_wins() {
-        let files = vec![f(9, 1, 5), f(9, 1, 9), f(0, 6, 6), f(0, 7, 7), f(0, 8, 8), f(0, 9, 9), f(0, 10, 10)];
-        assert_eq!(ranges(&plan("r", &files, Target::Latest).expect("plan")), vec![(9, 1, 9), (0, 10, 10)]);
-        assert_eq!(ranges(&plan("r", &files, Target::Txid(7)).expect("plan")), vec![(9, 1, 5), (0, 6, 6), (0, 7, 7)]);
+        let files = vec![
+            f(9, 1, 5),
+            f(9, 1, 9),
+            f(0, 6, 6),
+            f(0, 7, 7),
+            f(0, 8, 8),
+            f(0, 9, 9),
+            f(0, 10, 10),
+        ];
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Latest).expect("plan")),
+            vec![(9, 1, 9), (0, 10, 10)]
+        );
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Txid(7)).expect("plan")),
+            vec![(9, 1, 5), (0, 6, 6), (0, 7, 7)]
+        );
     }
 }

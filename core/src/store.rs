@@ -45,8 +45,18 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub fn new(kind: StoreErrorKind, op: &'static str, location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { kind, op, location: location.into(), message: message.into() }
+    pub fn new(
+        kind: StoreErrorKind,
+        op: &'static str,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            op,
+            location: location.into(),
+            message: message.into(),
+        }
     }
 
     fn from_io(op: &'static str, location: impl Into<String>, e: &std::io::Error) -> Self {
@@ -114,10 +124,17 @@ pub type DynStore = Arc<dyn ObjectStore>;
 fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), StoreError> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
         || key.ends_with(TMP_SUFFIX);
     if bad {
-        return Err(StoreError::new(StoreErrorKind::Permanent, op, format!("{store}/{key}"), "invalid key"));
+        return Err(StoreError::new(
+            StoreErrorKind::Permanent,
+            op,
+            format!("{store}/{key}"),
+            "invalid key",
+        ));
     }
     Ok(())
 }
@@ -140,7 +157,8 @@ impl DirStore {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        key.split('/').fold(self.root.clone(), |p, part| p.join(part))
+        key.split('/')
+            .fold(self.root.clone(), |p, part| p.join(part))
     }
 
     fn location(&self, key: &str) -> String {
@@ -160,16 +178,23 @@ fn mtime_ms(meta: &std::fs::Metadata) -> i64 {
 }
 
 fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result<()> {
-    let dir = final_path.parent().ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
     let mut name = final_path.file_name().unwrap_or_default().to_os_string();
     // Unique per writer so concurrent puts of one key never share a temporary.
-    name.push(format!(".{}.{:x}{TMP_SUFFIX}", std::process::id(), rand_suffix()));
+    name.push(format!(
+        ".{}.{:x}{TMP_SUFFIX}",
+        std::process::id(),
+        rand_suffix()
+    ));
     let tmp = dir.join(name);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        let when = UNIX_EPOCH + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
+        let when = UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
         f.set_modified(when)?;
         f.sync_all()?;
         drop(f);
@@ -192,11 +217,18 @@ fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     (u64::from(nanos) << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
-fn list_dir(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+fn list_dir(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<ObjectMeta>,
+) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -206,15 +238,25 @@ fn list_dir(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) ->
         let entry = entry?;
         let path = entry.path();
         let ft = entry.file_type()?;
-        let Ok(rel) = path.strip_prefix(root) else { continue };
-        let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let key = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
         if ft.is_dir() {
             if prefix.starts_with(&key) || key.starts_with(prefix) {
                 list_dir(root, &path, prefix, out)?;
             }
         } else if ft.is_file() && key.starts_with(prefix) && !key.ends_with(TMP_SUFFIX) {
             let meta = entry.metadata()?;
-            out.push(ObjectMeta { key, size: meta.len(), timestamp_ms: mtime_ms(&meta) });
+            out.push(ObjectMeta {
+                key,
+                size: meta.len(),
+                timestamp_ms: mtime_ms(&meta),
+            });
         }
     }
     Ok(())
@@ -237,7 +279,10 @@ impl ObjectStore for DirStore {
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
         check_key("put", &self.describe(), key)?;
         let (path, loc) = (self.path(key), self.location(key));
-        blocking(move || put_file(&path, &data, opts).map_err(|e| StoreError::from_io("put", loc, &e))).await
+        blocking(move || {
+            put_file(&path, &data, opts).map_err(|e| StoreError::from_io("put", loc, &e))
+        })
+        .await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
@@ -260,8 +305,13 @@ impl ObjectStore for DirStore {
         check_key("head", &self.describe(), key)?;
         let (path, loc, key) = (self.path(key), self.location(key), key.to_string());
         blocking(move || {
-            let meta = std::fs::metadata(&path).map_err(|e| StoreError::from_io("head", loc, &e))?;
-            Ok(ObjectMeta { key, size: meta.len(), timestamp_ms: mtime_ms(&meta) })
+            let meta =
+                std::fs::metadata(&path).map_err(|e| StoreError::from_io("head", loc, &e))?;
+            Ok(ObjectMeta {
+                key,
+                size: meta.len(),
+                timestamp_ms: mtime_ms(&meta),
+            })
         })
         .await
     }
@@ -270,7 +320,8 @@ impl ObjectStore for DirStore {
         let (root, prefix, loc) = (self.root.clone(), prefix.to_string(), self.describe());
         blocking(move || {
             let mut out = Vec::new();
-            list_dir(&root, &root, &prefix, &mut out).map_err(|e| StoreError::from_io("list", loc, &e))?;
+            list_dir(&root, &root, &prefix, &mut out)
+                .map_err(|e| StoreError::from_io("list", loc, &e))?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -294,9 +345,12 @@ impl ObjectStore for DirStore {
 }
 
 /// An in-memory store: the simulator's backend and a reference for the conformance suite.
+/// Key to (bytes, timestamp in Unix ms).
+type MemObjects = std::collections::BTreeMap<String, (Vec<u8>, i64)>;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
-    objects: Arc<Mutex<std::collections::BTreeMap<String, (Vec<u8>, i64)>>>,
+    objects: Arc<Mutex<MemObjects>>,
 }
 
 impl MemStore {
@@ -304,10 +358,14 @@ impl MemStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (Vec<u8>, i64)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (Vec<u8>, i64)>> {
         // A panic while holding the lock cannot leave a half-applied put: each operation is a
         // single map call, so the data is consistent even if the mutex is poisoned.
-        self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -321,7 +379,12 @@ impl ObjectStore for MemStore {
         check_key("put", "mem:/", key)?;
         let mut objects = self.lock();
         if opts.mode == PutMode::Create && objects.contains_key(key) {
-            return Err(StoreError::new(StoreErrorKind::AlreadyExists, "put", format!("mem://{key}"), "object exists"));
+            return Err(StoreError::new(
+                StoreErrorKind::AlreadyExists,
+                "put",
+                format!("mem://{key}"),
+                "object exists",
+            ));
         }
         objects.insert(key.to_string(), (data, opts.timestamp_ms));
         Ok(())
@@ -329,20 +392,38 @@ impl ObjectStore for MemStore {
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let objects = self.lock();
-        let (data, _) = objects
-            .get(key)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "get", format!("mem://{key}"), "no such object"))?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
-        let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX).min(data.len());
+        let (data, _) = objects.get(key).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                "get",
+                format!("mem://{key}"),
+                "no such object",
+            )
+        })?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = usize::try_from(offset.saturating_add(len))
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         Ok(data.get(start..end).unwrap_or_default().to_vec())
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let objects = self.lock();
-        let (data, ts) = objects
-            .get(key)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "head", format!("mem://{key}"), "no such object"))?;
-        Ok(ObjectMeta { key: key.to_string(), size: data.len() as u64, timestamp_ms: *ts })
+        let (data, ts) = objects.get(key).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                "head",
+                format!("mem://{key}"),
+                "no such object",
+            )
+        })?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: data.len() as u64,
+            timestamp_ms: *ts,
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -350,7 +431,11 @@ impl ObjectStore for MemStore {
         Ok(objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (d, ts))| ObjectMeta { key: k.clone(), size: d.len() as u64, timestamp_ms: *ts })
+            .map(|(k, (d, ts))| ObjectMeta {
+                key: k.clone(),
+                size: d.len() as u64,
+                timestamp_ms: *ts,
+            })
             .collect())
     }
 

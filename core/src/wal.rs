@@ -103,7 +103,11 @@ pub fn wal_checksum(big_endian: bool, seed: (u32, u32), data: &[u8]) -> (u32, u3
     for chunk in data.chunks_exact(8) {
         let word = |i: usize| {
             let w = [chunk[i], chunk[i + 1], chunk[i + 2], chunk[i + 3]];
-            if big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) }
+            if big_endian {
+                u32::from_be_bytes(w)
+            } else {
+                u32::from_le_bytes(w)
+            }
         };
         s0 = s0.wrapping_add(word(0)).wrapping_add(s1);
         s1 = s1.wrapping_add(word(4)).wrapping_add(s0);
@@ -135,12 +139,22 @@ pub struct WalScanner {
 impl WalScanner {
     /// Starts at the first frame.
     pub fn new(header: WalHeader) -> Self {
-        Self { header, offset: WAL_HEADER_SIZE as u64, checksum: header.checksum, ended: false }
+        Self {
+            header,
+            offset: WAL_HEADER_SIZE as u64,
+            checksum: header.checksum,
+            ended: false,
+        }
     }
 
     /// Resumes at `offset`, the end of a frame whose cumulative checksum was `checksum`.
     pub fn resume(header: WalHeader, offset: u64, checksum: (u32, u32)) -> Self {
-        Self { header, offset, checksum, ended: false }
+        Self {
+            header,
+            offset,
+            checksum,
+            ended: false,
+        }
     }
 
     pub fn header(&self) -> &WalHeader {
@@ -219,7 +233,11 @@ pub fn scan_committed<E>(
     mut read_frame: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
 ) -> Result<Committed, E> {
     let start = scanner.offset();
-    let mut out = Committed { end_offset: start, end_checksum: scanner.checksum(), ..Committed::default() };
+    let mut out = Committed {
+        end_offset: start,
+        end_checksum: scanner.checksum(),
+        ..Committed::default()
+    };
     let mut pending: Vec<(u32, u64)> = Vec::new();
     let mut buf = vec![0u8; scanner.header().frame_size() as usize];
     loop {
@@ -274,7 +292,13 @@ pub(crate) mod tests {
             let sum = wal_checksum(big_endian, (0, 0), &h);
             h.extend_from_slice(&sum.0.to_be_bytes());
             h.extend_from_slice(&sum.1.to_be_bytes());
-            Self { bytes: h, big_endian, page_size, sum, salts }
+            Self {
+                bytes: h,
+                big_endian,
+                page_size,
+                sum,
+                salts,
+            }
         }
 
         pub(crate) fn frame(&mut self, pgno: u32, commit: u32, fill: u8) -> &mut Self {
@@ -348,7 +372,10 @@ pub(crate) mod tests {
         let mut bytes = w.bytes.clone();
         bytes[32 + 536 + 24 + 10] ^= 0x40; // a byte inside frame 2's page
         let c = scan(&bytes);
-        assert_eq!(c.transactions, 1, "frame 3 is valid on its own but follows a bad frame");
+        assert_eq!(
+            c.transactions, 1,
+            "frame 3 is valid on its own but follows a bad frame"
+        );
     }
 
     #[test]
@@ -368,7 +395,10 @@ pub(crate) mod tests {
     #[test]
     fn vacuum_drops_pages_above_shrunken_size() {
         let mut w = WalBuilder::new(512, false, (1, 2));
-        w.frame(1, 0, 1).frame(2, 0, 1).frame(3, 3, 1).frame(1, 1, 4);
+        w.frame(1, 0, 1)
+            .frame(2, 0, 1)
+            .frame(3, 3, 1)
+            .frame(1, 1, 4);
         let c = scan(&w.bytes);
         assert_eq!(c.commit_size, Some(1));
         assert_eq!(c.pages.keys().copied().collect::<Vec<_>>(), vec![1]);
@@ -403,6 +433,9 @@ pub(crate) mod tests {
         assert_eq!(WalHeader::parse(&w.bytes[..10]), Err(WalError::ShortHeader));
         let mut magic = w.bytes.clone();
         magic[3] = 0;
-        assert!(matches!(WalHeader::parse(&magic), Err(WalError::BadMagic(_))));
+        assert!(matches!(
+            WalHeader::parse(&magic),
+            Err(WalError::BadMagic(_))
+        ));
     }
 }

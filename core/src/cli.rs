@@ -24,12 +24,58 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replicate databases continuously: `replicate DB URL...` or `replicate -config FILE`.
+    Replicate(ReplicateArgs),
     /// Restore a database from a replica.
     Restore(RestoreArgs),
     /// List the LTX files of a replica.
     Ltx(LtxArgs),
+    /// Show each configured database's replicated TXID and lag.
+    Status(ConfigArgs),
+    /// List the databases in the configuration.
+    Databases(ConfigArgs),
+    /// Run the whole cycle on a scratch directory: write, replicate, delete, restore, compare.
+    Demo(DemoArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// A database path followed by one or more replica URLs; none to use the configuration.
+    pub args: Vec<String>,
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[arg(long = "no-expand-env")]
+    pub no_expand_env: bool,
+    /// Run this command as a child, forward signals to it, and exit with it.
+    #[arg(long = "exec", value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Restore each database from its first replica first if it does not exist.
+    #[arg(long = "restore-if-db-not-exists")]
+    pub restore_if_db_not_exists: bool,
+    /// Sync once, then exit.
+    #[arg(long = "once")]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[arg(long = "no-expand-env")]
+    pub no_expand_env: bool,
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory to work in (default: a new temporary directory, removed afterwards).
+    pub dir: Option<PathBuf>,
+    /// Rows to write.
+    #[arg(long = "rows", default_value_t = 10_000)]
+    pub rows: u32,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +173,10 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// Outcome of a command for `main`: the exit code.
 pub async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Replicate(args) => crate::daemon::cmd_replicate(args).await,
+        Command::Status(args) => crate::daemon::cmd_status(args, false).await,
+        Command::Databases(args) => crate::daemon::cmd_status(args, true).await,
+        Command::Demo(args) => crate::demo::cmd_demo(args).await,
         Command::Restore(args) => cmd_restore(args).await,
         Command::Ltx(args) => cmd_ltx(args).await,
         Command::Version => {
@@ -196,7 +246,7 @@ fn parse_target(args: &RestoreArgs) -> Result<Target> {
     }
 }
 
-fn sidecars(path: &Path) -> [PathBuf; 2] {
+pub(crate) fn sidecars(path: &Path) -> [PathBuf; 2] {
     let s = path.as_os_str().to_owned();
     let with = |suffix: &str| {
         let mut p = s.clone();
@@ -262,67 +312,17 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
         return Ok(0);
     }
 
-    let parent = output.parent().unwrap_or(Path::new("/")).to_path_buf();
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("cannot create output directory {}", parent.display()))?;
-    let mut tmp = output.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let total: u64 = chosen.iter().map(|f| f.size).sum();
-    let bar = if !args.json && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} restoring [{bar:30}] {bytes}/{total_bytes} {msg}",
-            )
-            .map_err(|e| anyhow!(e))?,
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let progress = bar.clone();
-    let result = restore::restore_to(
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+    let report = restore_into_place(
         &replica,
         chosen,
-        &tmp,
+        &output,
         args.parallelism,
-        move |f: &FileInfo| {
-            progress.inc(f.size);
-            progress.set_message(format!("TXID {:016x}", f.max_txid));
-        },
+        args.integrity_check,
+        args.force,
+        show_progress,
     )
-    .await;
-    bar.finish_and_clear();
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-    };
-    if args.integrity_check != IntegrityCheck::None
-        && let Err(e) = integrity_check(&tmp, args.integrity_check)
-    {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if args.force {
-        for side in sidecars(&output) {
-            match std::fs::remove_file(&side) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot remove {}", side.display()));
-                }
-            }
-        }
-    }
-    std::fs::rename(&tmp, &output)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
-    std::fs::File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", parent.display()))?;
+    .await?;
     if args.json {
         let v = serde_json::json!({
             "output": output,
@@ -349,6 +349,75 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Restores `files` into `<output>.tmp`, checks it, and only then moves it into place (removing
+/// stale `-wal`/`-shm` files first when `force`). Nothing is left at the output path on failure.
+pub(crate) async fn restore_into_place(
+    replica: &Replica,
+    files: Vec<FileInfo>,
+    output: &Path,
+    parallelism: usize,
+    check: IntegrityCheck,
+    force: bool,
+    show_progress: bool,
+) -> Result<restore::RestoreReport> {
+    let parent = output.parent().unwrap_or(Path::new("/")).to_path_buf();
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create output directory {}", parent.display()))?;
+    let mut tmp = output.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = if show_progress {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} restoring [{bar:30}] {bytes}/{total_bytes} {msg}",
+            )
+            .map_err(|e| anyhow!(e))?,
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = bar.clone();
+    let result = restore::restore_to(replica, files, &tmp, parallelism, move |f: &FileInfo| {
+        progress.inc(f.size);
+        progress.set_message(format!("TXID {:016x}", f.max_txid));
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    if check != IntegrityCheck::None
+        && let Err(e) = integrity_check(&tmp, check)
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if force {
+        for side in sidecars(output) {
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", side.display()));
+                }
+            }
+        }
+    }
+    std::fs::rename(&tmp, output)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", parent.display()))?;
+    Ok(report)
 }
 
 fn integrity_check(path: &Path, mode: IntegrityCheck) -> Result<()> {

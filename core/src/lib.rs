@@ -2,10 +2,17 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod compact;
 pub mod config;
+pub mod engine;
 pub mod ltx;
 pub mod replica;
+pub mod replicate;
 pub mod restore;
 pub mod store;
 pub mod url;
 pub mod wal;
+pub mod daemon;
+pub mod demo;
+pub mod jobs;
+pub mod metrics;

@@ -214,7 +214,11 @@ pub struct Fetched {
     _scratch: Option<tempfile::TempPath>,
 }
 
-async fn fetch(replica: &Replica, info: FileInfo, scratch: &Path) -> Result<Fetched, RestoreError> {
+pub async fn fetch(
+    replica: &Replica,
+    info: FileInfo,
+    scratch: &Path,
+) -> Result<Fetched, RestoreError> {
     let key = replica.key(&info);
     if let Some(path) = replica.store.local_path(&key) {
         return Ok(Fetched {
@@ -377,7 +381,13 @@ pub async fn restore_to(
         .prefix(".sluice-restore-")
         .tempdir_in(&dir)
         .map_err(io_err(&dir))?;
-    let out = File::create(tmp_path).map_err(io_err(tmp_path))?;
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp_path)
+        .map_err(io_err(tmp_path))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, RestoreError>>(1);
     let out_path = tmp_path.to_path_buf();
     let applier = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,357 @@
+//! Compaction, snapshots and retention on a replica.
+//!
+//! - Compaction merges the files of level `n-1` that follow level `n`'s newest file into one
+//!   file at level `n` (newest copy of each page wins; pages past the final commit size drop).
+//! - A snapshot merges the restore plan up to the replica's newest TXID into one level-9 file
+//!   covering `1..=txid`, so it needs no local read of the live database.
+//! - Retention ([`plan_retention`], pure) never removes what a restore to any time inside the
+//!   retention window needs.
+//!
+//! Merging streams every input from disk (downloaded to a scratch directory when the store is
+//! remote), so memory is one page per input plus the encoded output.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use crate::checksum::DbChecksum;
+use crate::ltx::{Decoder, Encoder, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
+use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
+use crate::restore::{self, Fetched, RestoreError, Target};
+
+/// The most input files one compaction merges (the rest wait for the next run).
+pub const COMPACTION_INPUTS_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompactError {
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("{file}: {error}")]
+    Ltx { file: String, error: LtxError },
+    #[error("compacting {what}: {message}")]
+    Invalid { what: String, message: String },
+}
+
+struct Input {
+    name: String,
+    dec: Decoder<BufReader<File>>,
+    page: Vec<u8>,
+    pgno: Option<u32>,
+}
+
+impl Input {
+    fn advance(&mut self) -> Result<(), CompactError> {
+        self.pgno = self
+            .dec
+            .next_page(&mut self.page)
+            .map_err(|error| CompactError::Ltx {
+                file: self.name.clone(),
+                error,
+            })?;
+        Ok(())
+    }
+}
+
+/// Merges `inputs` (in TXID order, contiguous) into one file covering `min_txid..=max_txid`.
+/// Blocking. Verifies every input's checksum and, when all inputs carry database checksums,
+/// that they chain.
+pub fn merge(
+    inputs: &[Fetched],
+    min_txid: u64,
+    timestamp_ms: i64,
+) -> Result<(Vec<u8>, Header), CompactError> {
+    let what = || format!("{} files into {min_txid:016x}", inputs.len());
+    let mut opened = Vec::with_capacity(inputs.len());
+    for f in inputs {
+        let name = format!("{}", f.info);
+        let file = File::open(&f.path).map_err(|e| CompactError::Ltx {
+            file: name.clone(),
+            error: LtxError::Io(e),
+        })?;
+        let dec = Decoder::new(BufReader::new(file)).map_err(|error| CompactError::Ltx {
+            file: name.clone(),
+            error,
+        })?;
+        let page = vec![0u8; dec.header().page_size as usize];
+        opened.push(Input {
+            name,
+            dec,
+            page,
+            pgno: None,
+        });
+    }
+    let (Some(first), Some(last)) = (opened.first(), opened.last()) else {
+        return Err(CompactError::Invalid {
+            what: what(),
+            message: "no inputs".into(),
+        });
+    };
+    let (fh, lh) = (*first.dec.header(), *last.dec.header());
+    let checksummed = opened.iter().all(|i| i.dec.header().has_checksums());
+    for pair in opened.windows(2) {
+        let (a, b) = (pair[0].dec.header(), pair[1].dec.header());
+        if b.page_size != a.page_size || b.min_txid > a.max_txid + 1 || b.max_txid <= a.max_txid {
+            return Err(CompactError::Invalid {
+                what: what(),
+                message: format!("{} does not follow {}", pair[1].name, pair[0].name),
+            });
+        }
+    }
+    let snapshot = min_txid == 1;
+    let header = Header {
+        flags: if checksummed {
+            0
+        } else {
+            HEADER_FLAG_NO_CHECKSUM
+        },
+        page_size: fh.page_size,
+        commit: lh.commit,
+        min_txid,
+        max_txid: lh.max_txid,
+        timestamp_ms,
+        pre_apply_checksum: if checksummed && !snapshot {
+            fh.pre_apply_checksum
+        } else {
+            0
+        },
+        ..Header::default()
+    };
+    let mut enc = Encoder::new(Vec::new(), header).map_err(|error| CompactError::Ltx {
+        file: what(),
+        error,
+    })?;
+    for i in &mut opened {
+        i.advance()?;
+    }
+    loop {
+        let Some(pgno) = opened.iter().filter_map(|i| i.pgno).min() else {
+            break;
+        };
+        // The newest input holding this page wins.
+        let winner = opened
+            .iter()
+            .rposition(|i| i.pgno == Some(pgno))
+            .unwrap_or(0);
+        if pgno <= header.commit {
+            enc.encode_page(pgno, &opened[winner].page)
+                .map_err(|error| CompactError::Ltx {
+                    file: what(),
+                    error,
+                })?;
+        }
+        for i in opened.iter_mut().filter(|i| i.pgno == Some(pgno)) {
+            i.advance()?;
+        }
+    }
+    let mut post = None;
+    for i in opened {
+        let name = i.name.clone();
+        let trailer = i
+            .dec
+            .finish()
+            .map_err(|error| CompactError::Ltx { file: name, error })?;
+        post = Some(trailer.post_apply_checksum);
+    }
+    let post = post.filter(|_| checksummed).map(DbChecksum::from_raw);
+    let (bytes, _) = enc.finish(post).map_err(|error| CompactError::Ltx {
+        file: what(),
+        error,
+    })?;
+    Ok((bytes, header))
+}
+
+async fn fetch_all(
+    replica: &Replica,
+    files: Vec<FileInfo>,
+    scratch: &Path,
+) -> Result<Vec<Fetched>, RestoreError> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(restore::fetch(replica, f, scratch).await?);
+    }
+    Ok(out)
+}
+
+async fn merge_and_write(
+    replica: &Replica,
+    inputs: Vec<FileInfo>,
+    level: u8,
+    min_txid: u64,
+    scratch: &Path,
+) -> Result<FileInfo, CompactError> {
+    let timestamp_ms = inputs.last().map_or(0, |f| f.created_ms);
+    let fetched = fetch_all(replica, inputs, scratch).await?;
+    let (bytes, header) =
+        tokio::task::spawn_blocking(move || merge(&fetched, min_txid, timestamp_ms))
+            .await
+            .map_err(|e| CompactError::Invalid {
+                what: "merge".into(),
+                message: e.to_string(),
+            })??;
+    let info = replica
+        .write(level, header.min_txid, header.max_txid, bytes, timestamp_ms)
+        .await
+        .map_err(|e| CompactError::Restore(e.into()))?;
+    Ok(info)
+}
+
+/// Compacts level `level - 1` into `level` up to `up_to_txid`. Returns the new file, or `None`
+/// when there is nothing contiguous to compact.
+pub async fn compact_level(
+    replica: &Replica,
+    level: u8,
+    up_to_txid: u64,
+    scratch: &Path,
+) -> Result<Option<FileInfo>, CompactError> {
+    let dst_max = replica
+        .list_level(level)
+        .await
+        .map_err(RestoreError::from)?
+        .iter()
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0);
+    let mut src: Vec<FileInfo> = replica
+        .list_level(level - 1)
+        .await
+        .map_err(RestoreError::from)?
+        .into_iter()
+        .filter(|f| f.min_txid > dst_max && f.max_txid <= up_to_txid)
+        .collect();
+    src.truncate(COMPACTION_INPUTS_MAX);
+    // Only a contiguous run starting right after the destination's newest file.
+    let mut next = dst_max + 1;
+    let mut run = Vec::new();
+    for f in src {
+        if f.min_txid != next && !(next == 1 && f.min_txid == 1) {
+            break;
+        }
+        next = f.max_txid + 1;
+        run.push(f);
+    }
+    if run.is_empty() {
+        return Ok(None);
+    }
+    let min_txid = run[0].min_txid;
+    merge_and_write(replica, run, level, min_txid, scratch)
+        .await
+        .map(Some)
+}
+
+/// Writes a level-9 snapshot covering `1..=up_to_txid` by merging the restore plan.
+pub async fn snapshot(
+    replica: &Replica,
+    up_to_txid: u64,
+    scratch: &Path,
+) -> Result<FileInfo, CompactError> {
+    let files = replica.list_all().await.map_err(RestoreError::from)?;
+    let plan = restore::plan(&replica.describe(), &files, Target::Txid(up_to_txid))?;
+    merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch).await
+}
+
+/// What retention may delete now. Rules, each keeping restores inside the window intact:
+/// - snapshots: keep the newest one created at or before `now - snapshot_retention` (it is the
+///   base for the window's oldest moment) and everything newer; never the newest snapshot;
+/// - levels 1..=8: delete files wholly at or below that base snapshot; never a level's newest;
+/// - level 0: delete files covered by level 1 and older than `l0_retention`, or wholly below the
+///   base snapshot; never the newest level-0 file.
+pub fn plan_retention(
+    files: &[FileInfo],
+    now_ms: i64,
+    snapshot_retention_ms: i64,
+    l0_retention_ms: i64,
+) -> Vec<FileInfo> {
+    let mut snapshots: Vec<&FileInfo> =
+        files.iter().filter(|f| f.level == SNAPSHOT_LEVEL).collect();
+    snapshots.sort_by_key(|f| (f.max_txid, f.created_ms));
+    let cutoff = now_ms - snapshot_retention_ms;
+    let base = snapshots
+        .iter()
+        .rev()
+        .find(|s| s.created_ms <= cutoff)
+        .copied();
+    let floor = base.map_or(0, |b| b.max_txid);
+    let newest_of = |level: u8| {
+        files
+            .iter()
+            .filter(|f| f.level == level)
+            .map(|f| f.max_txid)
+            .max()
+    };
+    let l1_max = newest_of(1).unwrap_or(0);
+    let mut out = Vec::new();
+    for f in files {
+        let newest = newest_of(f.level) == Some(f.max_txid);
+        let delete = match f.level {
+            SNAPSHOT_LEVEL => base.is_some_and(|b| f.max_txid < b.max_txid) && !newest,
+            0 => {
+                !newest
+                    && (f.max_txid <= floor
+                        || (f.max_txid <= l1_max && f.created_ms < now_ms - l0_retention_ms))
+            }
+            _ => !newest && f.max_txid <= floor,
+        };
+        if delete {
+            out.push(f.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(level: u8, min: u64, max: u64, created_ms: i64) -> FileInfo {
+        FileInfo {
+            level,
+            min_txid: min,
+            max_txid: max,
+            size: 1,
+            created_ms,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_window_restorable() {
+        let hour = 3_600_000;
+        let now = 100 * hour;
+        let files = vec![
+            f(9, 1, 10, now - 50 * hour),
+            f(9, 1, 20, now - 30 * hour),
+            f(9, 1, 30, now - 10 * hour),
+            f(1, 1, 10, now - 50 * hour),
+            f(1, 11, 20, now - 30 * hour),
+            f(1, 21, 30, now - 10 * hour),
+            f(1, 31, 31, now - hour),
+            f(0, 31, 31, now - hour),
+            f(0, 32, 32, now - 1000),
+        ];
+        let del = plan_retention(&files, now, 24 * hour, 300_000);
+        let del: Vec<_> = del
+            .iter()
+            .map(|f| (f.level, f.min_txid, f.max_txid))
+            .collect();
+        // The snapshot at -30h is the base for the window starting at -24h: it stays.
+        assert_eq!(del, vec![(9, 1, 10), (1, 1, 10), (1, 11, 20), (0, 31, 31)]);
+        // Every time inside the window still restores.
+        for t in [now - 24 * hour, now - 20 * hour, now - hour / 2, now] {
+            let kept: Vec<FileInfo> = files
+                .iter()
+                .filter(|x| !del.contains(&(x.level, x.min_txid, x.max_txid)))
+                .cloned()
+                .collect();
+            assert!(
+                restore::plan("r", &kept, Target::Before(t + 1)).is_ok(),
+                "time {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn retention_never_deletes_the_newest_files() {
+        let files = vec![f(9, 1, 5, 0), f(0, 5, 5, 0), f(1, 1, 5, 0)];
+        assert!(plan_retention(&files, i64::MAX / 2, 1, 1).is_empty());
+    }
+}

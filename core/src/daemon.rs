@@ -1,0 +1,239 @@
+//! `sluice replicate` (the long-running process), `status` and `databases`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::watch;
+
+use crate::cli::{ConfigArgs, IntegrityCheck, ReplicateArgs, restore_into_place};
+use crate::config::{Config, config_path};
+use crate::engine::SystemClock;
+use crate::jobs::{config_from_args, jobs_from_config};
+use crate::replicate::{self, JobStatus, SharedStatus};
+use crate::restore::{self, RestoreError, Target};
+use crate::url::ReplicaTarget;
+
+fn load_config(flag: Option<&Path>, no_expand: bool) -> Result<Config> {
+    let (path, _) = config_path(flag);
+    if !path.exists() {
+        bail!("no configuration at {} (pass -config PATH, or replicate DB URL)", path.display());
+    }
+    Ok(Config::load(&path, !no_expand)?)
+}
+
+pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
+    let mut config = match args.args.as_slice() {
+        [] => load_config(args.config.as_deref(), args.no_expand_env)?,
+        [db] => bail!("must specify at least one replica URL for {db}"),
+        [db, urls @ ..] => {
+            if args.config.is_some() {
+                bail!("cannot specify a replica URL and the -config flag");
+            }
+            config_from_args(db, urls).map_err(|e| anyhow!(e))?
+        }
+    };
+    if args.exec.is_some() && args.once {
+        bail!("-exec and -once cannot be used together");
+    }
+    let exec = args.exec.clone().or_else(|| config.exec.clone());
+    if config.dbs.is_empty() {
+        bail!("the configuration lists no databases");
+    }
+    // Validate everything before touching anything.
+    let scratch = tempfile::Builder::new().prefix("sluice-").tempdir().context("cannot create a scratch directory")?;
+    let jobs = jobs_from_config(&config, scratch.path()).map_err(|e| anyhow!(e))?;
+    for db in &mut config.dbs {
+        let path = PathBuf::from(&db.path);
+        if !path.exists() {
+            if args.restore_if_db_not_exists || db.restore_if_db_not_exists.unwrap_or(false) {
+                restore_missing(&path, db.replicas.first()).await?;
+            } else {
+                bail!("database {} does not exist", path.display());
+            }
+        }
+        if !path.is_file() {
+            bail!("database {} is not a regular file", path.display());
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clock = Arc::new(SystemClock);
+    let mut statuses = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut job in jobs {
+        let status: SharedStatus = Arc::new(std::sync::Mutex::new(JobStatus {
+            database: job.engine.db_path.clone(),
+            replica: job.replica.describe(),
+            ..JobStatus::default()
+        }));
+        if args.once {
+            job.schedule.levels_ms.clear();
+        }
+        statuses.push(status.clone());
+        tracing::info!(db = %job.engine.db_path.display(), replica = %job.replica.describe(), "replicating");
+        tasks.spawn(replicate::run(job, clock.clone(), status, stop_rx.clone()));
+    }
+    if let Some(addr) = &config.addr {
+        let listener = tokio::net::TcpListener::bind(normalize_addr(addr)).await.with_context(|| format!("cannot listen on addr {addr}"))?;
+        tokio::spawn(crate::metrics::serve(listener, statuses.clone()));
+    }
+
+    let mut child = match &exec {
+        Some(cmd) => Some(spawn_exec(cmd)?),
+        None => None,
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut exit_code = 0;
+    if args.once {
+        // One sync per job: the first loop iteration syncs (changes are pending at start).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = stop_tx.send(true);
+    } else {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { forward(&child, "TERM"); if child.is_none() { break; } }
+                _ = sigint.recv() => { forward(&child, "INT"); if child.is_none() { break; } }
+                status = wait_child(&mut child) => {
+                    exit_code = status;
+                    tracing::info!(code = status, "child process exited");
+                    break;
+                }
+                Some(res) = tasks.join_next() => {
+                    // A job ended on its own: a permanent error.
+                    let err = match res {
+                        Ok(Ok(())) => anyhow!("a replication job stopped unexpectedly"),
+                        Ok(Err(e)) => anyhow!(e),
+                        Err(e) => anyhow!(e),
+                    };
+                    let _ = stop_tx.send(true);
+                    forward(&child, "TERM");
+                    return Err(err);
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        if let Some(c) = child.as_mut() {
+            exit_code = c.wait().await.ok().and_then(|s| s.code()).unwrap_or(1);
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "replication stopped with an error");
+                exit_code = exit_code.max(1);
+            }
+            Err(e) => return Err(anyhow!(e)),
+        }
+    }
+    Ok(exit_code)
+}
+
+/// Litestream accepts `:9090`; so do we.
+fn normalize_addr(addr: &str) -> String {
+    if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr.to_string() }
+}
+
+fn spawn_exec(cmd: &str) -> Result<tokio::process::Child> {
+    let words = shell_words::split(cmd).with_context(|| format!("-exec {cmd:?}: cannot parse"))?;
+    let (prog, rest) = words.split_first().ok_or_else(|| anyhow!("-exec is empty"))?;
+    tokio::process::Command::new(prog).args(rest).spawn().with_context(|| format!("-exec: cannot start {prog}"))
+}
+
+fn forward(child: &Option<tokio::process::Child>, sig: &str) {
+    if let Some(pid) = child.as_ref().and_then(tokio::process::Child::id) {
+        // std has no kill(2) with a signal; the kill command is always present on Unix.
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    }
+}
+
+async fn wait_child(child: &mut Option<tokio::process::Child>) -> i32 {
+    match child {
+        Some(c) => c.wait().await.ok().and_then(|s| s.code()).unwrap_or(1),
+        None => std::future::pending().await,
+    }
+}
+
+async fn restore_missing(path: &Path, replica: Option<&crate::config::ReplicaConfig>) -> Result<()> {
+    let r = replica.ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
+    let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
+    let replica = target.open().map_err(|e| anyhow!(e))?;
+    let files = replica.list_all().await?;
+    match restore::plan(&replica.describe(), &files, Target::Latest) {
+        Ok(plan) => {
+            let report = restore_into_place(&replica, plan, path, restore::PARALLELISM_DEFAULT, IntegrityCheck::None, false, false).await?;
+            tracing::info!(db = %path.display(), txid = format_args!("{:016x}", report.txid), "restored database before replicating");
+            Ok(())
+        }
+        Err(RestoreError::ReplicaEmpty { .. }) => {
+            tracing::info!(db = %path.display(), "no backup to restore; starting with a new database");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn mtime_ms(path: &Path) -> Option<i64> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `status`: for each database and replica, the replicated TXID and an estimate of the lag
+/// (newest local write minus the newest replicated file's time). `databases` lists the
+/// configuration only.
+pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
+    let config = load_config(args.config.as_deref(), args.no_expand_env)?;
+    let mut rows = Vec::new();
+    for db in &config.dbs {
+        let path = PathBuf::from(&db.path);
+        for r in &db.replicas {
+            let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
+            let mut row = serde_json::json!({ "database": db.path, "replica": format!("{target:?}") });
+            if !list_only {
+                let replica = target.open().map_err(|e| anyhow!(e))?;
+                row["replica"] = replica.describe().into();
+                let files = replica.list_all().await.unwrap_or_default();
+                let newest = files.iter().max_by_key(|f| f.max_txid);
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                let local = [mtime_ms(&path), mtime_ms(Path::new(&wal))].into_iter().flatten().max();
+                row["status"] = match (path.exists(), newest) {
+                    (false, _) => "no database",
+                    (true, None) => "not replicated",
+                    (true, Some(_)) => "ok",
+                }
+                .into();
+                row["replicated_txid"] = newest.map(|f| format!("{:016x}", f.max_txid)).into();
+                let lag = match (local, newest) {
+                    (Some(l), Some(n)) => Some(((l - n.created_ms).max(0)) as f64 / 1000.0),
+                    _ => None,
+                };
+                row["lag_seconds"] = lag.into();
+            }
+            rows.push(row);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else if list_only {
+        println!("{:<40} replica", "database");
+        for r in rows {
+            println!("{:<40} {}", r["database"].as_str().unwrap_or(""), r["replica"].as_str().unwrap_or(""));
+        }
+    } else {
+        println!("{:<40} {:<14} {:<16} {:>8}  replica", "database", "status", "replicated_txid", "lag_s");
+        for r in rows {
+            println!(
+                "{:<40} {:<14} {:<16} {:>8}  {}",
+                r["database"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or(""),
+                r["replicated_txid"].as_str().unwrap_or("-"),
+                r["lag_seconds"].as_f64().map_or("-".into(), |l| format!("{l:.1}")),
+                r["replica"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,749 @@
+//! The replication engine: follows one database's WAL and ships each batch of committed
+//! transactions to one replica as a level-0 LTX file.
+//!
+//! The engine reaches the world through three seams: [`DbFiles`] (reading the database and its
+//! WAL), the replica's [`crate::store::ObjectStore`], and a [`Clock`]. Its decisions
+//! ([`state::plan_sync`], [`state::plan_checkpoint`]) are plain functions over values. The
+//! engine's own SQLite connection (held read transaction, checkpoints) is opened through an
+//! optional VFS name so the simulator can put it on its simulated disk too.
+//!
+//! Invariant: `sums` always describes exactly the database state the replica holds at
+//! `pos.txid`, and `sums.total() == pos.checksum`. Every shipped file carries the pre-apply
+//! checksum of that state and the post-apply checksum of the next, so a restore proves it
+//! reproduced the chain. Continuity with the local WAL is either proven (same WAL generation, or
+//! the old generation's tail is still readable after one restart) or the engine compares the
+//! whole current database with `sums` and ships exactly the pages that differ.
+
+pub mod source;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::checksum::{DbChecksum, lock_pgno, page_checksum};
+use crate::ltx::{Encoder, HEADER_SIZE, Header, LtxError, TRAILER_SIZE};
+use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
+use crate::store::StoreError;
+use crate::wal::{
+    Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
+};
+pub use source::{DbFiles, OsFiles};
+pub use state::{CheckpointPlan, CheckpointPolicy, PageSums, Position, SyncPlan, WalPos};
+
+/// The clock seam. Real time in production, simulated time in the simulator.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("database {path}: {message}")]
+    Database { path: PathBuf, message: String },
+    #[error("database {path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("replica {replica}: {message}")]
+    Replica { replica: String, message: String },
+    #[error("encoding LTX: {0}")]
+    Ltx(#[from] LtxError),
+}
+
+/// Engine settings. Every limit is named.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub db_path: PathBuf,
+    /// SQLite VFS for the engine's own connection (`None`: the default VFS).
+    pub vfs: Option<String>,
+    pub busy_timeout_ms: u64,
+    pub checkpoint: CheckpointPolicy,
+    /// The most WAL bytes one level-0 file covers; a larger backlog ships over several syncs.
+    pub sync_wal_bytes_max: u64,
+}
+
+impl EngineConfig {
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        Self {
+            db_path: db_path.into(),
+            vfs: None,
+            busy_timeout_ms: 1000,
+            checkpoint: CheckpointPolicy::default(),
+            sync_wal_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// The file shipped, if any.
+    pub shipped: Option<FileInfo>,
+    /// Whether the change was found by comparing the whole database (continuity not provable).
+    pub resynced: bool,
+    /// More committed WAL remains than one file may carry: sync again at once.
+    pub more: bool,
+    pub checkpoint: Option<CheckpointPlan>,
+}
+
+/// Where each page of a database state comes from.
+#[derive(Clone, Debug, Default)]
+struct StateMap {
+    commit: u32,
+    /// Page number to the offset of its newest committed WAL frame; other pages are read from
+    /// the database file.
+    wal_pages: BTreeMap<u32, u64>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    files: Arc<dyn DbFiles>,
+    replica: Replica,
+    clock: Arc<dyn Clock>,
+    /// A mutex only so the engine is `Sync`; the engine is driven by one task at a time.
+    conn: std::sync::Mutex<Connection>,
+    reading: bool,
+    page_size: u32,
+    pos: Position,
+    sums: PageSums,
+    last_checkpoint_ms: i64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("db", &self.cfg.db_path)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the database (switching it to WAL mode if needed), takes the read lock, finds the
+    /// replica's position and proves where it stands relative to the local database. Ships a
+    /// snapshot when the replica is empty or continuity cannot be proven.
+    pub async fn open(
+        cfg: EngineConfig,
+        files: Arc<dyn DbFiles>,
+        replica: Replica,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
+        let db_err = |e: rusqlite::Error| EngineError::Database {
+            path: cfg.db_path.clone(),
+            message: e.to_string(),
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = match &cfg.vfs {
+            Some(vfs) => Connection::open_with_flags_and_vfs(&cfg.db_path, flags, vfs.as_str()),
+            None => Connection::open_with_flags(&cfg.db_path, flags),
+        }
+        .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_millis(cfg.busy_timeout_ms))
+            .map_err(db_err)?;
+        // Our connection must never checkpoint on its own: checkpoints are decisions.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let new: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(db_err)?;
+            if !new.eq_ignore_ascii_case("wal") {
+                return Err(EngineError::Database {
+                    path: cfg.db_path.clone(),
+                    message: format!(
+                        "cannot switch journal_mode from {mode} to WAL (is another process holding it?)"
+                    ),
+                });
+            }
+            tracing::info!(db = %cfg.db_path.display(), from = %mode, "switched database to WAL mode");
+        }
+        let page_size: u32 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(db_err)?;
+        let now = clock.now_ms();
+        let mut engine = Engine {
+            cfg,
+            files,
+            replica,
+            clock,
+            conn: std::sync::Mutex::new(conn),
+            reading: false,
+            page_size,
+            pos: Position {
+                txid: 0,
+                checksum: DbChecksum::EMPTY,
+                wal: None,
+            },
+            sums: PageSums::new(page_size),
+            last_checkpoint_ms: now,
+        };
+        engine.begin_read()?;
+        engine.recover_position().await?;
+        Ok(engine)
+    }
+
+    pub fn position(&self) -> Position {
+        self.pos
+    }
+
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Database {
+            path: self.cfg.db_path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn io_err(&self, e: std::io::Error) -> EngineError {
+        EngineError::Io {
+            path: self.files.db_path().to_path_buf(),
+            error: e,
+        }
+    }
+
+    /// Holds a read transaction so the WAL cannot restart under frames we have not read.
+    fn begin_read(&mut self) -> Result<(), EngineError> {
+        if !self.reading {
+            let r = {
+                let conn = self.conn();
+                conn.execute_batch("BEGIN DEFERRED").and_then(|()| {
+                    let r: rusqlite::Result<i64> =
+                        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0));
+                    if r.is_err() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    r
+                })
+            };
+            r.map_err(|e| self.db_err(e))?;
+            self.reading = true;
+        }
+        Ok(())
+    }
+
+    fn end_read(&mut self) -> Result<(), EngineError> {
+        if self.reading {
+            self.reading = false;
+            let r = self.conn().execute_batch("ROLLBACK");
+            r.map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
+    }
+
+    fn wal_header(&self) -> Result<(Option<WalHeader>, u64), EngineError> {
+        let len = self.files.wal_len().map_err(|e| self.io_err(e))?;
+        let mut buf = [0u8; WAL_HEADER_SIZE];
+        let n = self
+            .files
+            .read_wal(0, &mut buf)
+            .map_err(|e| self.io_err(e))?;
+        let header = WalHeader::parse(&buf[..n])
+            .ok()
+            .filter(|h| h.page_size == self.page_size);
+        Ok((header, len))
+    }
+
+    fn scan(&self, scanner: &mut WalScanner, bytes_max: u64) -> Result<Committed, EngineError> {
+        scan_committed(scanner, bytes_max, |off, buf| self.files.read_wal(off, buf))
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// Reads page `pgno` of a state into `buf`.
+    fn read_page(&self, map: &StateMap, pgno: u32, buf: &mut [u8]) -> Result<(), EngineError> {
+        let n = match map.wal_pages.get(&pgno) {
+            Some(&frame) => self.files.read_wal(frame + FRAME_HEADER_SIZE as u64, buf),
+            None => self
+                .files
+                .read_db(u64::from(pgno - 1) * u64::from(self.page_size), buf),
+        }
+        .map_err(|e| self.io_err(e))?;
+        // Beyond the end of the database file SQLite reads zeros.
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    /// The state "database file plus these committed frames".
+    fn state_map(&self, committed: Option<&Committed>) -> Result<StateMap, EngineError> {
+        let db_pages = self.files.db_len().map_err(|e| self.io_err(e))? / u64::from(self.page_size);
+        let mut map = StateMap {
+            commit: u32::try_from(db_pages).unwrap_or(u32::MAX),
+            wal_pages: BTreeMap::new(),
+        };
+        if let Some(c) = committed
+            && let Some(size) = c.commit_size
+        {
+            map.commit = size;
+            map.wal_pages = c.pages.clone();
+        }
+        Ok(map)
+    }
+
+    fn sums_of(&self, map: &StateMap) -> Result<PageSums, EngineError> {
+        let mut sums = PageSums::new(self.page_size);
+        sums.resize(map.commit);
+        let lock = lock_pgno(self.page_size);
+        let mut buf = vec![0u8; self.page_size as usize];
+        for pgno in 1..=map.commit {
+            if pgno != lock {
+                self.read_page(map, pgno, &mut buf)?;
+                sums.set(pgno, page_checksum(pgno, &buf));
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Finds the replica's newest file and proves how the local database relates to it.
+    async fn recover_position(&mut self) -> Result<(), EngineError> {
+        let files = self.replica.list_all().await?;
+        let (header, _) = self.wal_header()?;
+        let all = match header {
+            Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
+            None => None,
+        };
+        let current = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let current_sums = self.sums_of(&current)?;
+        let current_wal = all.as_ref().map(|(h, c)| WalPos {
+            header: *h,
+            offset: c.end_offset,
+            checksum: c.end_checksum,
+        });
+        let Some(newest) = files
+            .iter()
+            .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.level)))
+            .cloned()
+        else {
+            // An empty replica: the first file is a full snapshot at TXID 1.
+            tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
+            self.ship_snapshot(&current, current_sums, current_wal, 0, 0)
+                .await?;
+            return Ok(());
+        };
+        let (rh, post) = self.read_file_ends(&newest).await?;
+        if rh.page_size != self.page_size {
+            return Err(EngineError::Replica {
+                replica: self.replica.describe(),
+                message: format!(
+                    "holds pages of {} bytes but the database uses {}",
+                    rh.page_size, self.page_size
+                ),
+            });
+        }
+        let replica_sum = DbChecksum::from_raw(post);
+        let mut proven = None;
+        if post != 0 {
+            // (a) Same WAL generation: the state at the replica's WAL offset.
+            if let Some((h, _)) = &all
+                && (rh.wal_salt1, rh.wal_salt2) == (h.salt1, h.salt2)
+                && rh.wal_offset > 0
+            {
+                let end = u64::try_from(rh.wal_offset + rh.wal_size).unwrap_or(0);
+                let mut sc = WalScanner::new(*h);
+                let upto = self.scan(&mut sc, end.saturating_sub(WAL_HEADER_SIZE as u64).max(1))?;
+                if upto.end_offset == end {
+                    let map = self.state_map(Some(&upto))?;
+                    let sums = self.sums_of(&map)?;
+                    if sums.total() == replica_sum {
+                        let wal = WalPos {
+                            header: *h,
+                            offset: upto.end_offset,
+                            checksum: upto.end_checksum,
+                        };
+                        proven = Some((sums, Some(wal)));
+                    }
+                }
+            }
+            // (b) The WAL restarted (or is gone) since: the database file alone.
+            let restarted = all
+                .as_ref()
+                .is_none_or(|(h, _)| (rh.wal_salt1, rh.wal_salt2) != (h.salt1, h.salt2));
+            if proven.is_none() && restarted {
+                let map = self.state_map(None)?;
+                let sums = self.sums_of(&map)?;
+                if sums.total() == replica_sum {
+                    let wal = all.as_ref().map(|(h, _)| WalPos {
+                        header: *h,
+                        offset: WAL_HEADER_SIZE as u64,
+                        checksum: h.checksum,
+                    });
+                    proven = Some((sums, wal));
+                }
+            }
+            // (c) Nothing changed at all.
+            if proven.is_none() && current_sums.total() == replica_sum {
+                proven = Some((current_sums.clone(), current_wal));
+            }
+        }
+        match proven {
+            Some((sums, wal)) => {
+                tracing::info!(
+                    txid = format_args!("{:016x}", newest.max_txid),
+                    "resuming replication"
+                );
+                self.pos = Position {
+                    txid: newest.max_txid,
+                    checksum: replica_sum,
+                    wal,
+                };
+                self.sums = sums;
+            }
+            None => {
+                tracing::warn!(
+                    replica = %self.replica.describe(),
+                    txid = format_args!("{:016x}", newest.max_txid),
+                    "cannot prove the local database continues the replica; shipping a snapshot"
+                );
+                self.ship_snapshot(&current, current_sums, current_wal, newest.max_txid, post)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a replica file's header and trailer with two ranged reads.
+    async fn read_file_ends(&self, f: &FileInfo) -> Result<(Header, u64), EngineError> {
+        let key = self.replica.key(f);
+        let head = self
+            .replica
+            .store
+            .get_range(&key, 0, HEADER_SIZE as u64)
+            .await?;
+        let tail = self
+            .replica
+            .store
+            .get_range(
+                &key,
+                f.size.saturating_sub(TRAILER_SIZE as u64),
+                TRAILER_SIZE as u64,
+            )
+            .await?;
+        let bad = |m: String| EngineError::Replica {
+            replica: self.replica.describe(),
+            message: format!("{f}: {m}"),
+        };
+        let head: [u8; HEADER_SIZE] = head
+            .try_into()
+            .map_err(|_| bad("shorter than an LTX header".into()))?;
+        let header = Header::decode(&head).map_err(|e| bad(e.to_string()))?;
+        let tail: [u8; TRAILER_SIZE] = tail
+            .try_into()
+            .map_err(|_| bad("shorter than an LTX trailer".into()))?;
+        let mut post = [0u8; 8];
+        post.copy_from_slice(&tail[..8]);
+        Ok((header, u64::from_be_bytes(post)))
+    }
+
+    fn wal_fields(wal: Option<&WalPos>, start: u64) -> (i64, i64, u32, u32) {
+        match wal {
+            Some(w) => {
+                let start = start.min(w.offset);
+                (
+                    i64::try_from(start).unwrap_or(0),
+                    i64::try_from(w.offset - start).unwrap_or(0),
+                    w.header.salt1,
+                    w.header.salt2,
+                )
+            }
+            None => (0, 0, 0, 0),
+        }
+    }
+
+    /// Ships a full snapshot of `map`. With an empty replica it is level-0 TXID 1 (as Litestream
+    /// starts); otherwise a level-9 snapshot covering 1..=after+1.
+    async fn ship_snapshot(
+        &mut self,
+        map: &StateMap,
+        sums: PageSums,
+        wal: Option<WalPos>,
+        after: u64,
+        _prev_post: u64,
+    ) -> Result<FileInfo, EngineError> {
+        let txid = after + 1;
+        let (wal_offset, wal_size, salt1, salt2) =
+            Self::wal_fields(wal.as_ref(), WAL_HEADER_SIZE as u64);
+        let header = Header {
+            flags: 0,
+            page_size: self.page_size,
+            commit: map.commit,
+            min_txid: 1,
+            max_txid: txid,
+            timestamp_ms: self.clock.now_ms(),
+            pre_apply_checksum: 0,
+            wal_offset,
+            wal_size,
+            wal_salt1: salt1,
+            wal_salt2: salt2,
+            node_id: 0,
+        };
+        let mut enc = Encoder::new(Vec::new(), header)?;
+        let lock = lock_pgno(self.page_size);
+        let mut buf = vec![0u8; self.page_size as usize];
+        for pgno in (1..=map.commit).filter(|&p| p != lock) {
+            self.read_page(map, pgno, &mut buf)?;
+            enc.encode_page(pgno, &buf)?;
+        }
+        let (bytes, _) = enc.finish(Some(sums.total()))?;
+        let level = if after == 0 { 0 } else { SNAPSHOT_LEVEL };
+        let info = self
+            .replica
+            .write(level, 1, txid, bytes, header.timestamp_ms)
+            .await?;
+        self.pos = Position {
+            txid,
+            checksum: sums.total(),
+            wal,
+        };
+        self.sums = sums;
+        Ok(info)
+    }
+
+    /// One sync: read what changed since the replica's position and ship it as one file.
+    pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
+        self.begin_read()?;
+        let mut outcome = SyncOutcome::default();
+        let (header, wal_len) = self.wal_header()?;
+        let plan = state::plan_sync(&self.pos, header, wal_len);
+        let batch = match plan {
+            SyncPlan::Idle => None,
+            SyncPlan::Continue(mut sc) | SyncPlan::FromStart(mut sc) => {
+                let start = sc.offset();
+                let c = self.scan(&mut sc, self.cfg.sync_wal_bytes_max)?;
+                outcome.more = c.end_offset - start >= self.cfg.sync_wal_bytes_max;
+                let wal = WalPos {
+                    header: *sc.header(),
+                    offset: c.end_offset,
+                    checksum: c.end_checksum,
+                };
+                if c.transactions == 0 {
+                    // Following a new, still empty WAL generation changes no state.
+                    self.pos.wal = Some(wal);
+                    None
+                } else {
+                    Some((
+                        self.state_map(Some(&c))?,
+                        c.pages.keys().copied().collect::<Vec<_>>(),
+                        Some(wal),
+                        start,
+                    ))
+                }
+            }
+            SyncPlan::OldTailThenNew { mut old, mut new } => {
+                let n = self.scan(&mut new, u64::MAX)?;
+                if n.end_offset > old.offset() {
+                    self.resync_batch(header, &mut outcome)?
+                } else {
+                    let t = self.scan(&mut old, u64::MAX)?;
+                    let mut map = self.state_map(None)?;
+                    // The old generation's tail happened before the new generation.
+                    for c in [&t, &n] {
+                        if let Some(size) = c.commit_size {
+                            map.commit = size;
+                        }
+                    }
+                    // Old-tail frames are superseded by new-generation frames of the same page.
+                    let mut tail_pages = t.pages.clone();
+                    tail_pages.retain(|p, _| !n.pages.contains_key(p) && *p <= map.commit);
+                    let mut changed: Vec<u32> =
+                        tail_pages.keys().chain(n.pages.keys()).copied().collect();
+                    changed.sort_unstable();
+                    changed.dedup();
+                    let mut wal_pages = n.pages.clone();
+                    // Tail pages are read from the old generation's frames, still in the file.
+                    wal_pages.extend(tail_pages);
+                    map.wal_pages = wal_pages;
+                    let wal = WalPos {
+                        header: *new.header(),
+                        offset: n.end_offset,
+                        checksum: n.end_checksum,
+                    };
+                    if changed.is_empty() && map.commit == self.sums.commit() {
+                        self.pos.wal = Some(wal);
+                        None
+                    } else {
+                        Some((map, changed, Some(wal), WAL_HEADER_SIZE as u64))
+                    }
+                }
+            }
+            SyncPlan::Resync => self.resync_batch(header, &mut outcome)?,
+        };
+        if let Some((map, changed, wal, start)) = batch {
+            outcome.shipped = Some(self.ship_incremental(&map, &changed, wal, start).await?);
+        }
+        // Let checkpoints past what we have shipped proceed, and pin the newest snapshot again.
+        self.end_read()?;
+        self.begin_read()?;
+        outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
+        Ok(outcome)
+    }
+
+    /// Compares the whole current database with the replica's state: the changed pages.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right away by sync"
+    )]
+    fn resync_batch(
+        &mut self,
+        header: Option<WalHeader>,
+        outcome: &mut SyncOutcome,
+    ) -> Result<Option<(StateMap, Vec<u32>, Option<WalPos>, u64)>, EngineError> {
+        outcome.resynced = true;
+        let all = match header {
+            Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
+            None => None,
+        };
+        let map = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let sums = self.sums_of(&map)?;
+        let changed = sums
+            .diff(&self.sums)
+            .into_iter()
+            .filter(|&p| p <= map.commit)
+            .collect::<Vec<_>>();
+        let wal = all.as_ref().map(|(h, c)| WalPos {
+            header: *h,
+            offset: c.end_offset,
+            checksum: c.end_checksum,
+        });
+        tracing::info!(db = %self.cfg.db_path.display(), pages = changed.len(), "WAL continuity lost (checkpoint or restart by another process); shipping the pages that differ");
+        if changed.is_empty() && map.commit == self.sums.commit() {
+            // Nothing differs: follow the current WAL (or none) from here.
+            self.pos.wal = wal;
+            return Ok(None);
+        }
+        Ok(Some((map, changed, wal, WAL_HEADER_SIZE as u64)))
+    }
+
+    /// Encodes and uploads the pages `changed` of state `map` as the next level-0 file, then
+    /// advances the position. Pages the database grew by without a frame are read from the file.
+    async fn ship_incremental(
+        &mut self,
+        map: &StateMap,
+        changed: &[u32],
+        wal: Option<WalPos>,
+        start: u64,
+    ) -> Result<FileInfo, EngineError> {
+        let lock = lock_pgno(self.page_size);
+        let old_commit = self.sums.commit();
+        let mut pages: Vec<u32> = changed
+            .iter()
+            .copied()
+            .filter(|&p| p <= map.commit && p != lock)
+            .collect();
+        pages.extend((old_commit + 1..=map.commit).filter(|p| *p != lock));
+        pages.sort_unstable();
+        pages.dedup();
+        let mut sums = self.sums.clone();
+        sums.resize(map.commit);
+        let txid = self.pos.txid + 1;
+        let (wal_offset, wal_size, salt1, salt2) = Self::wal_fields(wal.as_ref(), start);
+        let header = Header {
+            flags: 0,
+            page_size: self.page_size,
+            commit: map.commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp_ms: self.clock.now_ms(),
+            pre_apply_checksum: self.pos.checksum.raw(),
+            wal_offset,
+            wal_size,
+            wal_salt1: salt1,
+            wal_salt2: salt2,
+            node_id: 0,
+        };
+        let mut enc = Encoder::new(Vec::new(), header)?;
+        let mut buf = vec![0u8; self.page_size as usize];
+        for &pgno in &pages {
+            self.read_page(map, pgno, &mut buf)?;
+            sums.set(pgno, page_checksum(pgno, &buf));
+            enc.encode_page(pgno, &buf)?;
+        }
+        let (bytes, _) = enc.finish(Some(sums.total()))?;
+        let info = self
+            .replica
+            .write(0, txid, txid, bytes, header.timestamp_ms)
+            .await?;
+        // Acknowledged: only now does the position move.
+        self.pos = Position {
+            txid,
+            checksum: sums.total(),
+            wal,
+        };
+        self.sums = sums;
+        Ok(info)
+    }
+
+    fn maybe_checkpoint(&mut self, wal_len: u64) -> Result<Option<CheckpointPlan>, EngineError> {
+        let frame = u64::from(self.page_size) + FRAME_HEADER_SIZE as u64;
+        let frames = wal_len.saturating_sub(WAL_HEADER_SIZE as u64) / frame;
+        let now = self.clock.now_ms();
+        let plan =
+            state::plan_checkpoint(&self.cfg.checkpoint, frames, now - self.last_checkpoint_ms);
+        let mode = match plan {
+            CheckpointPlan::None => return Ok(None),
+            CheckpointPlan::Passive => "PASSIVE",
+            CheckpointPlan::Truncate => "TRUNCATE",
+        };
+        self.checkpoint(mode)?;
+        self.last_checkpoint_ms = now;
+        Ok(Some(plan))
+    }
+
+    /// Runs a checkpoint on the engine's connection. The read lock is released for it (a reader
+    /// would block it) and taken again afterwards. A busy database is not an error.
+    pub fn checkpoint(&mut self, mode: &str) -> Result<(), EngineError> {
+        self.end_read()?;
+        let r: rusqlite::Result<(i64, i64, i64)> =
+            self.conn()
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        let result = match r {
+            Ok((busy, log, done)) => {
+                tracing::debug!(mode, busy, log, done, "checkpoint");
+                Ok(())
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.db_err(e)),
+        };
+        self.begin_read()?;
+        result
+    }
+
+    /// Releases the read lock (for shutdown).
+    pub fn close(mut self) -> Result<(), EngineError> {
+        self.end_read()
+    }
+}

@@ -1,0 +1,112 @@
+//! The local-file seam: how the engine reads the database and its WAL.
+//!
+//! The engine never opens, closes or writes these files itself: SQLite's POSIX locks belong to the
+//! process, so closing any descriptor of the database file would drop the locks of the engine's
+//! own SQLite connection. The real implementation opens each file once and keeps the descriptor
+//! for the engine's whole life; the simulator implements the same trait over its simulated disk.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Read-only access to a database file and its `-wal`. Reads of a range past the end of a file
+/// return fewer bytes (possibly zero); a missing WAL reads as empty.
+pub trait DbFiles: Send + Sync {
+    fn read_db(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn db_len(&self) -> io::Result<u64>;
+    fn read_wal(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn wal_len(&self) -> io::Result<u64>;
+    /// Path of the database, for messages.
+    fn db_path(&self) -> &Path;
+}
+
+/// The real files. The database descriptor is opened once and never closed while the engine
+/// runs. The WAL descriptor is reopened if the WAL file is replaced (new inode) or appears.
+#[derive(Debug)]
+pub struct OsFiles {
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    db: File,
+    wal: Mutex<Option<(File, u64)>>,
+}
+
+impl OsFiles {
+    pub fn open(db_path: &Path) -> io::Result<Self> {
+        let db = File::open(db_path)?;
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok(Self {
+            db_path: db_path.to_path_buf(),
+            wal_path: PathBuf::from(wal),
+            db,
+            wal: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` on the current WAL descriptor, (re)opening it when the file was replaced.
+    fn with_wal<T>(&self, f: impl FnOnce(Option<&File>) -> io::Result<T>) -> io::Result<T> {
+        use std::os::unix::fs::MetadataExt;
+        let mut guard = self
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = match std::fs::metadata(&self.wal_path) {
+            Ok(m) => Some(m.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let stale = match (&*guard, current) {
+            (Some((_, ino)), Some(cur)) => *ino != cur,
+            (None, Some(_)) | (Some(_), None) => true,
+            (None, None) => false,
+        };
+        if stale {
+            *guard = match current {
+                Some(ino) => match File::open(&self.wal_path) {
+                    Ok(file) => Some((file, ino)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+        }
+        f(guard.as_ref().map(|(file, _)| file))
+    }
+}
+
+fn read_full_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+impl DbFiles for OsFiles {
+    fn read_db(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        read_full_at(&self.db, offset, buf)
+    }
+
+    fn db_len(&self) -> io::Result<u64> {
+        Ok(self.db.metadata()?.len())
+    }
+
+    fn read_wal(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.with_wal(|f| f.map_or(Ok(0), |f| read_full_at(f, offset, buf)))
+    }
+
+    fn wal_len(&self) -> io::Result<u64> {
+        self.with_wal(|f| f.map_or(Ok(0), |f| Ok(f.metadata()?.len())))
+    }
+
+    fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+}

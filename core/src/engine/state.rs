@@ -1,0 +1,307 @@
+//! The engine's model of what the replica holds, and the decisions made from it. No I/O here.
+
+use crate::checksum::{DbChecksum, lock_pgno};
+use crate::wal::{WalHeader, WalScanner};
+
+/// Per-page checksums of the database state the replica holds at the current position. Eight
+/// bytes per page: a 10 GiB database of 4 KiB pages costs 20 MiB. The lock page's entry is zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageSums {
+    page_size: u32,
+    sums: Vec<u64>,
+    total: DbChecksum,
+}
+
+impl PageSums {
+    pub fn new(page_size: u32) -> Self {
+        Self {
+            page_size,
+            sums: Vec::new(),
+            total: DbChecksum::EMPTY,
+        }
+    }
+
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// Database size in pages.
+    pub fn commit(&self) -> u32 {
+        u32::try_from(self.sums.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn total(&self) -> DbChecksum {
+        self.total
+    }
+
+    pub fn get(&self, pgno: u32) -> Option<u64> {
+        self.sums.get(pgno.checked_sub(1)? as usize).copied()
+    }
+
+    /// Sets page `pgno`'s checksum, growing the database if needed (new pages in between count
+    /// as all-zero pages until set).
+    pub fn set(&mut self, pgno: u32, sum: u64) {
+        if pgno == 0 || pgno == lock_pgno(self.page_size) {
+            return;
+        }
+        if pgno > self.commit() {
+            self.resize(pgno);
+        }
+        let slot = &mut self.sums[pgno as usize - 1];
+        self.total.toggle(*slot);
+        self.total.toggle(sum);
+        *slot = sum;
+    }
+
+    /// Grows (with zero pages) or shrinks the database to `commit` pages.
+    pub fn resize(&mut self, commit: u32) {
+        let lock = lock_pgno(self.page_size);
+        while self.commit() > commit {
+            if let Some(sum) = self.sums.pop() {
+                self.total.toggle(sum);
+            }
+        }
+        if commit > self.commit() {
+            let zero = vec![0u8; self.page_size as usize];
+            for pgno in self.commit() + 1..=commit {
+                let sum = if pgno == lock {
+                    0
+                } else {
+                    crate::checksum::page_checksum(pgno, &zero)
+                };
+                self.total.toggle(sum);
+                self.sums.push(sum);
+            }
+        }
+    }
+
+    /// Page numbers whose checksum differs from `other`'s (pages beyond either size count as
+    /// different).
+    pub fn diff(&self, other: &PageSums) -> Vec<u32> {
+        let n = self.commit().max(other.commit());
+        (1..=n)
+            .filter(|&p| p != lock_pgno(self.page_size) && self.get(p) != other.get(p))
+            .collect()
+    }
+}
+
+/// Where in the WAL the replica's state ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalPos {
+    pub header: WalHeader,
+    /// Offset just past the last shipped commit frame.
+    pub offset: u64,
+    /// Cumulative WAL checksum at `offset`.
+    pub checksum: (u32, u32),
+}
+
+impl WalPos {
+    pub fn scanner(&self) -> WalScanner {
+        WalScanner::resume(self.header, self.offset, self.checksum)
+    }
+}
+
+/// What the replica holds: TXID, database checksum, and where it ends in the local WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub txid: u64,
+    pub checksum: DbChecksum,
+    /// `None` when the state is the database file alone (no valid WAL was present).
+    pub wal: Option<WalPos>,
+}
+
+/// How to read the changes since the replica's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPlan {
+    /// Nothing can have changed: no WAL and none before.
+    Idle,
+    /// Same WAL generation: read committed frames from the saved offset.
+    Continue(WalScanner),
+    /// No WAL was followed before; a WAL has appeared: all its committed frames are new.
+    FromStart(WalScanner),
+    /// The WAL restarted once. The old generation's frames past our offset may still be in the
+    /// file (a restart overwrites from the start); if the new generation ends before our offset,
+    /// read the old tail, then the new generation.
+    OldTailThenNew { old: WalScanner, new: WalScanner },
+    /// Continuity cannot be proven: compare the whole current state with the replica's.
+    Resync,
+}
+
+/// Decides how to find what changed, from the WAL header now on disk. `header` is `None` when the
+/// WAL is missing, shorter than a header, or its header is invalid (truncated, being rewritten).
+pub fn plan_sync(pos: &Position, header: Option<WalHeader>, wal_len: u64) -> SyncPlan {
+    match (pos.wal, header) {
+        (None, None) => SyncPlan::Idle,
+        (None, Some(h)) => SyncPlan::FromStart(WalScanner::new(h)),
+        (Some(_), None) => SyncPlan::Resync,
+        (Some(w), Some(h)) => {
+            let same_generation = (h.salt1, h.salt2) == (w.header.salt1, w.header.salt2);
+            if same_generation && h.page_size == w.header.page_size {
+                if wal_len < w.offset {
+                    SyncPlan::Resync
+                } else {
+                    SyncPlan::Continue(w.scanner())
+                }
+            } else if h.salt1 == w.header.salt1.wrapping_add(1)
+                && h.page_size == w.header.page_size
+                && h.big_endian_checksums == w.header.big_endian_checksums
+                && wal_len > w.offset
+            {
+                SyncPlan::OldTailThenNew {
+                    old: w.scanner(),
+                    new: WalScanner::new(h),
+                }
+            } else {
+                SyncPlan::Resync
+            }
+        }
+    }
+}
+
+/// When to checkpoint, from the WAL size after a sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointPlan {
+    None,
+    Passive,
+    Truncate,
+}
+
+/// Checkpoint thresholds in WAL pages (Litestream's defaults: PASSIVE at 1,000 pages or after
+/// `checkpoint_interval` with any frames, TRUNCATE at 121,359 pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub min_pages: u64,
+    pub truncate_pages: u64,
+    pub interval_ms: i64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            min_pages: 1000,
+            truncate_pages: 121_359,
+            interval_ms: 60_000,
+        }
+    }
+}
+
+pub fn plan_checkpoint(
+    policy: &CheckpointPolicy,
+    wal_frames: u64,
+    ms_since_checkpoint: i64,
+) -> CheckpointPlan {
+    if policy.truncate_pages > 0 && wal_frames >= policy.truncate_pages {
+        CheckpointPlan::Truncate
+    } else if wal_frames >= policy.min_pages
+        || (wal_frames > 0 && ms_since_checkpoint >= policy.interval_ms)
+    {
+        CheckpointPlan::Passive
+    } else {
+        CheckpointPlan::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(salt1: u32, salt2: u32) -> WalHeader {
+        WalHeader {
+            big_endian_checksums: false,
+            page_size: 4096,
+            checkpoint_seq: 0,
+            salt1,
+            salt2,
+            checksum: (1, 2),
+        }
+    }
+
+    fn pos(salt1: u32, offset: u64) -> Position {
+        Position {
+            txid: 3,
+            checksum: DbChecksum::EMPTY,
+            wal: Some(WalPos {
+                header: header(salt1, 7),
+                offset,
+                checksum: (5, 6),
+            }),
+        }
+    }
+
+    #[test]
+    fn same_generation_continues_at_the_offset() {
+        let plan = plan_sync(&pos(10, 5000), Some(header(10, 7)), 9000);
+        assert!(
+            matches!(plan, SyncPlan::Continue(s) if s.offset() == 5000 && s.checksum() == (5, 6))
+        );
+    }
+
+    #[test]
+    fn one_restart_tries_the_old_tail() {
+        assert!(matches!(
+            plan_sync(&pos(10, 5000), Some(header(11, 99)), 9000),
+            SyncPlan::OldTailThenNew { .. }
+        ));
+    }
+
+    #[test]
+    fn anything_unprovable_resyncs() {
+        // Truncated WAL, two restarts, a shrunken WAL with the same salts, a different page size.
+        assert_eq!(plan_sync(&pos(10, 5000), None, 0), SyncPlan::Resync);
+        assert_eq!(
+            plan_sync(&pos(10, 5000), Some(header(12, 1)), 9000),
+            SyncPlan::Resync
+        );
+        assert_eq!(
+            plan_sync(&pos(10, 5000), Some(header(10, 7)), 4000),
+            SyncPlan::Resync
+        );
+        assert_eq!(
+            plan_sync(&pos(10, 5000), Some(header(11, 1)), 5000),
+            SyncPlan::Resync
+        );
+        let mut big = header(10, 7);
+        big.page_size = 8192;
+        assert_eq!(plan_sync(&pos(10, 5000), Some(big), 9000), SyncPlan::Resync);
+    }
+
+    #[test]
+    fn no_wal_before_and_now() {
+        let p = Position {
+            txid: 1,
+            checksum: DbChecksum::EMPTY,
+            wal: None,
+        };
+        assert_eq!(plan_sync(&p, None, 0), SyncPlan::Idle);
+        assert!(matches!(
+            plan_sync(&p, Some(header(1, 1)), 32),
+            SyncPlan::FromStart(_)
+        ));
+    }
+
+    #[test]
+    fn page_sums_track_the_total() {
+        let mut a = PageSums::new(512);
+        a.set(1, 11 | crate::checksum::CHECKSUM_FLAG);
+        a.set(3, 33 | crate::checksum::CHECKSUM_FLAG);
+        assert_eq!(a.commit(), 3);
+        let mut b = a.clone();
+        b.set(2, 22 | crate::checksum::CHECKSUM_FLAG);
+        assert_eq!(b.diff(&a), vec![2]);
+        b.resize(1);
+        assert_eq!(b.diff(&a), vec![2, 3]);
+        let mut c = PageSums::new(512);
+        c.set(1, 11 | crate::checksum::CHECKSUM_FLAG);
+        assert_eq!(b.total(), c.total());
+    }
+
+    #[test]
+    fn checkpoint_thresholds() {
+        let p = CheckpointPolicy::default();
+        assert_eq!(plan_checkpoint(&p, 10, 1000), CheckpointPlan::None);
+        assert_eq!(plan_checkpoint(&p, 10, 60_000), CheckpointPlan::Passive);
+        assert_eq!(plan_checkpoint(&p, 0, 600_000), CheckpointPlan::None);
+        assert_eq!(plan_checkpoint(&p, 1000, 0), CheckpointPlan::Passive);
+        assert_eq!(plan_checkpoint(&p, 200_000, 0), CheckpointPlan::Truncate);
+    }
+}

@@ -326,15 +326,13 @@ fn check_every_restore_point(checksums: Checksums) {
     }
 }
 
-/// Regression test, currently failing, hence ignored. `restore::restore_to` creates
-/// `<out>.tmp` with `File::create`, which opens it write-only; when the last file carries a
-/// post-apply checksum, `apply_plan` reads the output back through `checksum_file` to verify it
-/// and gets EBADF, so every restore of a replica written with database checksums (sluice's own
-/// format) fails with "<out>.tmp: Bad file descriptor (os error 9)". Litestream's files carry no
-/// checksums, which is why restores of Litestream replicas pass. Remove the `ignore` once
-/// `restore_to` opens the temporary read-write.
+/// Regression test. `restore::restore_to` used to create `<out>.tmp` with `File::create`,
+/// which opens it write-only; when the last file carried a post-apply checksum, `apply_plan`
+/// read the output back through `checksum_file` to verify it and got EBADF, so every restore of
+/// a replica written with database checksums (sluice's own format) failed with
+/// "<out>.tmp: Bad file descriptor (os error 9)". Restores of Litestream replicas passed because
+/// Litestream's files carry no checksums, so nothing read the output back.
 #[test]
-#[ignore = "core bug: restore_to opens <out>.tmp write-only, so checksum verification fails with EBADF"]
 fn replica_with_database_checksums_restores_byte_identical_at_every_txid() {
     check_every_restore_point(Checksums::Recorded);
 }
@@ -371,6 +369,14 @@ fn flipped_bit_in_l0_file_is_refused() {
         &[&built.url()],
         &out,
         &["0000000000000003-0000000000000003.ltx"],
+    );
+    // A restore that stops before the damaged file still works.
+    let fine = restore_ok(&built, &out, "fine.db", &[&"-txid", &"2"]);
+    assert_same_file(
+        built.image(2),
+        &fine,
+        built.page_size,
+        "restore below the damage",
     );
 }
 
@@ -440,6 +446,14 @@ fn file_from_another_history_fails_the_pre_apply_checksum() {
         &out,
         &["0000000000000005-0000000000000005.ltx", "checksum"],
     );
+    // The history up to the foreign file is intact.
+    let fine = restore_ok(&built, &out, "fine.db", &[&"-txid", &"4"]);
+    assert_same_file(
+        built.image(4),
+        &fine,
+        built.page_size,
+        "restore below the foreign file",
+    );
 }
 
 #[test]
@@ -468,11 +482,9 @@ fn missing_replica_fails() {
 }
 
 #[test]
-/// The replica has no database checksums, so the successful restores here do not depend on
-/// the end-of-restore verification that the ignored regression test above is waiting on.
 fn existing_output_needs_force_and_force_replaces_it_and_its_wal() {
     let ws = Workspace::new("force");
-    let built = build_replica(&ws, "a", 4096, 4, 28, Checksums::Absent);
+    let built = build_replica(&ws, "a", 4096, 4, 28, Checksums::Recorded);
     let out = ws.dir("out");
     let out_db = out.join("out.db");
     std::fs::write(&out_db, b"precious").expect("write an existing output");
@@ -542,11 +554,9 @@ fn unwritable_output_directory_is_reported() {
 }
 
 #[test]
-/// The replica has no database checksums, so the successful restores here do not depend on
-/// the end-of-restore verification that the ignored regression test above is waiting on.
 fn if_db_not_exists_leaves_an_existing_output_alone() {
     let ws = Workspace::new("if-db-not-exists");
-    let built = build_replica(&ws, "a", 512, 2, 31, Checksums::Absent);
+    let built = build_replica(&ws, "a", 512, 2, 31, Checksums::Recorded);
     let out = ws.dir("out");
     let out_db = out.join("out.db");
     std::fs::write(&out_db, b"precious").expect("write an existing output");

@@ -14,8 +14,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use crate::checksum::DbChecksum;
-use crate::ltx::{Decoder, Encoder, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
+use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::restore::{self, Fetched, RestoreError, Target};
 
@@ -88,8 +87,16 @@ pub fn merge(
         });
     };
     let (fh, lh) = (*first.dec.header(), *last.dec.header());
-    let checksummed = opened.iter().all(|i| i.dec.header().has_checksums());
-    for pair in opened.windows(2) {
+    let sums = inputs
+        .iter()
+        .map(|f| {
+            file_checksums(&f.path).map_err(|error| CompactError::Ltx {
+                file: f.info.to_string(),
+                error,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, pair) in opened.windows(2).enumerate() {
         let (a, b) = (pair[0].dec.header(), pair[1].dec.header());
         if b.page_size != a.page_size || b.min_txid > a.max_txid + 1 || b.max_txid <= a.max_txid {
             return Err(CompactError::Invalid {
@@ -97,24 +104,41 @@ pub fn merge(
                 message: format!("{} does not follow {}", pair[1].name, pair[0].name),
             });
         }
+        // Both record checksums and b starts right after a: b must continue a's database.
+        if let (Some((_, post)), Some((pre, _))) = (sums[i], sums[i + 1])
+            && b.min_txid == a.max_txid + 1
+            && pre != post
+        {
+            return Err(CompactError::Invalid {
+                what: what(),
+                message: format!(
+                    "{} was written against a different database than {} produced",
+                    pair[1].name, pair[0].name
+                ),
+            });
+        }
     }
     let snapshot = min_txid == 1;
+    let ext = match (
+        sums.first().copied().flatten(),
+        sums.last().copied().flatten(),
+    ) {
+        (Some((pre, _)), Some((_, post))) if sums.iter().all(Option::is_some) => {
+            Some(ExtChecksums {
+                pre: if snapshot { 0 } else { pre },
+                post,
+            })
+        }
+        _ => None,
+    };
     let header = Header {
-        flags: if checksummed {
-            0
-        } else {
-            HEADER_FLAG_NO_CHECKSUM
-        },
+        flags: HEADER_FLAG_NO_CHECKSUM,
         page_size: fh.page_size,
         commit: lh.commit,
         min_txid,
         max_txid: lh.max_txid,
         timestamp_ms,
-        pre_apply_checksum: if checksummed && !snapshot {
-            fh.pre_apply_checksum
-        } else {
-            0
-        },
+        ext,
         ..Header::default()
     };
     let mut enc = Encoder::new(Vec::new(), header).map_err(|error| CompactError::Ltx {
@@ -144,21 +168,34 @@ pub fn merge(
             i.advance()?;
         }
     }
-    let mut post = None;
     for i in opened {
         let name = i.name.clone();
-        let trailer = i
-            .dec
+        i.dec
             .finish()
             .map_err(|error| CompactError::Ltx { file: name, error })?;
-        post = Some(trailer.post_apply_checksum);
     }
-    let post = post.filter(|_| checksummed).map(DbChecksum::from_raw);
-    let (bytes, _) = enc.finish(post).map_err(|error| CompactError::Ltx {
+    let (bytes, _) = enc.finish(None).map_err(|error| CompactError::Ltx {
         file: what(),
         error,
     })?;
     Ok((bytes, header))
+}
+
+/// The database checksums a file records (before, after), reading only its header and trailer.
+pub fn file_checksums(path: &Path) -> Result<Option<(u64, u64)>, LtxError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    let mut hb = [0u8; crate::ltx::HEADER_SIZE];
+    f.read_exact(&mut hb)?;
+    let h = Header::decode(&hb)?;
+    let mut tb = [0u8; 8];
+    f.seek(SeekFrom::End(-(crate::ltx::TRAILER_SIZE as i64)))?;
+    f.read_exact(&mut tb)?;
+    let trailer = crate::ltx::Trailer {
+        post_apply_checksum: u64::from_be_bytes(tb),
+        file_checksum: 0,
+    };
+    Ok(h.db_checksums(&trailer))
 }
 
 async fn fetch_all(

@@ -17,7 +17,10 @@ use crate::url::ReplicaTarget;
 fn load_config(flag: Option<&Path>, no_expand: bool) -> Result<Config> {
     let (path, _) = config_path(flag);
     if !path.exists() {
-        bail!("no configuration at {} (pass -config PATH, or replicate DB URL)", path.display());
+        bail!(
+            "no configuration at {} (pass -config PATH, or replicate DB URL)",
+            path.display()
+        );
     }
     Ok(Config::load(&path, !no_expand)?)
 }
@@ -41,7 +44,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         bail!("the configuration lists no databases");
     }
     // Validate everything before touching anything.
-    let scratch = tempfile::Builder::new().prefix("sluice-").tempdir().context("cannot create a scratch directory")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("sluice-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
     let jobs = jobs_from_config(&config, scratch.path()).map_err(|e| anyhow!(e))?;
     for db in &mut config.dbs {
         let path = PathBuf::from(&db.path);
@@ -75,7 +81,9 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         tasks.spawn(replicate::run(job, clock.clone(), status, stop_rx.clone()));
     }
     if let Some(addr) = &config.addr {
-        let listener = tokio::net::TcpListener::bind(normalize_addr(addr)).await.with_context(|| format!("cannot listen on addr {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(normalize_addr(addr))
+            .await
+            .with_context(|| format!("cannot listen on addr {addr}"))?;
         tokio::spawn(crate::metrics::serve(listener, statuses.clone()));
     }
 
@@ -133,19 +141,31 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
 
 /// Litestream accepts `:9090`; so do we.
 fn normalize_addr(addr: &str) -> String {
-    if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr.to_string() }
+    if addr.starts_with(':') {
+        format!("127.0.0.1{addr}")
+    } else {
+        addr.to_string()
+    }
 }
 
 fn spawn_exec(cmd: &str) -> Result<tokio::process::Child> {
     let words = shell_words::split(cmd).with_context(|| format!("-exec {cmd:?}: cannot parse"))?;
-    let (prog, rest) = words.split_first().ok_or_else(|| anyhow!("-exec is empty"))?;
-    tokio::process::Command::new(prog).args(rest).spawn().with_context(|| format!("-exec: cannot start {prog}"))
+    let (prog, rest) = words
+        .split_first()
+        .ok_or_else(|| anyhow!("-exec is empty"))?;
+    tokio::process::Command::new(prog)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("-exec: cannot start {prog}"))
 }
 
 fn forward(child: &Option<tokio::process::Child>, sig: &str) {
     if let Some(pid) = child.as_ref().and_then(tokio::process::Child::id) {
         // std has no kill(2) with a signal; the kill command is always present on Unix.
-        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
     }
 }
 
@@ -156,14 +176,27 @@ async fn wait_child(child: &mut Option<tokio::process::Child>) -> i32 {
     }
 }
 
-async fn restore_missing(path: &Path, replica: Option<&crate::config::ReplicaConfig>) -> Result<()> {
-    let r = replica.ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
+async fn restore_missing(
+    path: &Path,
+    replica: Option<&crate::config::ReplicaConfig>,
+) -> Result<()> {
+    let r = replica
+        .ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
     let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
     let replica = target.open().map_err(|e| anyhow!(e))?;
     let files = replica.list_all().await?;
     match restore::plan(&replica.describe(), &files, Target::Latest) {
         Ok(plan) => {
-            let report = restore_into_place(&replica, plan, path, restore::PARALLELISM_DEFAULT, IntegrityCheck::None, false, false).await?;
+            let report = restore_into_place(
+                &replica,
+                plan,
+                path,
+                restore::PARALLELISM_DEFAULT,
+                IntegrityCheck::None,
+                false,
+                false,
+            )
+            .await?;
             tracing::info!(db = %path.display(), txid = format_args!("{:016x}", report.txid), "restored database before replicating");
             Ok(())
         }
@@ -177,7 +210,10 @@ async fn restore_missing(path: &Path, replica: Option<&crate::config::ReplicaCon
 
 fn mtime_ms(path: &Path) -> Option<i64> {
     let t = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).unwrap_or(i64::MAX))
+    Some(
+        i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis())
+            .unwrap_or(i64::MAX),
+    )
 }
 
 /// `status`: for each database and replica, the replicated TXID and an estimate of the lag
@@ -190,7 +226,8 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
         let path = PathBuf::from(&db.path);
         for r in &db.replicas {
             let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
-            let mut row = serde_json::json!({ "database": db.path, "replica": format!("{target:?}") });
+            let mut row =
+                serde_json::json!({ "database": db.path, "replica": format!("{target:?}") });
             if !list_only {
                 let replica = target.open().map_err(|e| anyhow!(e))?;
                 row["replica"] = replica.describe().into();
@@ -198,7 +235,10 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
                 let newest = files.iter().max_by_key(|f| f.max_txid);
                 let mut wal = path.as_os_str().to_owned();
                 wal.push("-wal");
-                let local = [mtime_ms(&path), mtime_ms(Path::new(&wal))].into_iter().flatten().max();
+                let local = [mtime_ms(&path), mtime_ms(Path::new(&wal))]
+                    .into_iter()
+                    .flatten()
+                    .max();
                 row["status"] = match (path.exists(), newest) {
                     (false, _) => "no database",
                     (true, None) => "not replicated",
@@ -220,17 +260,26 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
     } else if list_only {
         println!("{:<40} replica", "database");
         for r in rows {
-            println!("{:<40} {}", r["database"].as_str().unwrap_or(""), r["replica"].as_str().unwrap_or(""));
+            println!(
+                "{:<40} {}",
+                r["database"].as_str().unwrap_or(""),
+                r["replica"].as_str().unwrap_or("")
+            );
         }
     } else {
-        println!("{:<40} {:<14} {:<16} {:>8}  replica", "database", "status", "replicated_txid", "lag_s");
+        println!(
+            "{:<40} {:<14} {:<16} {:>8}  replica",
+            "database", "status", "replicated_txid", "lag_s"
+        );
         for r in rows {
             println!(
                 "{:<40} {:<14} {:<16} {:>8}  {}",
                 r["database"].as_str().unwrap_or(""),
                 r["status"].as_str().unwrap_or(""),
                 r["replicated_txid"].as_str().unwrap_or("-"),
-                r["lag_seconds"].as_f64().map_or("-".into(), |l| format!("{l:.1}")),
+                r["lag_seconds"]
+                    .as_f64()
+                    .map_or("-".into(), |l| format!("{l:.1}")),
                 r["replica"].as_str().unwrap_or("")
             );
         }

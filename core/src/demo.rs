@@ -26,24 +26,42 @@ pub async fn cmd_demo(args: DemoArgs) -> Result<i32> {
     };
     let db = dir.join("app.db");
     let replica_dir = dir.join("replica");
-    for p in [db.clone(), dir.join("app.db-wal"), dir.join("app.db-shm"), dir.join("restored.db")] {
+    for p in [
+        db.clone(),
+        dir.join("app.db-wal"),
+        dir.join("app.db-shm"),
+        dir.join("restored.db"),
+    ] {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir_all(&replica_dir);
-    println!("1. writing {} rows to {} in 20 transactions", args.rows, db.display());
+    println!(
+        "1. writing {} rows to {} in 20 transactions",
+        args.rows,
+        db.display()
+    );
     let app = rusqlite::Connection::open(&db)?;
     app.pragma_update(None, "journal_mode", "WAL")?;
     app.execute_batch("CREATE TABLE fruits (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")?;
     let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
     let files = Arc::new(OsFiles::open(&db)?);
-    let mut engine = Engine::open(EngineConfig::new(&db), files, replica.clone(), Arc::new(SystemClock)).await?;
+    let mut engine = Engine::open(
+        EngineConfig::new(&db),
+        files,
+        replica.clone(),
+        Arc::new(SystemClock),
+    )
+    .await?;
     println!("2. replicating to {}", replica_dir.display());
     let per_tx = (args.rows / 20).max(1);
     for t in 0..20u32 {
         let tx = app.unchecked_transaction()?;
         for i in 0..per_tx {
             let n = t * per_tx + i;
-            tx.execute("INSERT INTO fruits (name, qty) VALUES (?1, ?2)", rusqlite::params![format!("fruit-{n}"), n % 97])?;
+            tx.execute(
+                "INSERT INTO fruits (name, qty) VALUES (?1, ?2)",
+                rusqlite::params![format!("fruit-{n}"), n % 97],
+            )?;
         }
         tx.commit()?;
         if t % 5 == 4 {
@@ -65,14 +83,31 @@ pub async fn cmd_demo(args: DemoArgs) -> Result<i32> {
     println!("3. deleting {}", db.display());
     std::fs::remove_file(&db)?;
     let restored = dir.join("restored.db");
-    let plan = restore::plan(&replica.describe(), &replica.list_all().await?, Target::Latest)?;
-    let report = restore_into_place(&replica, plan, &restored, 8, IntegrityCheck::Full, false, false).await?;
+    let plan = restore::plan(
+        &replica.describe(),
+        &replica.list_all().await?,
+        Target::Latest,
+    )?;
+    let report = restore_into_place(
+        &replica,
+        plan,
+        &restored,
+        8,
+        IntegrityCheck::Full,
+        false,
+        false,
+    )
+    .await?;
     println!(
         "4. restored {} to TXID {:016x} from {} files; database checksum {}",
         restored.display(),
         report.txid,
         report.files,
-        if report.checksum_verified { "verified" } else { "not recorded" }
+        if report.checksum_verified {
+            "verified"
+        } else {
+            "not recorded"
+        }
     );
     if report.txid != txid {
         bail!("restored TXID {:016x}, expected {txid:016x}", report.txid);
@@ -80,7 +115,11 @@ pub async fn cmd_demo(args: DemoArgs) -> Result<i32> {
     if std::fs::read(&restored)? != original {
         bail!("restored database differs from the original");
     }
-    let rows: i64 = rusqlite::Connection::open(&restored)?.query_row("SELECT count(*) FROM fruits", [], |r| r.get(0))?;
+    let rows: i64 = rusqlite::Connection::open(&restored)?.query_row(
+        "SELECT count(*) FROM fruits",
+        [],
+        |r| r.get(0),
+    )?;
     println!("5. byte-identical to the original; {rows} rows; integrity_check ok");
     Ok(0)
 }

@@ -17,8 +17,11 @@ pub fn jobs_from_config(config: &Config, scratch: &std::path::Path) -> Result<Ve
     let mut jobs = Vec::new();
     for db in &config.dbs {
         for (i, r) in db.replicas.iter().enumerate() {
-            let target = ReplicaTarget::from_config(r).map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
-            let replica = target.open().map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
+            let target = ReplicaTarget::from_config(r)
+                .map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
+            let replica = target
+                .open()
+                .map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
             jobs.push(Job {
                 engine: engine_config(db),
                 replica,
@@ -56,7 +59,10 @@ fn schedule(config: &Config, db: &DbConfig, r: &ReplicaConfig) -> Schedule {
         s.monitor_interval_ms = v.max(1);
     }
     if let Some(levels) = &config.levels {
-        s.levels_ms = levels.iter().map(|l| ms(Some(l.interval)).unwrap_or(30_000)).collect();
+        s.levels_ms = levels
+            .iter()
+            .map(|l| ms(Some(l.interval)).unwrap_or(30_000))
+            .collect();
     }
     let snap = db.snapshot.as_ref().or(config.snapshot.as_ref());
     if let Some(v) = snap.and_then(|c| ms(c.interval)) {
@@ -82,10 +88,17 @@ pub fn config_from_args(db: &str, urls: &[String]) -> Result<Config, String> {
     let mut replicas = Vec::new();
     for u in urls {
         ReplicaTarget::parse(u)?;
-        replicas.push(ReplicaConfig { url: Some(u.clone()), ..ReplicaConfig::default() });
+        replicas.push(ReplicaConfig {
+            url: Some(u.clone()),
+            ..ReplicaConfig::default()
+        });
     }
     Ok(Config {
-        dbs: vec![DbConfig { path: crate::config::expand_path(db), replicas, ..DbConfig::default() }],
+        dbs: vec![DbConfig {
+            path: crate::config::expand_path(db),
+            replicas,
+            ..DbConfig::default()
+        }],
         ..Config::default()
     })
 }

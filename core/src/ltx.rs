@@ -28,6 +28,8 @@ pub const HEADER_FLAG_NO_CHECKSUM: u32 = 1 << 1;
 const HEADER_FLAG_MASK: u32 = HEADER_FLAG_NO_CHECKSUM;
 /// Page-header flag: a u32 compressed size follows and the body is an LZ4 block.
 pub const PAGE_FLAG_SIZE: u16 = 1;
+/// Marks sluice's database checksums in the header's reserved bytes 80..100 (see [`ExtChecksums`]).
+pub const EXT_MAGIC: &[u8; 4] = b"SLCK";
 /// The largest trailing page index we accept, so a corrupt size cannot make us allocate wildly.
 const PAGE_INDEX_BYTES_MAX: u64 = 256 << 20;
 
@@ -82,6 +84,24 @@ pub struct Header {
     pub wal_salt1: u32,
     pub wal_salt2: u32,
     pub node_id: u64,
+    /// sluice's database checksums, carried in the reserved bytes.
+    pub ext: Option<ExtChecksums>,
+}
+
+/// Database checksums stored in header bytes 80..100 as `"SLCK" pre:u64 post:u64`.
+///
+/// Why not the standard fields: Litestream 0.5.17's restore re-encodes its inputs with the
+/// no-checksum flag but copies the last input's post-apply checksum into the output, which then
+/// fails its own validation ("post-apply checksum not allowed"), so it cannot restore any file
+/// that uses the standard checksum fields. sluice therefore writes no-checksum files, which
+/// Litestream restores, and keeps its checksums where Litestream ignores them (superfly/ltx
+/// neither reads nor checks the reserved bytes; the file checksum covers them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtChecksums {
+    /// Database checksum before applying; zero on snapshots.
+    pub pre: u64,
+    /// Database checksum after applying.
+    pub post: u64,
 }
 
 impl Header {
@@ -109,7 +129,23 @@ impl Header {
         b[64..68].copy_from_slice(&self.wal_salt1.to_be_bytes());
         b[68..72].copy_from_slice(&self.wal_salt2.to_be_bytes());
         b[72..80].copy_from_slice(&self.node_id.to_be_bytes());
+        if let Some(ext) = self.ext {
+            b[80..84].copy_from_slice(EXT_MAGIC);
+            b[84..92].copy_from_slice(&ext.pre.to_be_bytes());
+            b[92..100].copy_from_slice(&ext.post.to_be_bytes());
+        }
         b
+    }
+
+    /// The database checksums before and after this file, from whichever form it uses.
+    pub fn db_checksums(&self, trailer: &Trailer) -> Option<(u64, u64)> {
+        match self.ext {
+            Some(e) => Some((e.pre, e.post)),
+            None if self.has_checksums() => {
+                Some((self.pre_apply_checksum, trailer.post_apply_checksum))
+            }
+            None => None,
+        }
     }
 
     /// Decodes and validates a header.
@@ -130,6 +166,10 @@ impl Header {
             wal_salt1: be_u32(b, 64),
             wal_salt2: be_u32(b, 68),
             node_id: be_u64(b, 72),
+            ext: (&b[80..84] == EXT_MAGIC).then(|| ExtChecksums {
+                pre: be_u64(b, 84),
+                post: be_u64(b, 92),
+            }),
         };
         h.validate()?;
         Ok(h)
@@ -170,6 +210,19 @@ impl Header {
             }
         } else if self.pre_apply_checksum & CHECKSUM_FLAG == 0 {
             return bad("pre-apply checksum missing".into());
+        }
+        if let Some(ext) = self.ext {
+            if self.has_checksums() {
+                return bad(
+                    "sluice checksums on a file that uses the standard checksum fields".into(),
+                );
+            }
+            if ext.post & CHECKSUM_FLAG == 0
+                || (self.is_snapshot() != (ext.pre == 0))
+                || (ext.pre != 0 && ext.pre & CHECKSUM_FLAG == 0)
+            {
+                return bad("malformed sluice checksums".into());
+            }
         }
         Ok(())
     }
@@ -357,9 +410,10 @@ impl<W: Write> Encoder<W> {
                     self.prev_pgno, h.commit
                 )));
             }
-            if h.has_checksums() && post != self.snapshot_sum.raw() {
+            let claimed = h.ext.map_or(post, |e| e.post);
+            if (h.has_checksums() || h.ext.is_some()) && claimed != self.snapshot_sum.raw() {
                 return Err(LtxError::DbChecksumMismatch {
-                    stored: post,
+                    stored: claimed,
                     computed: self.snapshot_sum.raw(),
                 });
             }
@@ -612,6 +666,14 @@ impl<R: Read> Decoder<R> {
                 "post-apply checksum on a no-checksum file".into(),
             ));
         }
+        if let (Some(ext), true) = (h.ext, h.is_snapshot())
+            && ext.post != self.snapshot_sum.raw()
+        {
+            return Err(LtxError::DbChecksumMismatch {
+                stored: ext.post,
+                computed: self.snapshot_sum.raw(),
+            });
+        }
         Ok(trailer)
     }
 }
@@ -786,6 +848,29 @@ mod tests {
             enc.finish(Some(DbChecksum::EMPTY)),
             Err(LtxError::DbChecksumMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn sluice_checksums_ride_in_reserved_bytes() {
+        let data = page(4);
+        let mut sum = DbChecksum::EMPTY;
+        sum.toggle(page_checksum(1, &data));
+        let mut h = header(1, 1, 1, HEADER_FLAG_NO_CHECKSUM, 0);
+        h.ext = Some(ExtChecksums { pre: 0, post: sum.raw() });
+        let mut enc = Encoder::new(Vec::new(), h).expect("enc");
+        enc.encode_page(1, &data).expect("page");
+        let bytes = enc.finish(None).expect("finish").0;
+        assert_eq!(&bytes[80..84], EXT_MAGIC);
+        let (dh, _, t) = decode_all(&bytes).expect("decode");
+        assert_eq!(dh.db_checksums(&t), Some((0, sum.raw())));
+        // Litestream's view: a no-checksum file with zero checksum fields.
+        assert_eq!((dh.pre_apply_checksum, t.post_apply_checksum), (0, 0));
+        // A snapshot whose recorded checksum disagrees with its pages is refused both ways.
+        let mut wrong = h;
+        wrong.ext = Some(ExtChecksums { pre: 0, post: DbChecksum::EMPTY.raw() });
+        let mut enc = Encoder::new(Vec::new(), wrong).expect("enc");
+        enc.encode_page(1, &data).expect("page");
+        assert!(matches!(enc.finish(None), Err(LtxError::DbChecksumMismatch { .. })));
     }
 
     #[test]

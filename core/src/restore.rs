@@ -257,7 +257,7 @@ fn apply_file(
     out_path: &Path,
     fetched: &Fetched,
     page: &mut Vec<u8>,
-) -> Result<(Header, Option<u64>), RestoreError> {
+) -> Result<(Header, Option<(u64, u64)>), RestoreError> {
     let name = format!("{} ({})", fetched.info, fetched.path.display());
     let ltx = |error: LtxError| RestoreError::Ltx {
         file: name.clone(),
@@ -283,7 +283,7 @@ fn apply_file(
     let trailer = dec.finish().map_err(ltx)?;
     out.set_len(u64::from(h.commit) * u64::from(h.page_size))
         .map_err(io_err(out_path))?;
-    Ok((h, h.has_checksums().then_some(trailer.post_apply_checksum)))
+    Ok((h, h.db_checksums(&trailer)))
 }
 
 /// Streams `files` into `out` and verifies the chain. Blocking.
@@ -294,7 +294,7 @@ pub fn apply_plan(
     mut on_file: impl FnMut(&FileInfo),
 ) -> Result<RestoreReport, RestoreError> {
     let mut page = Vec::new();
-    let mut prev: Option<(Header, Option<u64>)> = None;
+    let mut prev: Option<(Header, Option<(u64, u64)>)> = None;
     let mut report = RestoreReport {
         txid: 0,
         page_size: 0,
@@ -305,9 +305,9 @@ pub fn apply_plan(
     };
     for fetched in files {
         let fetched = fetched?;
-        let (h, post) = apply_file(out, out_path, &fetched, &mut page)?;
+        let (h, sums) = apply_file(out, out_path, &fetched, &mut page)?;
         let name = fetched.info.to_string();
-        if let Some((ph, ppost)) = prev {
+        if let Some((ph, psums)) = prev {
             if h.page_size != ph.page_size {
                 return Err(RestoreError::Chain {
                     file: name,
@@ -325,15 +325,14 @@ pub fn apply_plan(
             }
             // Both sides checksummed and the file starts right after the previous one: the
             // database it was written against must be the one we have.
-            if let (Some(pp), true, false) = (ppost, h.has_checksums(), h.is_snapshot())
+            if let (Some((_, pp)), Some((pre, _)), false) = (psums, sums, h.is_snapshot())
                 && h.min_txid == ph.max_txid + 1
-                && h.pre_apply_checksum != pp
+                && pre != pp
             {
                 return Err(RestoreError::Chain {
                     file: name,
                     message: format!(
-                        "was written against database checksum {:016x} but the restored state has {pp:016x}",
-                        h.pre_apply_checksum
+                        "was written against database checksum {pre:016x} but the restored state has {pp:016x}"
                     ),
                 });
             }
@@ -349,9 +348,9 @@ pub fn apply_plan(
         report.files += 1;
         report.bytes += fetched.info.size;
         on_file(&fetched.info);
-        prev = Some((h, post));
+        prev = Some((h, sums));
     }
-    if let Some((h, Some(expected))) = prev {
+    if let Some((h, Some((_, expected)))) = prev {
         let computed = checksum_file(out, h.page_size).map_err(io_err(out_path))?;
         if computed != DbChecksum::from_raw(expected) {
             return Err(RestoreError::Ltx {

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::checksum::{DbChecksum, lock_pgno, page_checksum};
-use crate::ltx::{Encoder, HEADER_SIZE, Header, LtxError, TRAILER_SIZE};
+use crate::ltx::{
+    Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header, LtxError, TRAILER_SIZE,
+};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::store::StoreError;
 use crate::wal::{
@@ -215,7 +217,9 @@ impl Engine {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn db_err(&self, e: impl std::fmt::Display) -> EngineError {
@@ -460,7 +464,15 @@ impl Engine {
             .map_err(|_| bad("shorter than an LTX trailer".into()))?;
         let mut post = [0u8; 8];
         post.copy_from_slice(&tail[..8]);
-        Ok((header, u64::from_be_bytes(post)))
+        let trailer = crate::ltx::Trailer {
+            post_apply_checksum: u64::from_be_bytes(post),
+            file_checksum: 0,
+        };
+        // Zero when the file records no database checksum (Litestream's files).
+        Ok((
+            header,
+            header.db_checksums(&trailer).map_or(0, |(_, post)| post),
+        ))
     }
 
     fn wal_fields(wal: Option<&WalPos>, start: u64) -> (i64, i64, u32, u32) {
@@ -492,7 +504,7 @@ impl Engine {
         let (wal_offset, wal_size, salt1, salt2) =
             Self::wal_fields(wal.as_ref(), WAL_HEADER_SIZE as u64);
         let header = Header {
-            flags: 0,
+            flags: HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
             commit: map.commit,
             min_txid: 1,
@@ -504,6 +516,10 @@ impl Engine {
             wal_salt1: salt1,
             wal_salt2: salt2,
             node_id: 0,
+            ext: Some(ExtChecksums {
+                pre: 0,
+                post: sums.total().raw(),
+            }),
         };
         let mut enc = Encoder::new(Vec::new(), header)?;
         let lock = lock_pgno(self.page_size);
@@ -512,7 +528,7 @@ impl Engine {
             self.read_page(map, pgno, &mut buf)?;
             enc.encode_page(pgno, &buf)?;
         }
-        let (bytes, _) = enc.finish(Some(sums.total()))?;
+        let (bytes, _) = enc.finish(None)?;
         let level = if after == 0 { 0 } else { SNAPSHOT_LEVEL };
         let info = self
             .replica
@@ -663,30 +679,40 @@ impl Engine {
         pages.dedup();
         let mut sums = self.sums.clone();
         sums.resize(map.commit);
+        let mut buf = vec![0u8; self.page_size as usize];
+        // First pass: the post-apply checksum goes in the header, so it is needed up front.
+        for &pgno in &pages {
+            self.read_page(map, pgno, &mut buf)?;
+            sums.set(pgno, page_checksum(pgno, &buf));
+        }
         let txid = self.pos.txid + 1;
         let (wal_offset, wal_size, salt1, salt2) = Self::wal_fields(wal.as_ref(), start);
         let header = Header {
-            flags: 0,
+            flags: HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
             commit: map.commit,
             min_txid: txid,
             max_txid: txid,
             timestamp_ms: self.clock.now_ms(),
-            pre_apply_checksum: self.pos.checksum.raw(),
+            pre_apply_checksum: 0,
             wal_offset,
             wal_size,
             wal_salt1: salt1,
             wal_salt2: salt2,
             node_id: 0,
+            ext: Some(ExtChecksums {
+                pre: self.pos.checksum.raw(),
+                post: sums.total().raw(),
+            }),
         };
         let mut enc = Encoder::new(Vec::new(), header)?;
-        let mut buf = vec![0u8; self.page_size as usize];
+        // Second pass: encode. The pages cannot change in between: the read transaction pins
+        // the WAL frames and the database pages they shadow.
         for &pgno in &pages {
             self.read_page(map, pgno, &mut buf)?;
-            sums.set(pgno, page_checksum(pgno, &buf));
             enc.encode_page(pgno, &buf)?;
         }
-        let (bytes, _) = enc.finish(Some(sums.total()))?;
+        let (bytes, _) = enc.finish(None)?;
         let info = self
             .replica
             .write(0, txid, txid, bytes, header.timestamp_ms)

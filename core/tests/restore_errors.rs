@@ -18,24 +18,29 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::{Connection, params};
 use sluice_core::checksum::{DbChecksum, lock_pgno};
-use sluice_core::ltx::{Encoder, HEADER_FLAG_NO_CHECKSUM, Header};
+use sluice_core::ltx::{Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header};
 use sluice_core::replica::{Layout, SNAPSHOT_LEVEL};
 
 use common::{
     Workspace, assert_integrity_ok, assert_same_file, checkpoint_truncate, dir_entries, file_url,
-    run_sluice,
+    litestream_or_skip, run_litestream, run_sluice,
 };
 
 /// The creation time of TXID 1's file; each later TXID is one second later.
 const EPOCH_MS: i64 = 1_700_000_000_000;
 const TXID_SPACING_MS: i64 = 1_000;
 
-/// Whether LTX files carry database checksums (pre- and post-apply).
+/// Whether and where LTX files carry database checksums (before and after applying). Where
+/// they are present, each file continues the previous file's checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Checksums {
-    /// As sluice writes them: each file continues the previous file's database checksum.
-    Recorded,
-    /// As Litestream writes them: the no-checksum header flag, zero checksums.
+    /// As sluice writes them: the no-checksum flag, so Litestream restores the files, and the
+    /// checksums in the header's reserved bytes (`SLCK pre post`).
+    Sluice,
+    /// In the standard LTX fields (pre-apply in the header, post-apply in the trailer), as
+    /// superfly/ltx writes them with checksums on.
+    Standard,
+    /// As Litestream writes them: the no-checksum flag and no checksums anywhere.
     Absent,
 }
 
@@ -100,38 +105,48 @@ fn pages(image: &[u8], page_size: u32) -> impl Iterator<Item = (u32, &[u8])> {
         .filter(move |&(pgno, _)| pgno != lock)
 }
 
+fn image_checksum(image: &[u8], page_size: u32) -> DbChecksum {
+    DbChecksum::of_pages(pages(image, page_size), page_size)
+}
+
 /// Encodes one LTX file holding `txid`: every page of `image` for a snapshot (TXID 1),
-/// otherwise the pages that differ from `prev`.
+/// otherwise the pages that differ from `prev`. `pre` and `post` are the database checksums
+/// it records (where `checksums` says to record them).
 fn encode(
     txid: u64,
-    image: &[u8],
-    prev: &[u8],
-    pre: DbChecksum,
+    (image, post): (&[u8], DbChecksum),
+    (prev, pre): (&[u8], DbChecksum),
     page_size: u32,
     checksums: Checksums,
 ) -> Vec<u8> {
     assert_eq!(image.len() % page_size as usize, 0, "image is whole pages");
-    let recorded = checksums == Checksums::Recorded;
+    let snapshot = txid == 1;
+    let standard = checksums == Checksums::Standard;
     let header = Header {
-        flags: if recorded { 0 } else { HEADER_FLAG_NO_CHECKSUM },
+        flags: if standard { 0 } else { HEADER_FLAG_NO_CHECKSUM },
         page_size,
         commit: u32::try_from(image.len() / page_size as usize).expect("page count fits"),
         min_txid: txid,
         max_txid: txid,
         timestamp_ms: created_ms(txid),
-        pre_apply_checksum: if txid == 1 || !recorded { 0 } else { pre.raw() },
+        pre_apply_checksum: if standard && !snapshot { pre.raw() } else { 0 },
+        ext: (checksums == Checksums::Sluice).then(|| ExtChecksums {
+            pre: if snapshot { 0 } else { pre.raw() },
+            post: post.raw(),
+        }),
         ..Header::default()
     };
     let mut enc = Encoder::new(Vec::new(), header).expect("a valid header");
     let ps = page_size as usize;
     for (pgno, page) in pages(image, page_size) {
         let at = (pgno as usize - 1) * ps;
-        if txid == 1 || prev.get(at..at + ps) != Some(page) {
+        if snapshot || prev.get(at..at + ps) != Some(page) {
             enc.encode_page(pgno, page).expect("encode a page");
         }
     }
-    let post = recorded.then(|| DbChecksum::of_pages(pages(image, page_size), page_size));
-    enc.finish(post).expect("finish the LTX file").0
+    enc.finish(standard.then_some(post))
+        .expect("finish the LTX file")
+        .0
 }
 
 fn random_text(rng: &mut ChaCha8Rng, len_min: usize, len_max: usize) -> String {
@@ -204,7 +219,8 @@ fn build_replica(
         }
         checkpoint_truncate(&conn);
         let image = std::fs::read(&src).expect("read the source image");
-        let bytes = encode(txid, &image, &prev, sum, page_size, checksums);
+        let post = image_checksum(&image, page_size);
+        let bytes = encode(txid, (&image, post), (&prev, sum), page_size, checksums);
         let level = if txid == 1 { SNAPSHOT_LEVEL } else { 0 };
         write_ltx(
             &layout_path(&dir, level, txid, txid),
@@ -214,7 +230,7 @@ fn build_replica(
         let saved = image_dir.join(format!("{txid:016x}.db"));
         std::fs::write(&saved, &image).expect("save the source image");
         images.push(saved);
-        sum = DbChecksum::of_pages(pages(&image, page_size), page_size);
+        sum = post;
         prev = image;
     }
     Built {
@@ -319,22 +335,26 @@ fn check_every_restore_point(checksums: Checksums) {
             serde_json::from_str(stdout.trim()).expect("restore -json prints one JSON object");
         assert_eq!(
             report["checksum_verified"],
-            checksums == Checksums::Recorded,
+            checksums != Checksums::Absent,
             "{report}"
         );
         assert_eq!(report["files"], built.last_txid(), "{report}");
     }
 }
 
-/// Regression test. `restore::restore_to` used to create `<out>.tmp` with `File::create`,
-/// which opens it write-only; when the last file carried a post-apply checksum, `apply_plan`
-/// read the output back through `checksum_file` to verify it and got EBADF, so every restore of
-/// a replica written with database checksums (sluice's own format) failed with
-/// "<out>.tmp: Bad file descriptor (os error 9)". Restores of Litestream replicas passed because
-/// Litestream's files carry no checksums, so nothing read the output back.
+// Regression, for both checksum forms: `restore::restore_to` used to create `<out>.tmp` with
+// `File::create`, which opens it write-only. When the last file carried a post-apply checksum,
+// `apply_plan` read the output back through `checksum_file` to verify it and got EBADF, so
+// every restore of a checksummed replica failed with "<out>.tmp: Bad file descriptor (os
+// error 9)". Restores of Litestream replicas passed because nothing read the output back.
 #[test]
-fn replica_with_database_checksums_restores_byte_identical_at_every_txid() {
-    check_every_restore_point(Checksums::Recorded);
+fn replica_with_sluice_checksums_restores_byte_identical_at_every_txid() {
+    check_every_restore_point(Checksums::Sluice);
+}
+
+#[test]
+fn replica_with_standard_checksums_restores_byte_identical_at_every_txid() {
+    check_every_restore_point(Checksums::Standard);
 }
 
 #[test]
@@ -342,10 +362,36 @@ fn replica_without_database_checksums_restores_byte_identical_at_every_txid() {
     check_every_restore_point(Checksums::Absent);
 }
 
+/// sluice writes its checksums where Litestream does not look, so Litestream can restore a
+/// sluice replica, latest and at a TXID, to the same bytes.
+#[test]
+fn litestream_restores_a_sluice_written_replica() {
+    let Some(litestream) = litestream_or_skip() else {
+        return;
+    };
+    let ws = Workspace::new("ls-reads-sluice");
+    let built = build_replica(&ws, "a", 4096, 8, 13, Checksums::Sluice);
+    let out = ws.dir("out");
+    for (txid, name) in [(None, "latest.db"), (Some(3u64), "txid.db")] {
+        let path = out.join(name);
+        let hex = txid.map(|t| format!("{t:016x}"));
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"restore", &"-o", &path];
+        if let Some(hex) = &hex {
+            args.extend([&"-txid" as &dyn AsRef<OsStr>, hex]);
+        }
+        let url = built.url();
+        args.push(&url);
+        let (code, _, stderr) = run_litestream(&litestream, &args);
+        assert_eq!(code, 0, "litestream restore {name}: {stderr}");
+        let expected = built.image(txid.unwrap_or(built.last_txid()));
+        assert_same_file(expected, &path, built.page_size, name);
+    }
+}
+
 #[test]
 fn flipped_bit_in_snapshot_is_refused() {
     let ws = Workspace::new("flip-snapshot");
-    let built = build_replica(&ws, "a", 4096, 4, 21, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 4096, 4, 21, Checksums::Sluice);
     let snapshot = built.file(SNAPSHOT_LEVEL, 1);
     let len = std::fs::metadata(&snapshot).expect("stat").len() as usize;
     flip_bit(&snapshot, len / 2, 3);
@@ -360,7 +406,7 @@ fn flipped_bit_in_snapshot_is_refused() {
 #[test]
 fn flipped_bit_in_l0_file_is_refused() {
     let ws = Workspace::new("flip-l0");
-    let built = build_replica(&ws, "a", 4096, 6, 22, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 4096, 6, 22, Checksums::Sluice);
     let l0 = built.file(0, 3);
     let len = std::fs::metadata(&l0).expect("stat").len() as usize;
     flip_bit(&l0, len / 2, 6);
@@ -383,7 +429,7 @@ fn flipped_bit_in_l0_file_is_refused() {
 #[test]
 fn truncated_ltx_file_is_refused() {
     let ws = Workspace::new("truncated");
-    let built = build_replica(&ws, "a", 4096, 6, 23, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 4096, 6, 23, Checksums::Sluice);
     let l0 = built.file(0, 4);
     let bytes = std::fs::read(&l0).expect("read");
     std::fs::write(&l0, &bytes[..bytes.len() * 2 / 3]).expect("truncate");
@@ -405,7 +451,7 @@ fn truncated_ltx_file_is_refused() {
 #[test]
 fn missing_file_in_the_chain_names_the_gap() {
     let ws = Workspace::new("gap");
-    let built = build_replica(&ws, "a", 4096, 6, 24, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 4096, 6, 24, Checksums::Sluice);
     std::fs::remove_file(built.file(0, 4)).expect("delete TXID 4");
     let out = ws.dir("out");
     restore_fails(
@@ -423,8 +469,8 @@ fn missing_file_in_the_chain_names_the_gap() {
 #[test]
 fn file_from_a_database_of_another_page_size_is_refused() {
     let ws = Workspace::new("page-size");
-    let built = build_replica(&ws, "big", 4096, 6, 25, Checksums::Recorded);
-    let small = build_replica(&ws, "small", 512, 6, 25, Checksums::Recorded);
+    let built = build_replica(&ws, "big", 4096, 6, 25, Checksums::Sluice);
+    let small = build_replica(&ws, "small", 512, 6, 25, Checksums::Sluice);
     std::fs::copy(small.file(0, 4), built.file(0, 4)).expect("swap in a 512-byte-page file");
     let out = ws.dir("out");
     restore_fails(
@@ -436,24 +482,51 @@ fn file_from_a_database_of_another_page_size_is_refused() {
 
 #[test]
 fn file_from_another_history_fails_the_pre_apply_checksum() {
-    let ws = Workspace::new("history");
-    let built = build_replica(&ws, "a", 4096, 6, 26, Checksums::Recorded);
-    let other = build_replica(&ws, "b", 4096, 6, 27, Checksums::Recorded);
-    std::fs::copy(other.file(0, 5), built.file(0, 5)).expect("swap in a foreign file");
-    let out = ws.dir("out");
-    restore_fails(
-        &[&built.url()],
-        &out,
-        &["0000000000000005-0000000000000005.ltx", "checksum"],
-    );
-    // The history up to the foreign file is intact.
-    let fine = restore_ok(&built, &out, "fine.db", &[&"-txid", &"4"]);
-    assert_same_file(
-        built.image(4),
-        &fine,
-        built.page_size,
-        "restore below the foreign file",
-    );
+    for (checksums, seed) in [(Checksums::Sluice, 26), (Checksums::Standard, 36)] {
+        let ws = Workspace::new("history");
+        let built = build_replica(&ws, "a", 4096, 6, seed, checksums);
+        let other = build_replica(&ws, "b", 4096, 6, seed + 1, checksums);
+        std::fs::copy(other.file(0, 5), built.file(0, 5)).expect("swap in a foreign file");
+        let out = ws.dir("out");
+        restore_fails(
+            &[&built.url()],
+            &out,
+            &["0000000000000005-0000000000000005.ltx", "database checksum"],
+        );
+        // The history up to the foreign file is intact.
+        let fine = restore_ok(&built, &out, "fine.db", &[&"-txid", &"4"]);
+        assert_same_file(
+            built.image(4),
+            &fine,
+            built.page_size,
+            &format!("{checksums:?}: restore below the foreign file"),
+        );
+    }
+}
+
+/// The last file has no successor to check its post-apply checksum against, so only the
+/// checksum recomputed over the restored database can catch a wrong one.
+#[test]
+fn wrong_post_apply_checksum_on_the_last_file_is_caught() {
+    for (checksums, seed) in [(Checksums::Sluice, 40), (Checksums::Standard, 41)] {
+        let ws = Workspace::new("post-apply");
+        let built = build_replica(&ws, "a", 4096, 5, seed, checksums);
+        let read = |txid| std::fs::read(built.image(txid)).expect("read a source image");
+        let (prev, last) = (read(4), read(5));
+        let pre = image_checksum(&prev, built.page_size);
+        // Claim the database is unchanged: internally consistent, file checksum valid.
+        let bytes = encode(5, (&last, pre), (&prev, pre), built.page_size, checksums);
+        write_ltx(&built.file(0, 5), &bytes, created_ms(5));
+        let out = ws.dir("out");
+        restore_fails(&[&built.url()], &out, &["restored database", "checksum"]);
+        let fine = restore_ok(&built, &out, "fine.db", &[&"-txid", &"4"]);
+        assert_same_file(
+            built.image(4),
+            &fine,
+            built.page_size,
+            &format!("{checksums:?}: restore below the bad file"),
+        );
+    }
 }
 
 #[test]
@@ -484,7 +557,7 @@ fn missing_replica_fails() {
 #[test]
 fn existing_output_needs_force_and_force_replaces_it_and_its_wal() {
     let ws = Workspace::new("force");
-    let built = build_replica(&ws, "a", 4096, 4, 28, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 4096, 4, 28, Checksums::Sluice);
     let out = ws.dir("out");
     let out_db = out.join("out.db");
     std::fs::write(&out_db, b"precious").expect("write an existing output");
@@ -515,7 +588,7 @@ fn existing_output_needs_force_and_force_replaces_it_and_its_wal() {
 #[test]
 fn txid_and_timestamp_together_are_refused() {
     let ws = Workspace::new("flags");
-    let built = build_replica(&ws, "a", 512, 2, 29, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 512, 2, 29, Checksums::Sluice);
     let out = ws.dir("out");
     restore_fails(
         &[
@@ -539,7 +612,7 @@ fn txid_and_timestamp_together_are_refused() {
 #[test]
 fn unwritable_output_directory_is_reported() {
     let ws = Workspace::new("unwritable");
-    let built = build_replica(&ws, "a", 512, 2, 30, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 512, 2, 30, Checksums::Sluice);
     // We may run as root, so permissions prove nothing: make the parent a regular file.
     let blocker = ws.path("not-a-dir");
     std::fs::write(&blocker, b"file").expect("write the blocker");
@@ -556,7 +629,7 @@ fn unwritable_output_directory_is_reported() {
 #[test]
 fn if_db_not_exists_leaves_an_existing_output_alone() {
     let ws = Workspace::new("if-db-not-exists");
-    let built = build_replica(&ws, "a", 512, 2, 31, Checksums::Recorded);
+    let built = build_replica(&ws, "a", 512, 2, 31, Checksums::Sluice);
     let out = ws.dir("out");
     let out_db = out.join("out.db");
     std::fs::write(&out_db, b"precious").expect("write an existing output");

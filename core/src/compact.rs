@@ -148,10 +148,7 @@ pub fn merge(
     for i in &mut opened {
         i.advance()?;
     }
-    loop {
-        let Some(pgno) = opened.iter().filter_map(|i| i.pgno).min() else {
-            break;
-        };
+    while let Some(pgno) = opened.iter().filter_map(|i| i.pgno).min() {
         // The newest input holding this page wins.
         let winner = opened
             .iter()

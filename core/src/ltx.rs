@@ -856,7 +856,10 @@ mod tests {
         let mut sum = DbChecksum::EMPTY;
         sum.toggle(page_checksum(1, &data));
         let mut h = header(1, 1, 1, HEADER_FLAG_NO_CHECKSUM, 0);
-        h.ext = Some(ExtChecksums { pre: 0, post: sum.raw() });
+        h.ext = Some(ExtChecksums {
+            pre: 0,
+            post: sum.raw(),
+        });
         let mut enc = Encoder::new(Vec::new(), h).expect("enc");
         enc.encode_page(1, &data).expect("page");
         let bytes = enc.finish(None).expect("finish").0;
@@ -867,10 +870,16 @@ mod tests {
         assert_eq!((dh.pre_apply_checksum, t.post_apply_checksum), (0, 0));
         // A snapshot whose recorded checksum disagrees with its pages is refused both ways.
         let mut wrong = h;
-        wrong.ext = Some(ExtChecksums { pre: 0, post: DbChecksum::EMPTY.raw() });
+        wrong.ext = Some(ExtChecksums {
+            pre: 0,
+            post: DbChecksum::EMPTY.raw(),
+        });
         let mut enc = Encoder::new(Vec::new(), wrong).expect("enc");
         enc.encode_page(1, &data).expect("page");
-        assert!(matches!(enc.finish(None), Err(LtxError::DbChecksumMismatch { .. })));
+        assert!(matches!(
+            enc.finish(None),
+            Err(LtxError::DbChecksumMismatch { .. })
+        ));
     }
 
     #[test]

@@ -103,6 +103,16 @@ pub struct SyncOutcome {
     pub checkpoint: Option<CheckpointPlan>,
 }
 
+/// A file ready to upload, and the replica's state once it is acknowledged.
+struct Prepared {
+    level: u8,
+    min_txid: u64,
+    bytes: Vec<u8>,
+    timestamp_ms: i64,
+    pos: Position,
+    sums: PageSums,
+}
+
 /// Where each page of a database state comes from.
 #[derive(Clone, Debug, Default)]
 struct StateMap {
@@ -200,7 +210,13 @@ impl Engine {
             last_checkpoint_ms: now,
         };
         engine.begin_read()?;
-        engine.recover_position().await?;
+        let prepared = engine.recover_position().await;
+        let released = engine.end_read();
+        let prepared = prepared?;
+        released?;
+        if let Some(p) = prepared {
+            engine.upload(p).await?;
+        }
         Ok(engine)
     }
 
@@ -328,7 +344,7 @@ impl Engine {
     }
 
     /// Finds the replica's newest file and proves how the local database relates to it.
-    async fn recover_position(&mut self) -> Result<(), EngineError> {
+    async fn recover_position(&mut self) -> Result<Option<Prepared>, EngineError> {
         let files = self.replica.list_all().await?;
         let (header, _) = self.wal_header()?;
         let all = match header {
@@ -349,9 +365,9 @@ impl Engine {
         else {
             // An empty replica: the first file is a full snapshot at TXID 1.
             tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
-            self.ship_snapshot(&current, current_sums, current_wal, 0, 0)
-                .await?;
-            return Ok(());
+            return self
+                .prepare_snapshot(&current, current_sums, current_wal, 0)
+                .map(Some);
         };
         let (rh, post) = self.read_file_ends(&newest).await?;
         if rh.page_size != self.page_size {
@@ -427,11 +443,12 @@ impl Engine {
                     txid = format_args!("{:016x}", newest.max_txid),
                     "cannot prove the local database continues the replica; shipping a snapshot"
                 );
-                self.ship_snapshot(&current, current_sums, current_wal, newest.max_txid, post)
-                    .await?;
+                return self
+                    .prepare_snapshot(&current, current_sums, current_wal, newest.max_txid)
+                    .map(Some);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Reads a replica file's header and trailer with two ranged reads.
@@ -492,14 +509,13 @@ impl Engine {
 
     /// Ships a full snapshot of `map`. With an empty replica it is level-0 TXID 1 (as Litestream
     /// starts); otherwise a level-9 snapshot covering 1..=after+1.
-    async fn ship_snapshot(
-        &mut self,
+    fn prepare_snapshot(
+        &self,
         map: &StateMap,
         sums: PageSums,
         wal: Option<WalPos>,
         after: u64,
-        _prev_post: u64,
-    ) -> Result<FileInfo, EngineError> {
+    ) -> Result<Prepared, EngineError> {
         let txid = after + 1;
         let (wal_offset, wal_size, salt1, salt2) =
             Self::wal_fields(wal.as_ref(), WAL_HEADER_SIZE as u64);
@@ -529,26 +545,60 @@ impl Engine {
             enc.encode_page(pgno, &buf)?;
         }
         let (bytes, _) = enc.finish(None)?;
-        let level = if after == 0 { 0 } else { SNAPSHOT_LEVEL };
+        Ok(Prepared {
+            level: if after == 0 { 0 } else { SNAPSHOT_LEVEL },
+            min_txid: 1,
+            bytes,
+            timestamp_ms: header.timestamp_ms,
+            pos: Position {
+                txid,
+                checksum: sums.total(),
+                wal,
+            },
+            sums,
+        })
+    }
+
+    /// Uploads a prepared file; only once the store acknowledges it does the position move.
+    async fn upload(&mut self, p: Prepared) -> Result<FileInfo, EngineError> {
         let info = self
             .replica
-            .write(level, 1, txid, bytes, header.timestamp_ms)
+            .write(p.level, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms)
             .await?;
-        self.pos = Position {
-            txid,
-            checksum: sums.total(),
-            wal,
-        };
-        self.sums = sums;
+        self.pos = p.pos;
+        self.sums = p.sums;
         Ok(info)
     }
 
     /// One sync: read what changed since the replica's position and ship it as one file.
+    ///
+    /// The read transaction is held only while reading and encoding, never during the upload
+    /// or between syncs: a reader that never lets go starves the application's RESTART and
+    /// TRUNCATE checkpoints, which hold the write lock while they wait (Litestream #724). Frames
+    /// overwritten between syncs are caught by the continuity checks instead.
     pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
-        self.begin_read()?;
         let mut outcome = SyncOutcome::default();
+        self.begin_read()?;
+        let prepared = self.prepare_sync(&mut outcome);
+        let released = self.end_read();
+        let (prepared, wal_len) = prepared?;
+        released?;
+        if let Some(p) = prepared {
+            outcome.shipped = Some(self.upload(p).await?);
+        }
+        outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
+        Ok(outcome)
+    }
+
+    /// Reads what changed and encodes it, under the read transaction. Also returns the WAL
+    /// size seen, for the checkpoint decision.
+    fn prepare_sync(
+        &mut self,
+        outcome: &mut SyncOutcome,
+    ) -> Result<(Option<Prepared>, u64), EngineError> {
         let (header, wal_len) = self.wal_header()?;
         let plan = state::plan_sync(&self.pos, header, wal_len);
+        let mut tail_check: Option<(WalScanner, u64, (u32, u32))> = None;
         let batch = match plan {
             SyncPlan::Idle => None,
             SyncPlan::Continue(mut sc) | SyncPlan::FromStart(mut sc) => {
@@ -576,9 +626,13 @@ impl Engine {
             SyncPlan::OldTailThenNew { mut old, mut new } => {
                 let n = self.scan(&mut new, u64::MAX)?;
                 if n.end_offset > old.offset() {
-                    self.resync_batch(header, &mut outcome)?
+                    self.resync_batch(header, outcome)?
                 } else {
+                    let tail_start = old;
                     let t = self.scan(&mut old, u64::MAX)?;
+                    // Checked again once the pages are read: the new generation may grow over
+                    // the old tail meanwhile.
+                    tail_check = Some((tail_start, t.end_offset, t.end_checksum));
                     let mut map = self.state_map(None)?;
                     // The old generation's tail happened before the new generation.
                     for c in [&t, &n] {
@@ -610,16 +664,31 @@ impl Engine {
                     }
                 }
             }
-            SyncPlan::Resync => self.resync_batch(header, &mut outcome)?,
+            SyncPlan::Resync => self.resync_batch(header, outcome)?,
         };
-        if let Some((map, changed, wal, start)) = batch {
-            outcome.shipped = Some(self.ship_incremental(&map, &changed, wal, start).await?);
+        let prepared = match batch {
+            Some((map, changed, wal, start)) => {
+                Some(self.prepare_incremental(&map, &changed, wal, start)?)
+            }
+            None => None,
+        };
+        // Nothing we read may have been overwritten while we read it. Within one WAL
+        // generation frames are only appended, and an overwritten frame never validates again,
+        // so checking at the end covers the whole read. If anything moved, ship nothing now and
+        // let the next sync take the path the new WAL calls for.
+        let (after, _) = self.wal_header()?;
+        let salts = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2));
+        let mut intact = salts(after) == salts(header);
+        if let Some((mut sc, end, sum)) = tail_check {
+            let again = self.scan(&mut sc, u64::MAX)?;
+            intact &= (again.end_offset, again.end_checksum) == (end, sum);
         }
-        // Let checkpoints past what we have shipped proceed, and pin the newest snapshot again.
-        self.end_read()?;
-        self.begin_read()?;
-        outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
-        Ok(outcome)
+        if !intact {
+            tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed under the read; retrying");
+            outcome.more = true;
+            return Ok((None, wal_len));
+        }
+        Ok((prepared, wal_len))
     }
 
     /// Compares the whole current database with the replica's state: the changed pages.
@@ -660,13 +729,13 @@ impl Engine {
 
     /// Encodes and uploads the pages `changed` of state `map` as the next level-0 file, then
     /// advances the position. Pages the database grew by without a frame are read from the file.
-    async fn ship_incremental(
-        &mut self,
+    fn prepare_incremental(
+        &self,
         map: &StateMap,
         changed: &[u32],
         wal: Option<WalPos>,
         start: u64,
-    ) -> Result<FileInfo, EngineError> {
+    ) -> Result<Prepared, EngineError> {
         let lock = lock_pgno(self.page_size);
         let old_commit = self.sums.commit();
         let mut pages: Vec<u32> = changed
@@ -713,18 +782,18 @@ impl Engine {
             enc.encode_page(pgno, &buf)?;
         }
         let (bytes, _) = enc.finish(None)?;
-        let info = self
-            .replica
-            .write(0, txid, txid, bytes, header.timestamp_ms)
-            .await?;
-        // Acknowledged: only now does the position move.
-        self.pos = Position {
-            txid,
-            checksum: sums.total(),
-            wal,
-        };
-        self.sums = sums;
-        Ok(info)
+        Ok(Prepared {
+            level: 0,
+            min_txid: txid,
+            bytes,
+            timestamp_ms: header.timestamp_ms,
+            pos: Position {
+                txid,
+                checksum: sums.total(),
+                wal,
+            },
+            sums,
+        })
     }
 
     fn maybe_checkpoint(&mut self, wal_len: u64) -> Result<Option<CheckpointPlan>, EngineError> {
@@ -746,13 +815,12 @@ impl Engine {
     /// Runs a checkpoint on the engine's connection. The read lock is released for it (a reader
     /// would block it) and taken again afterwards. A busy database is not an error.
     pub fn checkpoint(&mut self, mode: &str) -> Result<(), EngineError> {
-        self.end_read()?;
         let r: rusqlite::Result<(i64, i64, i64)> =
             self.conn()
                 .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 });
-        let result = match r {
+        match r {
             Ok((busy, log, done)) => {
                 tracing::debug!(mode, busy, log, done, "checkpoint");
                 Ok(())
@@ -763,9 +831,7 @@ impl Engine {
                 Ok(())
             }
             Err(e) => Err(self.db_err(e)),
-        };
-        self.begin_read()?;
-        result
+        }
     }
 
     /// Releases the read lock (for shutdown).

@@ -50,7 +50,7 @@ pub enum LtxError {
     )]
     FileChecksumMismatch { stored: u64, computed: u64 },
     #[error(
-        "database checksum mismatch: trailer says {stored:016x}, pages hash to {computed:016x}"
+        "database checksum mismatch: the file records {stored:016x}, the pages hash to {computed:016x}"
     )]
     DbChecksumMismatch { stored: u64, computed: u64 },
     #[error(transparent)]

@@ -157,6 +157,11 @@ pub async fn run(
     backoff_ms = 100;
     let mut next_level: Vec<i64> = s.levels_ms.iter().map(|&i| align_next(now, i)).collect();
     let mut next_snapshot = newest_snapshot_due(&job.replica, s.snapshot_interval_ms, now).await;
+    let mut snapshot_txid = 0u64;
+    // Per level: the TXID when it last ran, and whether it produced a file its next level has
+    // not consumed yet.
+    let mut ran_at_txid = vec![0u64; s.levels_ms.len()];
+    let mut produced = vec![false; s.levels_ms.len()];
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -206,20 +211,41 @@ pub async fn run(
                 let level = u8::try_from(i + 1)
                     .unwrap_or(LEVEL_MAX - 1)
                     .min(SNAPSHOT_LEVEL - 1);
+                // No LIST while idle: a level runs only when something new can reach it.
+                let fresh = if i == 0 {
+                    txid != ran_at_txid[0]
+                } else {
+                    produced[i - 1]
+                };
+                if !fresh {
+                    continue;
+                }
+                ran_at_txid[i] = txid;
                 match compact::compact_level(&job.replica, level, txid, &job.scratch).await {
-                    // Level-0 files become deletable once level 1 covers them.
-                    Ok(Some(_)) if level == 1 && s.retention_enabled => {
-                        enforce_retention(&job.replica, s, now).await
+                    Ok(Some(_)) => {
+                        produced[i] = true;
+                        if i > 0 {
+                            produced[i - 1] = false;
+                        }
+                        // Level-0 files become deletable once level 1 covers them.
+                        if level == 1 && s.retention_enabled {
+                            enforce_retention(&job.replica, s, now).await;
+                        }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {
+                        if i > 0 {
+                            produced[i - 1] = false;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(level, error = %e, "compaction failed; will retry next interval")
                     }
                 }
             }
         }
-        if now >= next_snapshot {
+        if now >= next_snapshot && txid != snapshot_txid {
             next_snapshot = now + s.snapshot_interval_ms;
+            snapshot_txid = txid;
             match compact::snapshot(&job.replica, txid, &job.scratch).await {
                 Ok(info) => tracing::info!(file = %info, "snapshot written"),
                 Err(e) => tracing::warn!(error = %e, "snapshot failed; will retry next interval"),

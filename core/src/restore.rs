@@ -354,7 +354,10 @@ pub fn apply_plan(
         let computed = checksum_file(out, h.page_size).map_err(io_err(out_path))?;
         if computed != DbChecksum::from_raw(expected) {
             return Err(RestoreError::Ltx {
-                file: format!("restored database {}", out_path.display()),
+                file: format!(
+                    "restored database (as recorded by {})",
+                    file_name(h.min_txid, h.max_txid)
+                ),
                 error: LtxError::DbChecksumMismatch {
                     stored: expected,
                     computed: computed.raw(),

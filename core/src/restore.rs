@@ -212,6 +212,72 @@ pub struct Fetched {
     pub path: PathBuf,
     /// Keeps a downloaded scratch file alive until it is applied.
     _scratch: Option<tempfile::TempPath>,
+    /// The bytes themselves, for in-memory restores (then `path` is only a label).
+    bytes: Option<Vec<u8>>,
+}
+
+impl Fetched {
+    /// A file already in memory (the simulator's restores).
+    pub fn in_memory(info: FileInfo, bytes: Vec<u8>) -> Self {
+        let path = PathBuf::from(format!("memory:{info}"));
+        Self {
+            info,
+            path,
+            _scratch: None,
+            bytes: Some(bytes),
+        }
+    }
+
+    fn reader(&self) -> Result<Box<dyn std::io::Read + '_>, RestoreError> {
+        match &self.bytes {
+            Some(b) => Ok(Box::new(&b[..])),
+            None => {
+                let f = File::open(&self.path).map_err(io_err(&self.path))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+            }
+        }
+    }
+}
+
+/// Where restored pages go: a file, or memory.
+pub trait Image {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()>;
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
+    fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum>;
+}
+
+impl Image for &File {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.write_all_at(data, offset)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
+        checksum_file(self, page_size)
+    }
+}
+
+impl Image for Vec<u8> {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let at = usize::try_from(offset).map_err(std::io::Error::other)?;
+        if self.len() < at + data.len() {
+            self.resize(at + data.len(), 0);
+        }
+        self[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.resize(usize::try_from(len).map_err(std::io::Error::other)?, 0);
+        Ok(())
+    }
+    fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
+        let pages = self
+            .chunks(page_size as usize)
+            .zip(1u32..)
+            .map(|(p, n)| (n, p));
+        Ok(DbChecksum::of_pages(pages, page_size))
+    }
 }
 
 pub async fn fetch(
@@ -225,6 +291,7 @@ pub async fn fetch(
             info,
             path,
             _scratch: None,
+            bytes: None,
         });
     }
     let tmp = tempfile::NamedTempFile::new_in(scratch).map_err(io_err(scratch))?;
@@ -247,13 +314,14 @@ pub async fn fetch(
         info,
         path,
         _scratch: Some(tmp.into_temp_path()),
+        bytes: None,
     })
 }
 
 /// Applies one file's pages onto `out`. Returns its header and trailer's post-apply checksum
 /// (`None` for no-checksum files).
 fn apply_file(
-    out: &File,
+    out: &mut impl Image,
     out_path: &Path,
     fetched: &Fetched,
     page: &mut Vec<u8>,
@@ -263,8 +331,7 @@ fn apply_file(
         file: name.clone(),
         error,
     };
-    let f = File::open(&fetched.path).map_err(io_err(&fetched.path))?;
-    let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, f)).map_err(ltx)?;
+    let mut dec = Decoder::new(fetched.reader()?).map_err(ltx)?;
     let h = *dec.header();
     if (h.min_txid, h.max_txid) != (fetched.info.min_txid, fetched.info.max_txid) {
         return Err(RestoreError::Chain {
@@ -278,7 +345,7 @@ fn apply_file(
     page.resize(h.page_size as usize, 0);
     while let Some(pgno) = dec.next_page(page).map_err(ltx)? {
         let at = u64::from(pgno - 1) * u64::from(h.page_size);
-        out.write_all_at(page, at).map_err(io_err(out_path))?;
+        out.write_at(page, at).map_err(io_err(out_path))?;
     }
     let trailer = dec.finish().map_err(ltx)?;
     out.set_len(u64::from(h.commit) * u64::from(h.page_size))
@@ -288,7 +355,7 @@ fn apply_file(
 
 /// Streams `files` into `out` and verifies the chain. Blocking.
 pub fn apply_plan(
-    out: &File,
+    out: &mut impl Image,
     out_path: &Path,
     files: impl IntoIterator<Item = Result<Fetched, RestoreError>>,
     mut on_file: impl FnMut(&FileInfo),
@@ -351,7 +418,7 @@ pub fn apply_plan(
         prev = Some((h, sums));
     }
     if let Some((h, Some((_, expected)))) = prev {
-        let computed = checksum_file(out, h.page_size).map_err(io_err(out_path))?;
+        let computed = out.db_checksum(h.page_size).map_err(io_err(out_path))?;
         if computed != DbChecksum::from_raw(expected) {
             return Err(RestoreError::Ltx {
                 file: format!(
@@ -393,7 +460,7 @@ pub async fn restore_to(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, RestoreError>>(1);
     let out_path = tmp_path.to_path_buf();
     let applier = tokio::task::spawn_blocking(move || {
-        apply_plan(&out, &out_path, rx, on_file).and_then(|r| {
+        apply_plan(&mut &out, &out_path, rx, on_file).and_then(|r| {
             out.sync_all().map_err(io_err(&out_path))?;
             Ok(r)
         })

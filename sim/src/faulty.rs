@@ -1,0 +1,161 @@
+//! `FaultyStore<S>`: object-store faults as a wrapper around any store (see `FAULT_MODEL.md`).
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_core::store::{ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+
+use crate::vfs;
+
+/// Fault knobs, each a per-request probability (0 disables the site).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreFaults {
+    /// The request fails before it is applied.
+    pub transient: f64,
+    /// The request is applied, then the reply is lost.
+    pub ambiguous: f64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rng: ChaCha8Rng,
+    faults: StoreFaults,
+    /// Simulated-time windows `[start, end)` in which every request fails.
+    partitions: Vec<(i64, i64)>,
+    /// Counts by outcome, for the report.
+    injected: u64,
+}
+
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    state: Mutex<Inner>,
+}
+
+enum Fate {
+    Ok,
+    FailBefore,
+    FailAfter,
+}
+
+impl<S> FaultyStore<S> {
+    pub fn new(inner: S, seed: u64, faults: StoreFaults, partitions: Vec<(i64, i64)>) -> Self {
+        let state = Inner {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            faults,
+            partitions,
+            injected: 0,
+        };
+        Self {
+            inner,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Turns every fault off (the healed phase).
+    pub fn heal(&self) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.faults = StoreFaults::default();
+        s.partitions.clear();
+    }
+
+    pub fn injected(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .injected
+    }
+
+    /// Whether the store is inside a partition at `now_ms`.
+    pub fn partitioned(&self, now_ms: i64) -> bool {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.partitions.iter().any(|&(a, b)| now_ms >= a && now_ms < b)
+    }
+
+    fn fate(&self, mutating: bool) -> Fate {
+        let now = vfs::with(|s| s.now_ms);
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fate = if s.partitions.iter().any(|&(a, b)| now >= a && now < b) {
+            Fate::FailBefore
+        } else {
+            let (t, a) = (s.faults.transient, s.faults.ambiguous);
+            let roll: f64 = s.rng.random();
+            if roll < t {
+                Fate::FailBefore
+            } else if mutating && roll < t + a {
+                Fate::FailAfter
+            } else {
+                Fate::Ok
+            }
+        };
+        if !matches!(fate, Fate::Ok) {
+            s.injected += 1;
+        }
+        fate
+    }
+}
+
+fn injected(op: &'static str, key: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::Transient, op, key, "injected fault")
+}
+
+#[async_trait]
+impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
+    fn describe(&self) -> String {
+        format!("faulty+{}", self.inner.describe())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        match self.fate(true) {
+            Fate::Ok => self.inner.put(key, data, opts).await,
+            Fate::FailBefore => Err(injected("put", key)),
+            Fate::FailAfter => {
+                self.inner.put(key, data, opts).await?;
+                Err(injected("put", key))
+            }
+        }
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        match self.fate(false) {
+            Fate::Ok => self.inner.get_range(key, offset, len).await,
+            _ => Err(injected("get", key)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        match self.fate(false) {
+            Fate::Ok => self.inner.head(key).await,
+            _ => Err(injected("head", key)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        match self.fate(false) {
+            Fate::Ok => self.inner.list(prefix).await,
+            _ => Err(injected("list", prefix)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.fate(true) {
+            Fate::Ok => self.inner.delete(key).await,
+            Fate::FailBefore => Err(injected("delete", key)),
+            Fate::FailAfter => {
+                self.inner.delete(key).await?;
+                Err(injected("delete", key))
+            }
+        }
+    }
+}

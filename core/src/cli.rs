@@ -205,7 +205,7 @@ fn resolve_source(
             let target = ReplicaTarget::from_config(first)
                 .map_err(|e| anyhow!("database {}: {e}", db.path))?;
             return Ok((
-                target.open().map_err(|e| anyhow!(e))?,
+                target.open(&first.settings).map_err(|e| anyhow!(e))?,
                 Some(PathBuf::from(&db.path)),
             ));
         }
@@ -223,7 +223,10 @@ fn resolve_source(
             cfg_path.display()
         );
     }
-    Ok((target.open().map_err(|e| anyhow!(e))?, None))
+    let replica = target
+        .open(&crate::config::ReplicaSettings::default())
+        .map_err(|e| anyhow!(e))?;
+    Ok((replica, None))
 }
 
 fn parse_target(args: &RestoreArgs) -> Result<Target> {

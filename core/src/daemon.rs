@@ -10,6 +10,7 @@ use crate::cli::{ConfigArgs, IntegrityCheck, ReplicateArgs, restore_into_place};
 use crate::config::{Config, config_path};
 use crate::engine::SystemClock;
 use crate::jobs::{config_from_args, jobs_from_config};
+use crate::replica::SNAPSHOT_LEVEL;
 use crate::replicate::{self, JobStatus, SharedStatus};
 use crate::restore::{self, RestoreError, Target};
 use crate::url::ReplicaTarget;
@@ -49,6 +50,19 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         .tempdir()
         .context("cannot create a scratch directory")?;
     let jobs = jobs_from_config(&config, scratch.path()).map_err(|e| anyhow!(e))?;
+    // Reach every replica once before starting: wrong keys, a missing bucket or an unreachable
+    // endpoint are refused now, naming the cause, instead of being retried in the background.
+    // Failures after this are outages: replication retries them and catches up.
+    for job in &jobs {
+        job.replica
+            .list_level(SNAPSHOT_LEVEL)
+            .await
+            .map_err(|e| anyhow!("database {}: {e}", job.engine.db_path.display()))?;
+        // Compaction and snapshots merge into files here.
+        std::fs::create_dir_all(&job.scratch).with_context(|| {
+            format!("cannot create scratch directory {}", job.scratch.display())
+        })?;
+    }
     for db in &mut config.dbs {
         let path = PathBuf::from(&db.path);
         if !path.exists() {
@@ -183,7 +197,7 @@ async fn restore_missing(
     let r = replica
         .ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
     let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
-    let replica = target.open().map_err(|e| anyhow!(e))?;
+    let replica = target.open(&r.settings).map_err(|e| anyhow!(e))?;
     let files = replica.list_all().await?;
     match restore::plan(&replica.describe(), &files, Target::Latest) {
         Ok(plan) => {
@@ -229,7 +243,7 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
             let mut row =
                 serde_json::json!({ "database": db.path, "replica": format!("{target:?}") });
             if !list_only {
-                let replica = target.open().map_err(|e| anyhow!(e))?;
+                let replica = target.open(&r.settings).map_err(|e| anyhow!(e))?;
                 row["replica"] = replica.describe().into();
                 let files = replica.list_all().await.unwrap_or_default();
                 let newest = files.iter().max_by_key(|f| f.max_txid);

@@ -20,7 +20,7 @@ pub fn jobs_from_config(config: &Config, scratch: &std::path::Path) -> Result<Ve
             let target = ReplicaTarget::from_config(r)
                 .map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
             let replica = target
-                .open()
+                .open(&r.settings)
                 .map_err(|e| format!("database {} replica {i}: {e}", db.path))?;
             jobs.push(Job {
                 engine: engine_config(db),

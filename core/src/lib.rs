@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod replica;
 pub mod replicate;
 pub mod restore;
+pub mod s3;
 pub mod store;
 pub mod url;
 pub mod wal;

@@ -121,7 +121,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 pub type DynStore = Arc<dyn ObjectStore>;
 
 /// Rejects keys that could escape the store's root or name temporaries.
-fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), StoreError> {
+pub(crate) fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), StoreError> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{ReplicaConfig, expand_path};
+use crate::config::{ReplicaConfig, ReplicaSettings, expand_path};
 use crate::replica::{Layout, Replica};
+use crate::s3::{S3Config, S3Store, resolve_credentials};
 use crate::store::DirStore;
 
 /// Where a replica lives.
@@ -19,6 +20,7 @@ pub enum ReplicaTarget {
         endpoint: Option<String>,
         region: Option<String>,
         force_path_style: bool,
+        skip_verify: bool,
     },
 }
 
@@ -48,9 +50,37 @@ impl ReplicaTarget {
     }
 
     pub fn from_config(r: &ReplicaConfig) -> Result<Self, String> {
+        let s = &r.settings;
         match (&r.url, &r.path) {
             (Some(_), Some(_)) => Err("give either url or path, not both".into()),
-            (Some(url), None) => Self::parse(url),
+            (Some(url), None) => {
+                let mut target = Self::parse(url)?;
+                if let ReplicaTarget::S3 {
+                    bucket,
+                    endpoint,
+                    region,
+                    force_path_style,
+                    skip_verify,
+                    ..
+                } = &mut target
+                {
+                    // Litestream's precedence: the configuration's settings win over the URL's.
+                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != bucket.as_str()) {
+                        return Err(format!(
+                            "replica URL {url:?} names bucket {bucket:?} but bucket: says {b:?}; give one"
+                        ));
+                    }
+                    if let Some(ep) = &s.endpoint {
+                        *endpoint = Some(endpoint_with_scheme(ep)?);
+                    }
+                    if let Some(rg) = s.region.clone().filter(|r| !r.is_empty()) {
+                        *region = Some(rg);
+                    }
+                    *force_path_style |= s.force_path_style.unwrap_or(s.endpoint.is_some());
+                    *skip_verify |= s.skip_verify.unwrap_or(false);
+                }
+                Ok(target)
+            }
             (None, path) => match r.kind.as_deref().unwrap_or("file") {
                 "file" => {
                     let path = path.as_deref().ok_or("file replica needs a path")?;
@@ -60,21 +90,21 @@ impl ReplicaTarget {
                     Ok(ReplicaTarget::Dir(PathBuf::from(expand_path(path))))
                 }
                 "s3" => {
-                    let bucket = r
-                        .settings
-                        .bucket
-                        .clone()
-                        .ok_or("s3 replica needs a bucket")?;
+                    let bucket = s.bucket.clone().ok_or("s3 replica needs a bucket")?;
+                    check_bucket(&bucket).map_err(|e| format!("bucket: {e}"))?;
+                    let endpoint = s
+                        .endpoint
+                        .as_deref()
+                        .map(endpoint_with_scheme)
+                        .transpose()?;
                     Ok(ReplicaTarget::S3 {
                         bucket,
-                        path: path
-                            .clone()
-                            .unwrap_or_default()
-                            .trim_start_matches('/')
-                            .to_string(),
-                        endpoint: r.settings.endpoint.clone(),
-                        region: r.settings.region.clone(),
-                        force_path_style: r.settings.force_path_style.unwrap_or(false),
+                        path: clean_path(path.as_deref().unwrap_or_default())
+                            .map_err(|e| format!("path: {e}"))?,
+                        force_path_style: s.force_path_style.unwrap_or(endpoint.is_some()),
+                        endpoint,
+                        region: s.region.clone().filter(|r| !r.is_empty()),
+                        skip_verify: s.skip_verify.unwrap_or(false),
                     })
                 }
                 other => Err(format!(
@@ -84,67 +114,191 @@ impl ReplicaTarget {
         }
     }
 
-    /// Opens the replica. S3 is recognised but not built into this version.
-    pub fn open(&self) -> Result<Replica, String> {
+    /// Opens the replica. `settings` supplies what a URL cannot carry (S3 credentials); for
+    /// a bare URL pass `ReplicaSettings::default()` and the environment is consulted.
+    /// Makes no request.
+    pub fn open(&self, settings: &ReplicaSettings) -> Result<Replica, String> {
         match self {
             ReplicaTarget::Dir(p) => Ok(Replica::new(
                 Arc::new(DirStore::new(p.clone())),
                 Layout::File,
             )),
-            ReplicaTarget::S3 { bucket, .. } => Err(format!(
-                "s3://{bucket}: S3 replicas are not supported by this build yet"
-            )),
+            ReplicaTarget::S3 {
+                bucket,
+                path,
+                endpoint,
+                region,
+                force_path_style,
+                skip_verify,
+            } => {
+                let credentials = resolve_credentials(
+                    settings.access_key_id.as_deref(),
+                    settings.secret_access_key.as_deref(),
+                    |k| std::env::var(k).ok(),
+                )
+                .map_err(|e| format!("s3://{bucket}/{path}: {e}"))?;
+                let store = S3Store::new(S3Config {
+                    bucket: bucket.clone(),
+                    path: path.clone(),
+                    endpoint: endpoint.clone(),
+                    region: region.clone(),
+                    force_path_style: *force_path_style,
+                    skip_verify: *skip_verify,
+                    credentials,
+                })?;
+                Ok(Replica::new(Arc::new(store), Layout::S3))
+            }
         }
     }
 }
 
+/// Litestream's rule for local development hosts, which get `http://` by default.
+fn is_local_host(host_port: &str) -> bool {
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|c| c.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let private_172 = host
+        .strip_prefix("172.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|o| o.parse::<u8>().ok())
+        .is_some_and(|o| (16..=31).contains(&o));
+    host == "localhost"
+        || host == "::1"
+        || host.starts_with("127.")
+        || host.starts_with("10.")
+        || host.starts_with("192.168.")
+        || private_172
+        || host.ends_with(".localhost")
+        || host.ends_with(".local")
+}
+
+/// Adds `http://` (local hosts) or `https://` to an endpoint without a scheme, and checks that
+/// what remains is `host[:port]`.
+pub fn endpoint_with_scheme(endpoint: &str) -> Result<String, String> {
+    let e = endpoint.trim();
+    let (scheme, rest) = match e.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest),
+        Some((s, _)) => {
+            return Err(format!(
+                "endpoint {endpoint:?}: unsupported scheme {s:?} (use http:// or https://)"
+            ));
+        }
+        None => (if is_local_host(e) { "http" } else { "https" }, e),
+    };
+    let host_port = rest.trim_end_matches('/');
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_[]:".contains(&c));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "endpoint {endpoint:?}: expected http(s)://host[:port]"
+        ));
+    }
+    Ok(format!("{scheme}://{host_port}"))
+}
+
+/// S3's bucket naming rules: 3-63 characters of a-z, 0-9, '-' and '.', starting and ending
+/// with a letter or digit.
+pub fn check_bucket(bucket: &str) -> Result<(), String> {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && edge_ok(bucket.chars().next())
+        && edge_ok(bucket.chars().last());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid bucket name {bucket:?} (3-63 characters: a-z, 0-9, '-', '.', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// The replica path inside a bucket: segments joined by '/', none empty, '.' or '..', and no
+/// character S3 clients escape differently (so Litestream and sluice name the same objects).
+pub fn clean_path(path: &str) -> Result<String, String> {
+    const UNSAFE: &[char] = &[
+        '\\', '{', '}', '^', '%', '`', '[', ']', '"', '<', '>', '~', '#', '|', '*', '?',
+    ];
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("an S3 replica needs a path inside the bucket (s3://bucket/path)".into());
+    }
+    if let Some(bad) = parts.iter().find(|p| **p == "." || **p == "..") {
+        return Err(format!("path {path:?}: segment {bad:?} is not allowed"));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control() || UNSAFE.contains(c)) {
+        return Err(format!("path {path:?}: character {c:?} is not allowed"));
+    }
+    Ok(parts.join("/"))
+}
+
 fn parse_s3(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
+    let bad = |what: String| format!("replica URL {url:?}: {what}");
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() {
-        return Err(format!("replica URL {url:?}: missing bucket name"));
+        return Err(bad("missing bucket name".into()));
     }
-    let (mut bucket, mut endpoint, mut force_path_style) = (host.to_string(), None, false);
-    // `bucket.host:port` puts the endpoint in the host, as Litestream allows for MinIO.
-    if let Some((b, h)) = host.split_once('.')
-        && (h.contains(':') || h == "localhost" || h.starts_with("localhost:"))
+    let (mut bucket, mut endpoint, mut region, mut force_path_style) =
+        (host.to_string(), None, None, false);
+    if let Some((b, r)) = host
+        .strip_suffix(".amazonaws.com")
+        .and_then(|h| h.rsplit_once(".s3"))
     {
-        let local = h.starts_with("localhost") || h.starts_with("127.") || h.starts_with("[::1]");
+        // bucket.s3.amazonaws.com or bucket.s3.<region>.amazonaws.com
         bucket = b.to_string();
-        endpoint = Some(format!("{}://{h}", if local { "http" } else { "https" }));
+        region = r.strip_prefix('.').map(str::to_string);
+    } else if let Some((b, h)) = host.split_once('.')
+        && (h.contains(':') || is_local_host(h))
+    {
+        // `bucket.host:port` puts the endpoint in the host (MinIO and friends): path-style.
+        bucket = b.to_string();
+        endpoint = Some(endpoint_with_scheme(h).map_err(bad)?);
         force_path_style = true;
     }
-    let mut region = None;
+    let mut skip_verify = false;
+    let mut path_style_given = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let flag = || match v {
+            "" | "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(bad(format!("{k}={v:?}: expected true or false"))),
+        };
         match k {
-            "endpoint" => endpoint = Some(v.to_string()),
-            "region" => region = Some(v.to_string()),
-            "forcePathStyle" => force_path_style = v != "false",
-            "skipVerify" => {}
-            other => {
-                return Err(format!(
-                    "replica URL {url:?}: unknown query parameter {other:?}"
-                ));
+            "endpoint" => {
+                if v.is_empty() {
+                    return Err(bad("endpoint= is empty".into()));
+                }
+                endpoint = Some(endpoint_with_scheme(v).map_err(bad)?);
             }
+            "region" => region = Some(v.to_string()).filter(|r| !r.is_empty()),
+            "forcePathStyle" | "force-path-style" => path_style_given = Some(flag()?),
+            "skipVerify" | "skip-verify" => skip_verify = flag()?,
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
-    let valid = bucket.len() >= 3
-        && bucket.len() <= 63
-        && bucket
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
-    if !valid {
-        return Err(format!(
-            "replica URL {url:?}: invalid bucket name {bucket:?} (3-63 characters: a-z, 0-9, '-', '.')"
-        ));
-    }
+    // Custom endpoints are path-style unless told otherwise, as in Litestream.
+    force_path_style = path_style_given.unwrap_or(force_path_style || endpoint.is_some());
+    check_bucket(&bucket).map_err(bad)?;
     Ok(ReplicaTarget::S3 {
         bucket,
-        path: path.trim_matches('/').to_string(),
+        path: clean_path(path).map_err(bad)?,
         endpoint,
         region,
         force_path_style,
+        skip_verify,
     })
 }
 
@@ -175,7 +329,8 @@ mod tests {
                 path: "fruits.db".into(),
                 endpoint: Some("http://localhost:9000".into()),
                 region: None,
-                force_path_style: true
+                force_path_style: true,
+                skip_verify: false,
             })
         );
         let t = ReplicaTarget::parse("s3://my-sqlite-backup-bucket/mydb.sqlite?region=us-east-1")
@@ -185,5 +340,113 @@ mod tests {
         );
         assert!(ReplicaTarget::parse("s3://Bad_Bucket/x").is_err());
         assert!(ReplicaTarget::parse("s3:///x").is_err());
+    }
+
+    fn s3(url: &str) -> (String, String, Option<String>, Option<String>, bool) {
+        match ReplicaTarget::parse(url) {
+            Ok(ReplicaTarget::S3 {
+                bucket,
+                path,
+                endpoint,
+                region,
+                force_path_style,
+                ..
+            }) => (bucket, path, endpoint, region, force_path_style),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn s3_endpoints_get_litestreams_scheme_and_addressing() {
+        // Query endpoint without a scheme: http for local hosts, https otherwise; path style.
+        assert_eq!(
+            s3("s3://bkt/db?endpoint=127.0.0.1:9000"),
+            (
+                "bkt".into(),
+                "db".into(),
+                Some("http://127.0.0.1:9000".into()),
+                None,
+                true
+            )
+        );
+        assert_eq!(
+            s3("s3://bkt/a/b.db?endpoint=nyc3.digitaloceanspaces.com&region=nyc3").2,
+            Some("https://nyc3.digitaloceanspaces.com".into())
+        );
+        assert!(!s3("s3://bkt/db?endpoint=http://h:1&forcePathStyle=false").4);
+        // The bucket in the host of a remote endpoint: https.
+        assert_eq!(
+            s3("s3://bkt.minio.example.net:9000/db").2,
+            Some("https://minio.example.net:9000".into())
+        );
+        // AWS virtual-hosted names carry the region.
+        assert_eq!(
+            s3("s3://bkt.s3.eu-west-1.amazonaws.com/db"),
+            (
+                "bkt".into(),
+                "db".into(),
+                None,
+                Some("eu-west-1".into()),
+                false
+            )
+        );
+        // Slashes are normalised as Litestream's path.Clean does.
+        assert_eq!(s3("s3://bkt//a//b/").1, "a/b");
+    }
+
+    #[test]
+    fn bad_s3_urls_name_what_is_wrong() {
+        for (url, says) in [
+            ("s3://bkt", "needs a path"),
+            ("s3://bkt/", "needs a path"),
+            ("s3://-bkt/db", "invalid bucket name"),
+            ("s3://bk/db", "invalid bucket name"),
+            ("s3://bkt/db?endpoint=ftp://h", "unsupported scheme"),
+            ("s3://bkt/db?endpoint=http://h:port", "host[:port]"),
+            ("s3://bkt/db?endpoint=", "empty"),
+            ("s3://bkt/a/../b", "\"..\""),
+            ("s3://bkt/a%20b", "'%'"),
+            ("s3://bkt/db?forcePathStyle=maybe", "true or false"),
+            ("s3://bkt/db?sync=1", "unknown query parameter"),
+        ] {
+            let err = ReplicaTarget::parse(url).expect_err(url);
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_settings_win_over_the_url() {
+        let mut r = ReplicaConfig {
+            url: Some("s3://bkt/db".into()),
+            ..ReplicaConfig::default()
+        };
+        r.settings.endpoint = Some("localhost:9000".into());
+        r.settings.region = Some("eu-1".into());
+        let ReplicaTarget::S3 {
+            endpoint,
+            region,
+            force_path_style,
+            ..
+        } = ReplicaTarget::from_config(&r).expect("valid")
+        else {
+            panic!("not s3")
+        };
+        assert_eq!(endpoint.as_deref(), Some("http://localhost:9000"));
+        assert_eq!(region.as_deref(), Some("eu-1"));
+        assert!(force_path_style, "a configured endpoint implies path style");
+        r.settings.bucket = Some("other".into());
+        assert!(ReplicaTarget::from_config(&r).is_err());
+
+        let mut t = ReplicaConfig {
+            kind: Some("s3".into()),
+            path: Some("/app.db".into()),
+            ..ReplicaConfig::default()
+        };
+        t.settings.bucket = Some("bkt".into());
+        let target = ReplicaTarget::from_config(&t).expect("valid");
+        assert!(
+            matches!(&target, ReplicaTarget::S3 { path, endpoint: None, force_path_style: false, .. } if path == "app.db"),
+            "{target:?}"
+        );
     }
 }

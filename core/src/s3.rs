@@ -1,0 +1,892 @@
+//! The S3 replica: [`S3Store`] implements the object-store seam on the `object_store` crate's
+//! AmazonS3 client, for AWS S3 and S3-compatible servers (MinIO, Backblaze B2, DigitalOcean
+//! Spaces, s3s, moto, ...).
+//!
+//! Keys are relative to the replica path inside the bucket: key `0000/…ltx` of the replica
+//! `s3://bkt/app.db` is the object `app.db/0000/…ltx`, exactly where Litestream 0.5 puts it.
+//!
+//! How the seam's contract maps onto S3:
+//! - `put` is one PutObject: S3 makes it atomic and durable once acknowledged. The timestamp is
+//!   stored as the object metadata `litestream-timestamp` in Go's RFC 3339 "nano" form, as
+//!   Litestream writes and reads it. `PutMode::Create` sends `If-None-Match: *`; servers that
+//!   implement it (AWS, MinIO, moto) make it atomic, others check then write (s3s-fs) or ignore
+//!   it (garage): only the first kind can fence writers.
+//! - `list` is ListObjectsV2 (paged by the client past 1,000 keys). S3 listings carry no user
+//!   metadata, so the timestamp of each object comes from a cache filled by our own puts and
+//!   otherwise from one HEAD per object version (bounded concurrency), falling back to
+//!   LastModified when the object has no `litestream-timestamp` (written by another tool). A
+//!   long-running replicator therefore HEADs each foreign object once; its own uploads cost
+//!   nothing extra. Litestream instead uses LastModified unless it restores to a timestamp;
+//!   LastModified is the upload time, later than the LTX time for compacted files, which would
+//!   make timestamp restores and retention see them as younger than they are.
+//! - `get_range` is a ranged GET; the client resumes a body cut mid-way with a new ranged
+//!   request (Litestream #1077).
+//! - `delete` is DeleteObject, which S3 answers with success for a missing key.
+//!
+//! Failures: the client retries 5xx, throttling (429, SlowDown), timeouts and connection errors
+//! with exponential backoff and jitter ([`RETRIES_MAX`], [`RETRY_BACKOFF_MAX_MS`]). Uploads in
+//! `Overwrite` mode are idempotent (same key, same bytes), so a retry after an ambiguous failure
+//! (applied, reply lost) is harmless. What remains after the retries is classified: missing
+//! bucket, access denied, wrong region, malformed requests are `Permanent`; the rest is
+//! `Transient`. Messages name the bucket and the endpoint and never contain credentials.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::client::{HttpError, HttpErrorKind};
+use object_store::path::Path as OsPath;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange,
+    ObjectStore as _, ObjectStoreExt as _, PutPayload, RetryConfig,
+};
+
+use crate::store::{ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError, StoreErrorKind};
+
+/// The object metadata key Litestream stores an LTX file's creation time under.
+pub const METADATA_KEY_TIMESTAMP: &str = "litestream-timestamp";
+/// The region used when none is configured and none can be looked up (custom endpoints).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Retries of one request after its first attempt (transient failures only).
+pub const RETRIES_MAX: usize = 5;
+/// First backoff between retries; it doubles, with jitter, up to the maximum.
+pub const RETRY_BACKOFF_INIT_MS: u64 = 100;
+pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// No retry starts later than this after the first attempt.
+pub const RETRY_TIMEOUT_MS: u64 = 60_000;
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// A response that sends nothing for this long is a stalled connection: fail and retry.
+pub const READ_TIMEOUT_MS: u64 = 30_000;
+/// The longest one request may take, including a large upload.
+pub const REQUEST_TIMEOUT_MS: u64 = 15 * 60_000;
+/// HEAD requests in flight while a listing looks up timestamps.
+pub const METADATA_HEADS_IN_FLIGHT_MAX: usize = 32;
+/// Entries of the timestamp cache; past this it is cleared (and refilled by HEADs).
+pub const TIMESTAMP_CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// An access key pair. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Where the pair came from (`config`, `LITESTREAM_*`, ...), for messages.
+    pub source: &'static str,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Environment variable pairs tried, in order, when the configuration gives no keys. After
+/// them the AWS chain applies (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, session tokens,
+/// web identity, container and instance credentials).
+pub const CREDENTIAL_ENV_PAIRS: [(&str, &str); 3] = [
+    ("LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"),
+    ("SLUICE_ACCESS_KEY_ID", "SLUICE_SECRET_ACCESS_KEY"),
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+];
+
+/// Picks the static credentials: the configuration's pair, then each pair of
+/// [`CREDENTIAL_ENV_PAIRS`]. `Ok(None)` leaves the AWS chain (tokens, roles, instance profile)
+/// to the client. Half a pair is an error naming the missing half.
+pub fn resolve_credentials(
+    config_key_id: Option<&str>,
+    config_secret: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<S3Credentials>, String> {
+    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    match (
+        set(config_key_id.map(str::to_string)),
+        set(config_secret.map(str::to_string)),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            return Ok(Some(S3Credentials {
+                access_key_id,
+                secret_access_key,
+                source: "config",
+            }));
+        }
+        (Some(_), None) => {
+            return Err("access-key-id is set but secret-access-key is not".into());
+        }
+        (None, Some(_)) => {
+            return Err("secret-access-key is set but access-key-id is not".into());
+        }
+        (None, None) => {}
+    }
+    for (id_var, secret_var) in CREDENTIAL_ENV_PAIRS {
+        match (set(env(id_var)), set(env(secret_var))) {
+            (Some(access_key_id), Some(secret_access_key)) => {
+                return Ok(Some(S3Credentials {
+                    access_key_id,
+                    secret_access_key,
+                    source: id_var.split('_').next().unwrap_or("environment"),
+                }));
+            }
+            (Some(_), None) => return Err(format!("{id_var} is set but {secret_var} is not")),
+            (None, Some(_)) => return Err(format!("{secret_var} is set but {id_var} is not")),
+            (None, None) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Everything needed to reach one S3 replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// The replica's path inside the bucket, without leading or trailing `/`.
+    pub path: String,
+    /// `http(s)://host[:port]` of an S3-compatible server; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted
+    /// (`bucket.endpoint/key`).
+    pub force_path_style: bool,
+    /// Accept any TLS certificate (self-signed test servers).
+    pub skip_verify: bool,
+    /// `None`: the AWS credential chain.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An S3 replica. See the module documentation for how the seam's contract maps onto S3.
+pub struct S3Store {
+    client: AmazonS3,
+    bucket: String,
+    path: String,
+    /// For messages: the endpoint, or AWS's regional endpoint.
+    endpoint: String,
+    /// Key to (object version, timestamp in Unix ms) for objects whose timestamp is known.
+    timestamps: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("path", &self.path)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// AWS_* variables handed to the client when no static keys were found: the rest of the AWS
+/// credential chain. Endpoint and addressing variables are left out on purpose: the replica's
+/// URL and configuration decide those.
+const AWS_CHAIN_VARS: [&str; 10] = [
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_METADATA_ENDPOINT",
+    "AWS_IMDSV1_FALLBACK",
+];
+
+impl S3Store {
+    /// Builds the client. Makes no request: a wrong key or a missing bucket shows at the first
+    /// operation (`sluice replicate` lists the replica before it starts, so it refuses at once).
+    pub fn new(cfg: S3Config) -> Result<S3Store, String> {
+        let S3Config {
+            bucket,
+            path,
+            endpoint,
+            region,
+            force_path_style,
+            skip_verify,
+            credentials,
+        } = cfg;
+        let label = format!("s3://{bucket}/{path}");
+        let region = region
+            .filter(|r| !r.is_empty())
+            .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|r| !r.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+        let mut options = ClientOptions::new()
+            .with_connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .with_config(
+                ClientConfigKey::ReadTimeout,
+                format!("{}ms", READ_TIMEOUT_MS),
+            )
+            .with_allow_invalid_certificates(skip_verify);
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(&region)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(RETRY_BACKOFF_INIT_MS),
+                    max_backoff: Duration::from_millis(RETRY_BACKOFF_MAX_MS),
+                    base: 2.0,
+                },
+                max_retries: RETRIES_MAX,
+                retry_timeout: Duration::from_millis(RETRY_TIMEOUT_MS),
+            });
+        let endpoint_label = match &endpoint {
+            Some(ep) => {
+                let (scheme, host) = ep.split_once("://").ok_or_else(|| {
+                    format!("{label}: endpoint {ep:?} needs a scheme (http:// or https://)")
+                })?;
+                if scheme == "http" {
+                    options = options.with_allow_http(true);
+                }
+                if force_path_style {
+                    builder = builder.with_endpoint(ep.trim_end_matches('/'));
+                } else {
+                    // Virtual-hosted style: the client expects the bucket in the endpoint.
+                    builder = builder
+                        .with_endpoint(format!(
+                            "{scheme}://{bucket}.{}",
+                            host.trim_end_matches('/')
+                        ))
+                        .with_virtual_hosted_style_request(true);
+                }
+                ep.trim_end_matches('/').to_string()
+            }
+            None => {
+                // AWS: virtual-hosted unless the bucket name has dots (TLS wildcards cover one
+                // label) or path style is asked for.
+                let virtual_hosted = !force_path_style && !bucket.contains('.');
+                builder = builder.with_virtual_hosted_style_request(virtual_hosted);
+                format!("https://s3.{region}.amazonaws.com")
+            }
+        };
+        match credentials {
+            Some(c) => {
+                builder = builder
+                    .with_access_key_id(c.access_key_id)
+                    .with_secret_access_key(c.secret_access_key);
+            }
+            None if endpoint.is_some() => {
+                // The instance-metadata chain only makes sense on AWS; asking it for a
+                // custom server's keys would just hang on a link-local address.
+                return Err(format!(
+                    "{label}: no credentials for endpoint {endpoint_label}: set access-key-id and secret-access-key in the configuration, or LITESTREAM_ACCESS_KEY_ID and LITESTREAM_SECRET_ACCESS_KEY (or SLUICE_* or AWS_*) in the environment"
+                ));
+            }
+            None => {
+                for var in AWS_CHAIN_VARS {
+                    if let Ok(value) = std::env::var(var)
+                        && let Ok(key) = var.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+                    {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+            }
+        }
+        let client = builder
+            .with_client_options(options)
+            .build()
+            .map_err(|e| format!("{label}: cannot configure the S3 client: {e}"))?;
+        Ok(S3Store {
+            client,
+            bucket,
+            path,
+            endpoint: endpoint_label,
+            timestamps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn location(&self, key: &str) -> String {
+        if key.is_empty() {
+            format!("s3://{}/{}", self.bucket, self.path)
+        } else {
+            format!("s3://{}/{}/{key}", self.bucket, self.path)
+        }
+    }
+
+    fn object_path(&self, op: &'static str, key: &str) -> Result<OsPath, StoreError> {
+        crate::store::check_key(op, &self.describe(), key)?;
+        OsPath::parse(format!("{}/{key}", self.path)).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                op,
+                self.location(key),
+                format!("invalid key: {e}"),
+            )
+        })
+    }
+
+    /// The key of an object path under the replica path, or `None` for anything else.
+    fn key_of<'a>(&self, path: &'a OsPath) -> Option<&'a str> {
+        path.as_ref()
+            .strip_prefix(self.path.as_str())?
+            .strip_prefix('/')
+    }
+
+    fn cache_get(&self, key: &str, version: &str) -> Option<i64> {
+        let cache = self
+            .timestamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(key)
+            .filter(|(v, _)| v == version)
+            .map(|&(_, ts)| ts)
+    }
+
+    fn cache_put(&self, key: &str, version: String, timestamp_ms: i64) {
+        let mut cache = self
+            .timestamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= TIMESTAMP_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), (version, timestamp_ms));
+    }
+
+    fn cache_forget(&self, key: &str) {
+        self.timestamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// HEAD: size, timestamp (metadata, else LastModified) and version of one object.
+    async fn head_object(
+        &self,
+        op: &'static str,
+        key: &str,
+        path: &OsPath,
+    ) -> Result<(ObjectMeta, String), StoreError> {
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let res = self
+            .client
+            .get_opts(path, opts)
+            .await
+            .map_err(|e| self.error(op, key, &e))?;
+        let timestamp_ms = res
+            .attributes
+            .get(&Attribute::Metadata(METADATA_KEY_TIMESTAMP.into()))
+            .and_then(|v| parse_timestamp(v.as_ref()))
+            .unwrap_or_else(|| res.meta.last_modified.timestamp_millis());
+        let version = version_of(&res.meta);
+        Ok((
+            ObjectMeta {
+                key: key.to_string(),
+                size: res.meta.size,
+                timestamp_ms,
+            },
+            version,
+        ))
+    }
+
+    /// Maps a client error to the seam's error: kind, and a one-line message naming the bucket
+    /// and endpoint.
+    fn error(&self, op: &'static str, key: &str, e: &object_store::Error) -> StoreError {
+        let details = Details::of(e);
+        let (kind, message) = classify(e, &details, &self.bucket, &self.endpoint);
+        StoreError::new(kind, op, self.location(key), message)
+    }
+}
+
+/// A version string for the timestamp cache: the ETag, else size and modification time.
+fn version_of(meta: &object_store::ObjectMeta) -> String {
+    meta.e_tag.clone().unwrap_or_else(|| {
+        format!(
+            "{}@{}",
+            meta.size,
+            meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
+        )
+    })
+}
+
+/// What an error chain says: HTTP status, S3 error code and message, transport failure.
+#[derive(Debug, Default)]
+struct Details {
+    status: Option<u16>,
+    code: Option<String>,
+    message: Option<String>,
+    transport: Option<HttpErrorKind>,
+    /// The innermost cause, e.g. `Connection refused (os error 111)`.
+    cause: String,
+}
+
+impl Details {
+    fn of(e: &object_store::Error) -> Details {
+        let mut d = Details::default();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(h) = err.downcast_ref::<HttpError>() {
+                d.transport.get_or_insert(h.kind());
+            }
+            let text = err.to_string();
+            // The client keeps its retry error private; its text is stable:
+            // "Server returned non-2xx status code: 403 Forbidden: <body>".
+            if d.status.is_none()
+                && let Some((_, rest)) = text.split_once("status code: ")
+            {
+                d.status = rest.get(..3).and_then(|s| s.parse().ok());
+            }
+            if d.code.is_none() {
+                d.code = xml_tag(&text, "Code");
+            }
+            if d.message.is_none() {
+                d.message = xml_tag(&text, "Message");
+            }
+            d.cause = text;
+            cur = err.source();
+        }
+        d.cause = one_line(&d.cause);
+        d
+    }
+
+    /// `HTTP 403 AccessDenied: Access Denied`, as much as is known.
+    fn reply(&self) -> String {
+        let mut s = self
+            .status
+            .map_or_else(|| "error".to_string(), |st| format!("HTTP {st}"));
+        if let Some(code) = &self.code {
+            s.push(' ');
+            s.push_str(code);
+        }
+        if let Some(m) = &self.message {
+            s.push_str(": ");
+            s.push_str(m);
+        }
+        s
+    }
+}
+
+fn xml_tag(text: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let (_, rest) = text.split_once(&open)?;
+    let (value, _) = rest.split_once(&close)?;
+    Some(one_line(value))
+}
+
+/// Collapses whitespace so every message is one line, and bounds its length.
+fn one_line(s: &str) -> String {
+    const MESSAGE_CHARS_MAX: usize = 300;
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() > MESSAGE_CHARS_MAX {
+        let cut: String = joined.chars().take(MESSAGE_CHARS_MAX).collect();
+        format!("{cut}…")
+    } else {
+        joined
+    }
+}
+
+fn classify(
+    e: &object_store::Error,
+    d: &Details,
+    bucket: &str,
+    endpoint: &str,
+) -> (StoreErrorKind, String) {
+    use StoreErrorKind::{AlreadyExists, NotFound, Permanent, Transient};
+    if d.code.as_deref() == Some("NoSuchBucket") {
+        return (
+            Permanent,
+            format!("bucket {bucket:?} does not exist at {endpoint}"),
+        );
+    }
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || matches!(d.status, Some(401 | 403));
+    if denied {
+        return (
+            Permanent,
+            format!(
+                "access denied to bucket {bucket:?} by {endpoint} ({}): check the access key, the secret key and the bucket's permissions",
+                d.reply()
+            ),
+        );
+    }
+    match e {
+        object_store::Error::NotFound { .. } => return (NotFound, "no such object".into()),
+        object_store::Error::AlreadyExists { .. } => {
+            return (AlreadyExists, "object exists".into());
+        }
+        object_store::Error::NotImplemented { .. }
+        | object_store::Error::NotSupported { .. }
+        | object_store::Error::InvalidPath { .. }
+        | object_store::Error::UnknownConfigurationKey { .. } => {
+            return (Permanent, one_line(&e.to_string()));
+        }
+        _ => {}
+    }
+    if let Some(kind) = d.transport
+        && d.status.is_none()
+    {
+        return (
+            Transient,
+            format!("cannot reach {endpoint} ({kind:?}): {}", d.cause),
+        );
+    }
+    match d.status {
+        Some(s) if s >= 500 || s == 429 || s == 408 => (
+            Transient,
+            format!("{endpoint} failed the request ({})", d.reply()),
+        ),
+        Some(301 | 307) => (
+            Permanent,
+            format!(
+                "bucket {bucket:?} is in another region than the one configured ({}); set region",
+                d.reply()
+            ),
+        ),
+        Some(s) if (300..500).contains(&s) => (
+            Permanent,
+            format!(
+                "{endpoint} refused the request for bucket {bucket:?} ({})",
+                d.reply()
+            ),
+        ),
+        // A response the client could not make sense of (say, a listing cut short): worth
+        // another try.
+        _ => (Transient, format!("{endpoint}: {}", d.cause)),
+    }
+}
+
+/// Formats Unix ms as Go's `time.RFC3339Nano` in UTC, as Litestream writes the metadata:
+/// `2006-01-02T15:04:05.999999999Z07:00` with trailing zeros of the fraction dropped.
+pub fn format_timestamp(ms: i64) -> String {
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default();
+    let frac_ms = ms.rem_euclid(1000);
+    let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    if frac_ms != 0 {
+        let frac = format!("{frac_ms:03}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// Parses an RFC 3339 timestamp (any fraction, any offset) to Unix ms.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        if self.endpoint.ends_with(".amazonaws.com") {
+            self.location("")
+        } else {
+            format!("{} (endpoint {})", self.location(""), self.endpoint)
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        let path = self.object_path("put", key)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(METADATA_KEY_TIMESTAMP.into()),
+            format_timestamp(opts.timestamp_ms).into(),
+        );
+        let mode = match opts.mode {
+            PutMode::Overwrite => object_store::PutMode::Overwrite,
+            PutMode::Create => object_store::PutMode::Create,
+        };
+        let size = data.len() as u64;
+        let put_opts = object_store::PutOptions {
+            mode,
+            attributes,
+            ..object_store::PutOptions::default()
+        };
+        match self
+            .client
+            .put_opts(&path, PutPayload::from(data), put_opts)
+            .await
+        {
+            Ok(res) => {
+                match res.e_tag {
+                    Some(tag) => self.cache_put(key, tag, opts.timestamp_ms),
+                    None => self.cache_forget(key),
+                }
+                tracing::trace!(key, size, "s3 put");
+                Ok(())
+            }
+            Err(e) => {
+                self.cache_forget(key);
+                Err(self.error("put", key, &e))
+            }
+        }
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.object_path("get", key)?;
+        if len == 0 {
+            // Nothing to read, but a missing object is still an error.
+            self.head_object("get", key, &path).await?;
+            return Ok(Vec::new());
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(offset..offset.saturating_add(len))),
+            ..GetOptions::default()
+        };
+        let result = match self.client.get_opts(&path, opts).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(bytes) => Ok(bytes.to_vec()),
+            Err(e) => {
+                let err = self.error("get", key, &e);
+                if err.kind == StoreErrorKind::NotFound {
+                    return Err(err);
+                }
+                // S3 refuses a range that starts at or past the end (416); the seam answers
+                // with no bytes, as a file read does.
+                match self.head_object("get", key, &path).await {
+                    Ok((meta, _)) if offset >= meta.size => Ok(Vec::new()),
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let path = self.object_path("head", key)?;
+        let (meta, version) = self.head_object("head", key, &path).await?;
+        self.cache_put(key, version, meta.timestamp_ms);
+        Ok(meta)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        // S3 lists by any string prefix, the client by whole path segments: list the segment
+        // holding the prefix and keep what matches.
+        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+        let list_path = if dir.is_empty() {
+            OsPath::parse(&self.path)
+        } else {
+            OsPath::parse(format!("{}/{dir}", self.path))
+        }
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                "list",
+                self.location(prefix),
+                format!("invalid prefix: {e}"),
+            )
+        })?;
+        let listed: Vec<object_store::ObjectMeta> = self
+            .client
+            .list(Some(&list_path))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", prefix, &e))?;
+        let mut out = Vec::with_capacity(listed.len());
+        let mut unknown = Vec::new();
+        for meta in &listed {
+            let Some(key) = self.key_of(&meta.location) else {
+                continue;
+            };
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let version = version_of(meta);
+            match self.cache_get(key, &version) {
+                Some(timestamp_ms) => out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: meta.size,
+                    timestamp_ms,
+                }),
+                None => unknown.push((key.to_string(), meta.location.clone())),
+            }
+        }
+        let looked_up: Vec<Option<(ObjectMeta, String)>> = futures::stream::iter(unknown)
+            .map(|(key, path)| async move {
+                match self.head_object("list", &key, &path).await {
+                    Ok(found) => Ok(Some(found)),
+                    // Deleted between the listing and the HEAD: it is gone.
+                    Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(METADATA_HEADS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await?;
+        for (meta, version) in looked_up.into_iter().flatten() {
+            self.cache_put(&meta.key, version, meta.timestamp_ms);
+            out.push(meta);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.object_path("delete", key)?;
+        self.cache_forget(key);
+        match self.client.delete(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = self.error("delete", key, &e);
+                if err.kind == StoreErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_go_rfc3339_nano() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_timestamp(1_700_000_000_120),
+            "2023-11-14T22:13:20.12Z"
+        );
+        assert_eq!(
+            format_timestamp(1_700_000_000_001),
+            "2023-11-14T22:13:20.001Z"
+        );
+        assert_eq!(format_timestamp(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        for ms in [0, 1, 999, 1_700_000_000_120, 1_764_000_000_456] {
+            assert_eq!(parse_timestamp(&format_timestamp(ms)), Some(ms));
+        }
+        // Litestream (Go) writes nanoseconds when it has them; we keep milliseconds.
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn credentials_come_from_config_then_litestream_sluice_and_aws_variables() {
+        let all = env_of(&[
+            ("LITESTREAM_ACCESS_KEY_ID", "lk"),
+            ("LITESTREAM_SECRET_ACCESS_KEY", "ls"),
+            ("SLUICE_ACCESS_KEY_ID", "sk"),
+            ("SLUICE_SECRET_ACCESS_KEY", "ss"),
+            ("AWS_ACCESS_KEY_ID", "ak"),
+            ("AWS_SECRET_ACCESS_KEY", "as"),
+        ]);
+        let c = resolve_credentials(Some("ck"), Some("cs"), &all)
+            .expect("valid")
+            .expect("found");
+        assert_eq!((c.access_key_id.as_str(), c.source), ("ck", "config"));
+        let c = resolve_credentials(None, None, &all)
+            .expect("valid")
+            .expect("found");
+        assert_eq!((c.access_key_id.as_str(), c.source), ("lk", "LITESTREAM"));
+        let sluice_aws = env_of(&[
+            ("SLUICE_ACCESS_KEY_ID", "sk"),
+            ("SLUICE_SECRET_ACCESS_KEY", "ss"),
+            ("AWS_ACCESS_KEY_ID", "ak"),
+            ("AWS_SECRET_ACCESS_KEY", "as"),
+        ]);
+        let c = resolve_credentials(None, None, &sluice_aws)
+            .expect("valid")
+            .expect("found");
+        assert_eq!(c.access_key_id, "sk");
+        let aws = env_of(&[("AWS_ACCESS_KEY_ID", "ak"), ("AWS_SECRET_ACCESS_KEY", "as")]);
+        let c = resolve_credentials(None, None, &aws)
+            .expect("valid")
+            .expect("found");
+        assert_eq!(c.access_key_id, "ak");
+        assert_eq!(resolve_credentials(None, None, env_of(&[])), Ok(None));
+    }
+
+    #[test]
+    fn half_a_key_pair_is_refused_naming_the_missing_half() {
+        let err = resolve_credentials(Some("k"), None, env_of(&[])).expect_err("half");
+        assert!(err.contains("secret-access-key"), "{err}");
+        let err = resolve_credentials(None, None, env_of(&[("LITESTREAM_ACCESS_KEY_ID", "k")]))
+            .expect_err("half");
+        assert!(err.contains("LITESTREAM_SECRET_ACCESS_KEY"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let c = S3Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+            source: "config",
+        };
+        let cfg = S3Config {
+            bucket: "bkt".into(),
+            path: "db".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: None,
+            force_path_style: true,
+            skip_verify: false,
+            credentials: Some(c),
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        let store = S3Store::new(cfg).expect("builds without a request");
+        let shown = format!("{store:?} {}", store.describe());
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        assert_eq!(
+            store.describe(),
+            "s3://bkt/db (endpoint http://127.0.0.1:9)"
+        );
+    }
+
+    #[test]
+    fn custom_endpoint_without_credentials_is_refused_before_any_request() {
+        let err = S3Store::new(S3Config {
+            bucket: "bkt".into(),
+            path: "db".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: None,
+            force_path_style: true,
+            skip_verify: false,
+            credentials: None,
+        })
+        .expect_err("no keys");
+        assert!(err.contains("no credentials"), "{err}");
+    }
+
+    #[test]
+    fn messages_are_one_line_and_bounded() {
+        assert_eq!(one_line("a\n  b\tc"), "a b c");
+        assert!(one_line(&"x ".repeat(1000)).chars().count() <= 301);
+        assert_eq!(
+            xml_tag("<Error><Code>NoSuchBucket</Code></Error>", "Code").as_deref(),
+            Some("NoSuchBucket")
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! S3-compatible servers for the tests: `s3s-fs` (checks signatures, keeps data on disk; the
+//! default) and moto (no signature checks, memory only, atomic conditional writes: the one that
+//! can judge fencing).
+//!
+//! `ci/test.sh` starts both and exports where they are (`SLUICE_S3_ENDPOINT`,
+//! `SLUICE_S3_ACCESS_KEY`, `SLUICE_S3_SECRET_KEY`, `SLUICE_S3_BUCKET`; `SLUICE_MOTO_ENDPOINT`).
+//! From a plain `cargo test` a server is started here, once per test binary, on a free port of
+//! 127.0.0.1 when its binary is installed (`.ci-cache/s3s/bin/s3s-fs`,
+//! `.ci-cache/venv/bin/moto_server`, or on `PATH`). Otherwise the calling test skips with a
+//! printed reason, or fails when `SLUICE_REQUIRE_PEERS=1`.
+//!
+//! Tests share one bucket per server and keep apart by using a fresh replica path each
+//! ([`S3Server::fresh_path`]).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{WAIT_MAX, workspace_root};
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    S3sFs,
+    Moto,
+}
+
+/// A reachable S3-compatible server and a bucket on it.
+#[derive(Debug)]
+pub struct S3Server {
+    pub kind: Kind,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    /// The server process when this test binary started it: its stdin is the lifeline (see
+    /// [`start_with_lifeline`]).
+    _lifeline: Option<(Child, ChildStdin)>,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl S3Server {
+    /// `host:port` of the endpoint.
+    pub fn host_port(&self) -> &str {
+        self.endpoint.trim_start_matches("http://")
+    }
+
+    /// A replica path no other test uses: `<label>-<pid>-<n>`.
+    pub fn fresh_path(&self, label: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// `s3://bucket/path?endpoint=...` for this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("s3://{}/{path}?endpoint={}", self.bucket, self.endpoint)
+    }
+
+    /// The `s3://bucket.localhost:PORT/path` form (endpoint in the host).
+    pub fn host_url(&self, path: &str) -> String {
+        let port = self.host_port().rsplit_once(':').map_or("", |(_, p)| p);
+        format!("s3://{}.localhost:{port}/{path}", self.bucket)
+    }
+
+    /// The environment a `sluice` process needs to reach this server.
+    pub fn sluice_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LITESTREAM_ACCESS_KEY_ID", self.access_key.clone()),
+            ("LITESTREAM_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+
+    /// Opens a store on `path` through sluice's own URL handling and credentials.
+    pub fn store(&self, path: &str) -> sluice_core::replica::Replica {
+        let target = sluice_core::url::ReplicaTarget::parse(&self.url(path))
+            .unwrap_or_else(|e| panic!("parse {}: {e}", self.url(path)));
+        let settings = sluice_core::config::ReplicaSettings {
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+            ..Default::default()
+        };
+        target
+            .open(&settings)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url(path)))
+    }
+}
+
+fn require_peers() -> bool {
+    std::env::var("SLUICE_REQUIRE_PEERS").as_deref() == Ok("1")
+}
+
+fn skip(reason: &str) -> Option<&'static S3Server> {
+    if require_peers() {
+        panic!("{reason} and SLUICE_REQUIRE_PEERS=1: run ci/test.sh, which installs and starts it");
+    }
+    println!("skipping: {reason}");
+    None
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn find_bin(env_var: &str, cached: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = env(env_var).map(PathBuf::from).filter(|p| p.is_file()) {
+        return Some(p);
+    }
+    let c = workspace_root().join(cached);
+    if c.is_file() {
+        return Some(c);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port on 127.0.0.1")
+}
+
+fn wait_listening(port: u16, child: &mut Child, what: &str) {
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on port {port}: {status}");
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "{what} did not listen on port {port} within {WAIT_MAX:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `program args` under `sh`, which kills it once our end of its stdin closes: when this
+/// test process exits, however it exits, the server goes with it.
+fn start_with_lifeline(program: &Path, args: &[String], log: &Path) -> (Child, ChildStdin) {
+    let log_file = std::fs::File::create(log).expect("create a server log");
+    let log_err = log_file.try_clone().expect("clone the server log handle");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" \"$@\" </dev/null & pid=$!; read _line; kill $pid; wait $pid")
+        .arg(program)
+        .args(args)
+        .env_remove("AWS_CA_BUNDLE")
+        .stdin(Stdio::piped())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let stdin = child.stdin.take().expect("the server's stdin is piped");
+    (child, stdin)
+}
+
+/// s3s-fs: from the environment, else started here, else `None` after printing why.
+pub fn s3s_or_skip() -> Option<&'static S3Server> {
+    static SERVER: OnceLock<Option<S3Server>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        if let Some(endpoint) = env("SLUICE_S3_ENDPOINT") {
+            return Some(S3Server {
+                kind: Kind::S3sFs,
+                endpoint,
+                access_key: env("SLUICE_S3_ACCESS_KEY").unwrap_or_default(),
+                secret_key: env("SLUICE_S3_SECRET_KEY").unwrap_or_default(),
+                bucket: env("SLUICE_S3_BUCKET").unwrap_or_else(|| "sluice-test".into()),
+                _lifeline: None,
+                _data: None,
+            });
+        }
+        let bin = find_bin("S3S_FS_BIN", ".ci-cache/s3s/bin/s3s-fs", "s3s-fs")?;
+        let data = tempfile::Builder::new()
+            .prefix("sluice-s3s-")
+            .tempdir()
+            .expect("create the s3s-fs data directory");
+        // A top-level directory of the data root is a bucket; the log sits beside the root.
+        let bucket = "sluice-test".to_string();
+        let root = data.path().join("root");
+        std::fs::create_dir_all(root.join(&bucket)).expect("create the bucket directory");
+        let port = free_port();
+        let (access_key, secret_key) = (
+            "sluice-test-key".to_string(),
+            "sluice-test-secret".to_string(),
+        );
+        let args: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            access_key.clone(),
+            "--secret-key".into(),
+            secret_key.clone(),
+            root.display().to_string(),
+        ];
+        let (mut child, stdin) = start_with_lifeline(&bin, &args, &data.path().join("s3s.log"));
+        wait_listening(port, &mut child, "s3s-fs");
+        Some(S3Server {
+            kind: Kind::S3sFs,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key,
+            secret_key,
+            bucket,
+            _lifeline: Some((child, stdin)),
+            _data: Some(data),
+        })
+    });
+    match server {
+        Some(s) => Some(s),
+        None => skip(
+            "s3s-fs not found (set SLUICE_S3_ENDPOINT, or install it: cargo install s3s-fs@0.14.1 --locked --features binary --root .ci-cache/s3s)",
+        ),
+    }
+}
+
+/// moto's server: from the environment, else started here, else `None` after printing why.
+pub fn moto_or_skip() -> Option<&'static S3Server> {
+    static SERVER: OnceLock<Option<S3Server>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let bucket = env("SLUICE_MOTO_BUCKET").unwrap_or_else(|| "sluice-moto".into());
+        let (endpoint, lifeline, data) = match env("SLUICE_MOTO_ENDPOINT") {
+            Some(endpoint) => (endpoint, None, None),
+            None => {
+                let bin = find_bin(
+                    "MOTO_SERVER_BIN",
+                    ".ci-cache/venv/bin/moto_server",
+                    "moto_server",
+                )?;
+                let data = tempfile::Builder::new()
+                    .prefix("sluice-moto-")
+                    .tempdir()
+                    .expect("create a directory for the moto log");
+                let port = free_port();
+                let args = vec![
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                ];
+                let (mut child, stdin) =
+                    start_with_lifeline(&bin, &args, &data.path().join("moto.log"));
+                wait_listening(port, &mut child, "moto_server");
+                (
+                    format!("http://127.0.0.1:{port}"),
+                    Some((child, stdin)),
+                    Some(data),
+                )
+            }
+        };
+        // moto keeps buckets in memory and checks no signature: create ours with a bare PUT.
+        create_bucket_unsigned(&endpoint, &bucket);
+        Some(S3Server {
+            kind: Kind::Moto,
+            endpoint,
+            access_key: "moto-key".into(),
+            secret_key: "moto-secret".into(),
+            bucket,
+            _lifeline: lifeline,
+            _data: data,
+        })
+    });
+    match server {
+        Some(s) => Some(s),
+        None => skip(
+            "moto_server not found (set SLUICE_MOTO_ENDPOINT, or pip install 'moto[server]' into .ci-cache/venv)",
+        ),
+    }
+}
+
+/// `PUT /bucket` without a signature (moto accepts it; an existing bucket answers 200 or 409).
+fn create_bucket_unsigned(endpoint: &str, bucket: &str) {
+    let host = endpoint.trim_start_matches("http://");
+    let mut stream =
+        TcpStream::connect(host).unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+    stream
+        .set_read_timeout(Some(WAIT_MAX))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send PUT bucket");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    let status = reply.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        status == "200" || status == "409",
+        "creating bucket {bucket} on {endpoint} failed: {}",
+        reply.lines().next().unwrap_or("")
+    );
+}

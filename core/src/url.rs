@@ -137,12 +137,25 @@ impl ReplicaTarget {
                     |k| std::env::var(k).ok(),
                 )
                 .map_err(|e| format!("s3://{bucket}/{path}: {e}"))?;
+                // Litestream's LITESTREAM_S3_ENDPOINT: a default endpoint (path-style) for
+                // replicas that name none, so `s3://bucket/path` can point at MinIO and friends.
+                let (endpoint, force_path_style) = match (endpoint, env_endpoint()) {
+                    (Some(e), _) => (Some(e.clone()), *force_path_style),
+                    (None, Some(e)) => (
+                        Some(
+                            endpoint_with_scheme(&e)
+                                .map_err(|m| format!("LITESTREAM_S3_ENDPOINT: {m}"))?,
+                        ),
+                        true,
+                    ),
+                    (None, None) => (None, *force_path_style),
+                };
                 let store = S3Store::new(S3Config {
                     bucket: bucket.clone(),
                     path: path.clone(),
-                    endpoint: endpoint.clone(),
+                    endpoint,
                     region: region.clone(),
-                    force_path_style: *force_path_style,
+                    force_path_style,
                     skip_verify: *skip_verify,
                     credentials,
                 })?;
@@ -150,6 +163,12 @@ impl ReplicaTarget {
             }
         }
     }
+}
+
+fn env_endpoint() -> Option<String> {
+    std::env::var("LITESTREAM_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
 }
 
 /// Litestream's rule for local development hosts, which get `http://` by default.

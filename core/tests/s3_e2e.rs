@@ -1,0 +1,621 @@
+//! `sluice` against a real S3 server (s3s-fs: SigV4 checked, data on disk), as its users run
+//! it:
+//! - the issue's four commands (replicate, restore in the `bucket.localhost:PORT` form,
+//!   `restore -if-db-not-exists` on a replacement host, replicate there again), every restore
+//!   byte-identical to the source after its TRUNCATE checkpoint;
+//! - the real Litestream restoring sluice's S3 replica, and sluice restoring Litestream's, byte
+//!   for byte; the `litestream-timestamp` metadata of every file equals its LTX header time;
+//! - a configuration file with `type: s3` and the keys in it;
+//! - bad input: wrong keys, missing bucket, unreachable endpoint, malformed URL, invalid bucket
+//!   name: one line naming the problem, non-zero exit, nothing written.
+//!
+//! Not checked here: faults between sluice and the server (a proxy test), writer fencing, AWS
+//! itself (region lookup, virtual-hosted addressing).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use sluice_core::replica::FileInfo;
+
+use common::s3::{S3Server, free_port, s3s_or_skip};
+use common::{
+    Output, SETTLE_POLLS, SETTLE_SPACING, WAIT_MAX, Workspace, assert_integrity_ok,
+    assert_same_file, checkpoint_truncate, litestream_command, litestream_or_skip,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Every LTX file in the replica at `path`, through a new client (so timestamps come from the
+/// objects' metadata, not from a cache of our own uploads).
+fn s3_files(server: &S3Server, path: &str) -> Vec<FileInfo> {
+    let replica = server.store(path);
+    runtime()
+        .block_on(replica.list_all())
+        .unwrap_or_else(|e| panic!("list {path}: {e}"))
+}
+
+fn s3_max_txid(server: &S3Server, path: &str) -> u64 {
+    s3_files(server, path)
+        .iter()
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the replica's newest TXID is above `above` and stays put for a while.
+fn wait_settled(server: &S3Server, path: &str, above: u64) -> u64 {
+    let started = Instant::now();
+    let (mut last, mut unchanged) = (s3_max_txid(server, path), 0);
+    loop {
+        std::thread::sleep(SETTLE_SPACING);
+        let now = s3_max_txid(server, path);
+        if now == last && now > above {
+            unchanged += 1;
+            if unchanged >= SETTLE_POLLS {
+                return now;
+            }
+        } else {
+            (last, unchanged) = (now, 0);
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "replica {path} did not settle above TXID {above:016x} (now {now:016x})"
+        );
+    }
+}
+
+/// The LTX header time of every file equals the timestamp its object metadata gives.
+fn assert_timestamps_match_headers(server: &S3Server, path: &str) {
+    let replica = server.store(path);
+    let rt = runtime();
+    let files = rt.block_on(replica.list_all()).expect("list");
+    assert!(!files.is_empty(), "replica {path} is empty");
+    for f in files {
+        let head = rt
+            .block_on(replica.store.get_range(&replica.key(&f), 0, 100))
+            .expect("read an LTX header");
+        let head: [u8; 100] = head.try_into().expect("a 100-byte header");
+        let h = sluice_core::ltx::Header::decode(&head).expect("decode the header");
+        assert_eq!(
+            f.created_ms, h.timestamp_ms,
+            "{f}: listed timestamp differs from the LTX header's"
+        );
+    }
+}
+
+/// `sluice` with the server's keys in the environment and nothing else that could steer it.
+fn sluice(server: &S3Server, dir: &Path) -> Command {
+    let mut cmd = Command::new(common::sluice_bin());
+    cmd.current_dir(dir)
+        .envs(server.sluice_env())
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("LITESTREAM_CONFIG")
+        .env_remove("LITESTREAM_S3_ENDPOINT")
+        .env_remove("AWS_CA_BUNDLE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run sluice");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A background process stopped with SIGTERM (final sync) or killed when dropped.
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(mut cmd: Command, log: &Path) -> Running {
+        let file = std::fs::File::create(log).expect("create a log");
+        let child = cmd
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .expect("start a process");
+        Running {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("process exited early ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, then waits; returns the log. Panics if it exits non-zero.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "no exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let log = self.log();
+        assert!(status.success(), "exited with {status}; log:\n{log}");
+        log
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn open_wal(db: &Path) -> Connection {
+    let c = Connection::open(db).expect("open the database");
+    c.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL mode");
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("create table");
+    c
+}
+
+/// `commits` transactions of a few rows of assorted sizes, with some updates and deletes.
+fn write(c: &Connection, commits: u32, salt: u32) {
+    for i in 0..commits {
+        let tx = c.unchecked_transaction().expect("begin");
+        for j in 0..5u32 {
+            let size = [10usize, 300, 3000, 9000][((i + j + salt) % 4) as usize];
+            let byte = ((i * 7 + j + salt) % 251) as u8;
+            tx.execute("INSERT INTO t (v) VALUES (?1)", [vec![byte; size]])
+                .expect("insert");
+        }
+        if i % 3 == 0 {
+            tx.execute("UPDATE t SET v = x'00ff' WHERE id % 7 = ?1", [i % 7])
+                .expect("update");
+            tx.execute("DELETE FROM t WHERE id % 11 = ?1", [i % 11])
+                .expect("delete");
+        }
+        tx.commit().expect("commit");
+    }
+}
+
+fn page_size(c: &Connection) -> u32 {
+    c.query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size")
+}
+
+/// Runs one `sluice replicate` from start to SIGTERM around `work`: waits for the first upload
+/// before `work`, and for the replica to settle after it. Returns the log.
+fn replicate_around(
+    server: &S3Server,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    path: &str,
+    log: &Path,
+    work: impl FnOnce(),
+) -> String {
+    let before = s3_max_txid(server, path);
+    let mut cmd = sluice(server, dir);
+    cmd.envs(env.iter().copied()).arg("replicate").args(args);
+    let mut proc = Running::start(cmd, log);
+    let started = Instant::now();
+    while s3_max_txid(server, path) <= before {
+        proc.assert_running();
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "no upload; log:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    work();
+    let reached = s3_max_txid(server, path);
+    wait_settled(server, path, reached.saturating_sub(1));
+    proc.assert_running();
+    proc.stop()
+}
+
+#[test]
+fn issue_commands_replicate_and_restore_byte_identical() {
+    let Some(server) = s3s_or_skip() else { return };
+    let ws = Workspace::new("s3-issue");
+    let path = format!("{}/fruits.db", server.fresh_path("issue"));
+    let plain_url = format!("s3://{}/{path}", server.bucket);
+
+    // Host A: `sluice replicate fruits.db s3://bucket/fruits.db`, the server given the way
+    // Litestream users give it, by LITESTREAM_S3_ENDPOINT.
+    let host_a = ws.dir("a");
+    let db = host_a.join("fruits.db");
+    let conn = open_wal(&db);
+    write(&conn, 20, 0);
+    let log = replicate_around(
+        server,
+        &host_a,
+        &[("LITESTREAM_S3_ENDPOINT", server.endpoint.as_str())],
+        &["fruits.db", &plain_url],
+        &path,
+        &ws.path("a.log"),
+        || {
+            let before = s3_max_txid(server, &path);
+            write(&conn, 30, 1);
+            wait_settled(server, &path, before);
+            // The application truncates the WAL while sluice runs; more writes follow.
+            checkpoint_truncate(&conn);
+            write(&conn, 10, 2);
+        },
+    );
+    checkpoint_truncate(&conn);
+    let page = page_size(&conn);
+    drop(conn);
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // `sluice restore -o fruits2.db s3://bucket.localhost:PORT/fruits.db`
+    let (code, out, err) = output(sluice(server, &host_a).args([
+        "restore",
+        "-o",
+        "fruits2.db",
+        &server.host_url(&path),
+    ]));
+    assert_eq!(code, 0, "restore failed: {err}");
+    assert!(out.contains("database checksum verified"), "{out}");
+    assert_same_file(&db, &host_a.join("fruits2.db"), page, "restore vs source");
+    assert_integrity_ok(&host_a.join("fruits2.db"));
+
+    // Host B replaces A: `sluice restore -if-db-not-exists -o /data/MyApp.sqlite s3://…`
+    let host_b = ws.dir("b");
+    let app = host_b.join("data/MyApp.sqlite");
+    let restore_if_missing = |what: &str| {
+        let (code, _, err) = output(
+            sluice(server, &host_b)
+                .env("LITESTREAM_S3_ENDPOINT", &server.endpoint)
+                .args(["restore", "-if-db-not-exists", "-o"])
+                .arg(&app)
+                .arg(&plain_url),
+        );
+        assert_eq!(code, 0, "{what}: {err}");
+        err
+    };
+    restore_if_missing("restore on the new host");
+    assert_same_file(&db, &app, page, "replacement host's restore vs source");
+    let stamp = std::fs::metadata(&app).and_then(|m| m.modified()).ok();
+    let err = restore_if_missing("second restore");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&app).and_then(|m| m.modified()).ok(),
+        stamp,
+        "-if-db-not-exists must leave an existing database alone"
+    );
+
+    // `sluice replicate /data/MyApp.sqlite s3://…` on host B continues the same replica.
+    let conn = open_wal(&app);
+    let mut replicate_b = sluice(server, &host_b);
+    replicate_b.env("LITESTREAM_S3_ENDPOINT", &server.endpoint);
+    let before = s3_max_txid(server, &path);
+    let log_b = ws.path("b.log");
+    let mut proc = Running::start(
+        {
+            replicate_b.arg("replicate").arg(&app).arg(&plain_url);
+            replicate_b
+        },
+        &log_b,
+    );
+    // Give the engine time to open and prove its position before writing.
+    std::thread::sleep(Duration::from_millis(300));
+    proc.assert_running();
+    write(&conn, 15, 3);
+    wait_settled(server, &path, before);
+    let log = proc.stop();
+    assert!(
+        !log.contains("cannot prove"),
+        "a restored database must continue the replica without a resync snapshot:\n{log}"
+    );
+    checkpoint_truncate(&conn);
+    drop(conn);
+    let (code, _, err) = output(sluice(server, &host_b).args([
+        "restore",
+        "-integrity-check",
+        "full",
+        "-o",
+        "check.db",
+        &server.url(&path),
+    ]));
+    assert_eq!(code, 0, "restore after host B: {err}");
+    assert_same_file(
+        &app,
+        &host_b.join("check.db"),
+        page,
+        "host B restore vs source",
+    );
+
+    // Every file's metadata timestamp is its LTX header time.
+    assert_timestamps_match_headers(server, &path);
+
+    // The real Litestream restores sluice's S3 replica byte for byte.
+    if let Some(ls) = litestream_or_skip() {
+        let out = ws.path("litestream.db");
+        let r = litestream_command(&ls)
+            .env("AWS_ACCESS_KEY_ID", &server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .args(["restore", "-o"])
+            .arg(&out)
+            .arg(server.host_url(&path))
+            .output()
+            .expect("run litestream restore");
+        assert!(
+            r.status.success(),
+            "litestream restore of sluice's S3 replica failed: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_same_file(&app, &out, page, "litestream restore vs source");
+    }
+}
+
+#[test]
+fn sluice_restores_litestreams_s3_replica() {
+    let Some(server) = s3s_or_skip() else { return };
+    let Some(ls) = litestream_or_skip() else {
+        return;
+    };
+    let ws = Workspace::new("s3-from-litestream");
+    let path = server.fresh_path("litestream");
+    let db = ws.path("src.db");
+    let conn = open_wal(&db);
+    write(&conn, 10, 5);
+    let config = ws.path("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: \"{}\"\n    monitor-interval: 20ms\n    replica:\n      type: s3\n      bucket: {}\n      path: {path}\n      endpoint: {}\n      force-path-style: true\n      sync-interval: 20ms\n",
+            db.display(),
+            server.bucket,
+            server.endpoint
+        ),
+    )
+    .expect("write the Litestream config");
+    let mut cmd = litestream_command(&ls);
+    cmd.env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .arg("replicate")
+        .arg("-config")
+        .arg(&config);
+    let mut proc = Running::start(cmd, &ws.path("litestream.log"));
+    let first = {
+        let started = Instant::now();
+        loop {
+            proc.assert_running();
+            let t = s3_max_txid(server, &path);
+            if t > 0 {
+                break t;
+            }
+            assert!(started.elapsed() < WAIT_MAX, "litestream uploaded nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    write(&conn, 40, 6);
+    wait_settled(server, &path, first);
+    proc.stop();
+    checkpoint_truncate(&conn);
+    let page = page_size(&conn);
+    drop(conn);
+
+    assert_timestamps_match_headers(server, &path);
+    let out = ws.path("restored.db");
+    let (code, stdout, err) = output(
+        sluice(server, ws.root())
+            .args(["restore", "-o"])
+            .arg(&out)
+            .arg(server.host_url(&path)),
+    );
+    assert_eq!(code, 0, "sluice restore of Litestream's replica: {err}");
+    assert!(stdout.contains("not recorded by the writer"), "{stdout}");
+    assert_same_file(&db, &out, page, "sluice restore of Litestream's S3 replica");
+    assert_integrity_ok(&out);
+}
+
+#[test]
+fn config_file_with_type_s3_and_keys_in_it() {
+    let Some(server) = s3s_or_skip() else { return };
+    let ws = Workspace::new("s3-config");
+    let path = server.fresh_path("config");
+    let db = ws.path("app.db");
+    let conn = open_wal(&db);
+    write(&conn, 10, 7);
+    let config = ws.path("sluice.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "access-key-id: {}\nsecret-access-key: ${{TEST_S3_SECRET}}\ndbs:\n  - path: {}\n    replica:\n      type: s3\n      bucket: {}\n      path: /{path}\n      endpoint: {}\n      sync-interval: 100ms\n",
+            server.access_key,
+            db.display(),
+            server.bucket,
+            server.endpoint
+        ),
+    )
+    .expect("write the config");
+    // Keys only in the configuration: none in the environment.
+    let no_env_keys = |cmd: &mut Command| {
+        cmd.env_remove("LITESTREAM_ACCESS_KEY_ID")
+            .env_remove("LITESTREAM_SECRET_ACCESS_KEY")
+            .env("TEST_S3_SECRET", &server.secret_key);
+    };
+    let before = s3_max_txid(server, &path);
+    let mut cmd = sluice(server, ws.root());
+    no_env_keys(&mut cmd);
+    cmd.args(["replicate", "-config"]).arg(&config);
+    let mut proc = Running::start(cmd, &ws.path("sluice.log"));
+    let started = Instant::now();
+    while s3_max_txid(server, &path) <= before {
+        proc.assert_running();
+        assert!(started.elapsed() < WAIT_MAX, "no upload:\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write(&conn, 20, 8);
+    wait_settled(server, &path, 1);
+    proc.stop();
+    checkpoint_truncate(&conn);
+    let page = page_size(&conn);
+    drop(conn);
+
+    // `restore DB` finds the replica and the keys in the configuration.
+    let out = ws.path("out.db");
+    let mut cmd = sluice(server, ws.root());
+    no_env_keys(&mut cmd);
+    let (code, _, err) = output(
+        cmd.args(["restore", "-config"])
+            .arg(&config)
+            .arg("-o")
+            .arg(&out)
+            .arg(&db),
+    );
+    assert_eq!(code, 0, "restore through the config: {err}");
+    assert_same_file(&db, &out, page, "restore through the config vs source");
+    let mut cmd = sluice(server, ws.root());
+    no_env_keys(&mut cmd);
+    let (code, stdout, err) = output(cmd.args(["ltx", "-config"]).arg(&config).arg(&db));
+    assert_eq!(code, 0, "ltx through the config: {err}");
+    assert!(stdout.contains("0000000000000001"), "{stdout}");
+}
+
+/// One case of bad input: the command fails with one line naming the problem.
+fn assert_refused(what: &str, (code, stdout, stderr): &Output, says: &[&str]) {
+    assert_ne!(*code, 0, "{what}: exit 0\n{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line, got:\n{stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "{what}: {s:?} not in {stderr:?}");
+    }
+    assert!(
+        !stderr.contains("sluice-test-secret") && !stderr.contains("sluice-ci-secret"),
+        "{what}: the secret leaked: {stderr}"
+    );
+}
+
+struct BadCase {
+    what: &'static str,
+    url: String,
+    env: Vec<(&'static str, String)>,
+    says: Vec<String>,
+}
+
+#[test]
+fn bad_input_is_refused_in_one_line_and_writes_nothing() {
+    let Some(server) = s3s_or_skip() else { return };
+    let ws = Workspace::new("s3-bad");
+    let path = server.fresh_path("bad");
+    let db = ws.path("app.db");
+    drop(open_wal(&db));
+    let db_bytes = std::fs::read(&db).expect("read db");
+    let closed = format!("127.0.0.1:{}", free_port());
+    let cases = [
+        BadCase {
+            what: "wrong secret key",
+            url: server.url(&path),
+            env: vec![("LITESTREAM_SECRET_ACCESS_KEY", "wrong".into())],
+            says: vec![
+                "access denied".into(),
+                server.bucket.clone(),
+                server.endpoint.clone(),
+            ],
+        },
+        BadCase {
+            what: "missing bucket",
+            url: format!("s3://no-such-bucket/{path}?endpoint={}", server.endpoint),
+            env: vec![],
+            says: vec![
+                "\"no-such-bucket\" does not exist".into(),
+                server.endpoint.clone(),
+            ],
+        },
+        BadCase {
+            what: "unreachable endpoint",
+            url: format!("s3://{}/{path}?endpoint=http://{closed}", server.bucket),
+            env: vec![],
+            says: vec!["cannot reach".into(), closed.clone()],
+        },
+        BadCase {
+            what: "malformed URL",
+            url: format!("s3:///{path}"),
+            env: vec![],
+            says: vec!["missing bucket name".into()],
+        },
+        BadCase {
+            what: "no path in the bucket",
+            url: format!("s3://{}?endpoint={}", server.bucket, server.endpoint),
+            env: vec![],
+            says: vec!["needs a path".into()],
+        },
+        BadCase {
+            what: "invalid bucket name",
+            url: format!("s3://My_Bucket/{path}?endpoint={}", server.endpoint),
+            env: vec![],
+            says: vec!["invalid bucket name".into(), "My_Bucket".into()],
+        },
+    ];
+    for BadCase {
+        what,
+        url,
+        env,
+        says,
+    } in &cases
+    {
+        let says: Vec<&str> = says.iter().map(String::as_str).collect();
+        let out = ws.path("out.db");
+        let r = output(
+            sluice(server, ws.root())
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .args(["restore", "-o"])
+                .arg(&out)
+                .arg(url),
+        );
+        assert_refused(&format!("restore, {what}"), &r, &says);
+        let left: Vec<String> = common::dir_entries(ws.root())
+            .into_iter()
+            .filter(|n| !n.starts_with("app.db"))
+            .collect();
+        assert!(left.is_empty(), "restore, {what}: left behind {left:?}");
+
+        let r = output(
+            sluice(server, ws.root())
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .arg("replicate")
+                .arg(&db)
+                .arg(url),
+        );
+        assert_refused(&format!("replicate, {what}"), &r, &says);
+        assert_eq!(
+            std::fs::read(&db).expect("read db"),
+            db_bytes,
+            "replicate, {what}: the database changed"
+        );
+    }
+    assert!(
+        s3_files(server, &path).is_empty(),
+        "nothing may reach the replica"
+    );
+}

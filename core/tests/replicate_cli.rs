@@ -1,0 +1,538 @@
+//! `sluice replicate` as an operator runs it: `-exec` children (exit code, signal forwarding,
+//! final sync), a database still in rollback-journal mode, `-restore-if-db-not-exists`, several
+//! replicas of one database, `status` and `databases`, and a restart that must resume rather
+//! than re-upload the database.
+//!
+//! Each test runs the real binary against real SQLite in a temporary directory. Waits poll the
+//! replica or the process log; their limits are failure guards ([`WAIT_MAX`]), never the
+//! behaviour under test.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use common::{
+    POLL_INTERVAL, WAIT_MAX, Workspace, assert_integrity_ok, assert_same_file, checkpoint_truncate,
+    file_url, replica_max_txid, run_sluice, sluice_bin, wait_for, wait_txid_settled,
+};
+
+const PAGE_SIZE: u32 = 4096;
+
+/// A running `sluice replicate`, stdout and stderr in one log file. Dropping it kills the
+/// process if it still runs, so a failed assertion leaves nothing behind.
+struct Replicate {
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Replicate {
+    fn start(args: &[&dyn AsRef<OsStr>], log_path: PathBuf) -> Self {
+        let log = std::fs::File::create(&log_path).expect("create the sluice log");
+        let child = Command::new(sluice_bin())
+            .arg("replicate")
+            .args(args)
+            .env("SLUICE_LOG", "info")
+            .env_remove("SLUICE_CONFIG")
+            .env_remove("LITESTREAM_CONFIG")
+            .env_remove("AWS_CA_BUNDLE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start sluice replicate");
+        Self { child, log_path }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if the process exits first.
+    fn wait_log(&mut self, needle: &str) {
+        let started = Instant::now();
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The line may have been written just before the exit.
+                assert!(
+                    self.log().contains(needle),
+                    "sluice exited ({status}) before logging {needle:?}; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "sluice did not log {needle:?} within {WAIT_MAX:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", self.child.id());
+    }
+
+    /// Waits for the process to exit; returns its exit code (-1 if a signal ended it).
+    fn wait_exit(&mut self) -> i32 {
+        let started = Instant::now();
+        loop {
+            match self.child.try_wait().expect("wait for sluice") {
+                Some(status) => return status.code().unwrap_or(-1),
+                None => assert!(
+                    started.elapsed() < WAIT_MAX,
+                    "sluice did not exit within {WAIT_MAX:?}; log:\n{}",
+                    self.log()
+                ),
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Stops the process as an operator would (SIGTERM) and asserts it exited cleanly.
+    fn stop(mut self) -> String {
+        self.signal("TERM");
+        let code = self.wait_exit();
+        let log = self.log();
+        assert_eq!(
+            code, 0,
+            "sluice exited with {code} after SIGTERM; log:\n{log}"
+        );
+        log
+    }
+}
+
+impl Drop for Replicate {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A sluice config for `db` replicated to each of `replicas`. `monitor` and `sync` are Go
+/// durations: `5ms`/`50ms` where speed matters, `1h` to keep the driver from syncing on its
+/// own so that only the initial snapshot and the final sync can ship anything.
+fn write_config(
+    ws: &Workspace,
+    db: &Path,
+    replicas: &[&Path],
+    monitor: &str,
+    sync: &str,
+) -> PathBuf {
+    let mut text = format!(
+        "dbs:\n  - path: {}\n    monitor-interval: {monitor}\n    replicas:\n",
+        db.display()
+    );
+    for r in replicas {
+        text.push_str(&format!(
+            "      - url: {}\n        sync-interval: {sync}\n",
+            file_url(r)
+        ));
+    }
+    let cfg = ws.path("sluice.yml");
+    std::fs::write(&cfg, text).expect("write the sluice config");
+    cfg
+}
+
+fn open_db(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open the database");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy_timeout");
+    conn
+}
+
+/// Creates `path` with table `t` in `journal_mode` and `rows` rows, and closes it.
+fn create_db(path: &Path, journal_mode: &str, rows: u32) {
+    let conn = open_db(path);
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .expect("page_size");
+    let mode: String = conn
+        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| {
+            r.get(0)
+        })
+        .expect("journal_mode");
+    assert!(
+        mode.eq_ignore_ascii_case(journal_mode),
+        "journal_mode {mode}"
+    );
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .expect("create table");
+    insert(&conn, rows);
+}
+
+/// Inserts `rows` rows in one transaction.
+fn insert(conn: &Connection, rows: u32) {
+    conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    for _ in 0..rows {
+        conn.execute(
+            "INSERT INTO t (v) VALUES (printf('%.*c', 300, 'x') || random())",
+            [],
+        )
+        .expect("insert");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+/// Rows in `t` of a database file that nothing else writes (opened immutable: no side files).
+fn row_count(path: &Path) -> i64 {
+    let uri = format!("file:{}?immutable=1", path.display());
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count rows")
+}
+
+/// Restores the latest state of a file replica to `out` with `sluice restore`.
+fn restore(replica: &Path, out: &Path) {
+    let (code, _, err) = run_sluice(&[&"restore", &"-o", &out, &file_url(replica)]);
+    assert_eq!(
+        code,
+        0,
+        "sluice restore of {} failed: {err}",
+        replica.display()
+    );
+}
+
+/// The LTX file names at one level of a file replica (temporaries ignored).
+fn level_files(replica: &Path, level: u8) -> BTreeSet<String> {
+    let dir = replica.join("ltx").join(level.to_string());
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| sluice_core::replica::parse_file_name(n).is_some())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => panic!("cannot list {}: {e}", dir.display()),
+    }
+}
+
+/// Checkpoints the source (nothing else may have it open) so its file is what a restore must
+/// produce, then restores `replica` and compares byte for byte.
+fn assert_replica_matches(db: &Path, replica: &Path, out: &Path) {
+    checkpoint_truncate(&open_db(db));
+    restore(replica, out);
+    assert_same_file(db, out, PAGE_SIZE, "restore vs source");
+    assert_integrity_ok(out);
+}
+
+/// `-exec` runs the application as a child; when it exits, sluice makes a final sync and exits
+/// with the child's code. The monitor interval is an hour, so after the initial snapshot only
+/// the final sync can ship the rows written while the child ran.
+#[test]
+fn exec_child_exit_code_becomes_sluices_after_a_final_sync() {
+    let ws = Workspace::new("exec-exit");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 10);
+    let cfg = write_config(&ws, &db, &[&replica], "1h", "1h");
+    let go = ws.path("go");
+    // Our temporary paths hold no quotes or spaces.
+    let child = format!(
+        "sh -c 'while [ ! -e {} ]; do sleep 0.01; done; exit 3'",
+        go.display()
+    );
+    let mut sluice = Replicate::start(&[&"-exec", &child, &"-config", &cfg], ws.path("sluice.log"));
+    let snapshot_txid = wait_txid_settled(&replica, 0);
+
+    insert(&open_db(&db), 5);
+    assert_eq!(
+        replica_max_txid(&replica),
+        snapshot_txid,
+        "nothing but the final sync may ship with a 1h monitor interval"
+    );
+    std::fs::write(&go, b"").expect("let the child exit");
+    let code = sluice.wait_exit();
+    let log = sluice.log();
+    assert_eq!(
+        code, 3,
+        "sluice must exit with the child's code; log:\n{log}"
+    );
+    assert!(log.contains("final sync done"), "{log}");
+
+    assert!(replica_max_txid(&replica) > snapshot_txid, "{log}");
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 15);
+}
+
+/// SIGTERM to sluice goes to the child, which decides when to exit (here: at once, with code
+/// 7); sluice then makes its final sync and exits with the child's code, long before the
+/// child's 300 s sleep would have ended.
+#[test]
+fn sigterm_is_forwarded_to_the_exec_child() {
+    let ws = Workspace::new("exec-term");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 10);
+    let cfg = write_config(&ws, &db, &[&replica], "1h", "1h");
+    let ready = ws.path("ready");
+    let got_term = ws.path("got-term");
+    // The trap is a function so `$pid` is read when the signal arrives; it also stops the
+    // background sleep so nothing outlives the test.
+    let child = format!(
+        "sh -c 'on_term() {{ kill $pid; echo term > {}; exit 7; }}; trap on_term TERM; \
+         sleep 300 & pid=$!; echo ready > {}; wait'",
+        got_term.display(),
+        ready.display()
+    );
+    let mut sluice = Replicate::start(&[&"-exec", &child, &"-config", &cfg], ws.path("sluice.log"));
+    wait_for("the child to install its trap", || {
+        ready.exists().then_some(())
+    });
+    let snapshot_txid = wait_txid_settled(&replica, 0);
+    insert(&open_db(&db), 5);
+
+    let sent = Instant::now();
+    sluice.signal("TERM");
+    let code = sluice.wait_exit();
+    let took = sent.elapsed();
+    let log = sluice.log();
+    println!("sluice exited {took:?} after SIGTERM");
+    assert!(
+        got_term.exists(),
+        "the child never saw SIGTERM; log:\n{log}"
+    );
+    assert_eq!(
+        code, 7,
+        "sluice must exit with the child's code; log:\n{log}"
+    );
+    assert!(log.contains("final sync done"), "{log}");
+
+    assert!(replica_max_txid(&replica) > snapshot_txid, "{log}");
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 15);
+}
+
+/// A database in rollback-journal mode has no WAL to tail. Expected behaviour, as Litestream's:
+/// sluice switches it to WAL mode (a persistent setting: the application's next connection is
+/// in WAL mode too) and replicates it.
+#[test]
+fn rollback_journal_database_is_switched_to_wal_and_replicated() {
+    let ws = Workspace::new("journal-delete");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "delete", 20);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    sluice.wait_log("switched database to WAL mode");
+    let snapshot_txid = wait_txid_settled(&replica, 0);
+
+    let conn = open_db(&db);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+    for _ in 0..4 {
+        insert(&conn, 5);
+    }
+    drop(conn);
+    wait_txid_settled(&replica, snapshot_txid);
+    sluice.stop();
+
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 40);
+}
+
+/// `-restore-if-db-not-exists`: the database is gone but its replica is not; sluice restores
+/// it, proves the restored file continues the replica (no resync snapshot), and replicates
+/// what is written next.
+#[test]
+fn missing_database_is_restored_then_replicated() {
+    let ws = Workspace::new("restore-if-missing");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 30);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &"-config", &cfg]);
+    assert_eq!(code, 0, "replicate -once failed: {err}");
+    let first_txid = replica_max_txid(&replica);
+    assert!(first_txid > 0, "replicate -once shipped nothing: {err}");
+    for p in [&db, &ws.path("app.db-wal"), &ws.path("app.db-shm")] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", p.display()),
+        }
+    }
+
+    let mut sluice = Replicate::start(
+        &[&"-restore-if-db-not-exists", &"-config", &cfg],
+        ws.path("sluice.log"),
+    );
+    sluice.wait_log("restored database before replicating");
+    sluice.wait_log("resuming replication");
+    let conn = open_db(&db);
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(
+        rows, 30,
+        "the restored database must hold the replicated rows"
+    );
+    insert(&conn, 10);
+    drop(conn);
+    wait_txid_settled(&replica, first_txid);
+    let log = sluice.stop();
+    assert!(
+        !log.contains("cannot prove"),
+        "a database restored from the replica continues it; no resync snapshot expected:\n{log}"
+    );
+
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 40);
+}
+
+/// One database, two replicas in one config: each is a complete, independent backup.
+#[test]
+fn two_replicas_of_one_database_both_restore_identically() {
+    let ws = Workspace::new("two-replicas");
+    let db = ws.path("app.db");
+    let (a, b) = (ws.dir("replica-a"), ws.dir("replica-b"));
+    create_db(&db, "wal", 0);
+    let cfg = write_config(&ws, &db, &[&a, &b], "5ms", "50ms");
+    let sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    let start_a = wait_txid_settled(&a, 0);
+    let start_b = wait_txid_settled(&b, 0);
+    let conn = open_db(&db);
+    for _ in 0..5 {
+        insert(&conn, 10);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
+    wait_txid_settled(&a, start_a);
+    wait_txid_settled(&b, start_b);
+    sluice.stop();
+
+    checkpoint_truncate(&open_db(&db));
+    for (name, replica) in [("a", &a), ("b", &b)] {
+        let out = ws.path(&format!("restored-{name}.db"));
+        restore(replica, &out);
+        assert_same_file(&db, &out, PAGE_SIZE, &format!("restore of replica {name}"));
+        assert_eq!(row_count(&out), 50, "replica {name}");
+    }
+}
+
+/// `databases` lists the configuration; `status` also reads each replica and reports the
+/// newest replicated TXID.
+#[test]
+fn status_and_databases_report_the_configured_database() {
+    let ws = Workspace::new("status");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 25);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &"-config", &cfg]);
+    assert_eq!(code, 0, "replicate -once failed: {err}");
+    let txid = format!("{:016x}", replica_max_txid(&replica));
+    let db_path = db.display().to_string();
+
+    let (code, out, err) = run_sluice(&[&"databases", &"-config", &cfg]);
+    assert_eq!(code, 0, "databases failed: {err}");
+    assert!(
+        out.contains(&db_path),
+        "databases output lacks {db_path}:\n{out}"
+    );
+    assert!(
+        out.contains(&replica.display().to_string()),
+        "databases output lacks the replica:\n{out}"
+    );
+
+    let (code, out, err) = run_sluice(&[&"status", &"-config", &cfg]);
+    assert_eq!(code, 0, "status failed: {err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&db_path))
+        .unwrap_or_else(|| panic!("status output lacks {db_path}:\n{out}"));
+    assert!(
+        line.contains(&txid),
+        "status does not report TXID {txid}:\n{out}"
+    );
+    assert!(line.contains(" ok "), "status is not ok:\n{out}");
+
+    let (code, out, err) = run_sluice(&[&"status", &"-json", &"-config", &cfg]);
+    assert_eq!(code, 0, "status -json failed: {err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("status -json is JSON");
+    assert_eq!(rows[0]["database"], db_path.as_str(), "{out}");
+    assert_eq!(rows[0]["replicated_txid"], txid.as_str(), "{out}");
+}
+
+/// A clean stop and a restart with no writes in between must resume from the replica's
+/// position: no resync snapshot (level 9) and no new level-0 file, as nothing changed. Twice:
+/// once with the application still connected (the WAL is as sluice left it) and once after the
+/// application's last connection closed, which checkpoints and deletes the WAL.
+#[test]
+fn restart_without_writes_resumes_without_a_snapshot() {
+    let ws = Workspace::new("restart");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 0);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let app = open_db(&db);
+    let sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice-0.log"));
+    let start_txid = wait_txid_settled(&replica, 0);
+    for _ in 0..3 {
+        insert(&app, 20);
+    }
+    wait_txid_settled(&replica, start_txid);
+    sluice.stop();
+
+    let mut app = Some(app);
+    for round in 1..=2 {
+        if round == 2 {
+            // The last connection to close checkpoints the WAL and deletes it.
+            drop(app.take());
+            assert!(!ws.path("app.db-wal").exists(), "the WAL should be gone");
+        }
+        let l0 = level_files(&replica, 0);
+        let l9 = level_files(&replica, 9);
+        let txid = replica_max_txid(&replica);
+        let mut sluice =
+            Replicate::start(&[&"-config", &cfg], ws.path(&format!("sluice-{round}.log")));
+        sluice.wait_log("resuming replication");
+        // Several monitor and sync intervals with nothing to ship.
+        std::thread::sleep(Duration::from_millis(300));
+        let log = sluice.stop();
+        assert!(
+            !log.contains("cannot prove"),
+            "round {round}: resynced:\n{log}"
+        );
+        let new_l9: Vec<_> = level_files(&replica, 9).difference(&l9).cloned().collect();
+        assert!(
+            new_l9.is_empty(),
+            "round {round}: new snapshots {new_l9:?}; log:\n{log}"
+        );
+        let new_l0: Vec<_> = level_files(&replica, 0).difference(&l0).cloned().collect();
+        assert!(
+            new_l0.is_empty(),
+            "round {round}: new level-0 files {new_l0:?}; log:\n{log}"
+        );
+        assert_eq!(replica_max_txid(&replica), txid, "round {round}");
+    }
+
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 60);
+}

@@ -162,7 +162,10 @@ pub struct S3Config {
 
 /// An S3 replica. See the module documentation for how the seam's contract maps onto S3.
 pub struct S3Store {
-    client: AmazonS3,
+    /// Set at construction, or at first use once the bucket's region is looked up.
+    client: tokio::sync::OnceCell<AmazonS3>,
+    /// The client's settings while its region is unknown (AWS, no region configured).
+    unresolved: Option<(AmazonS3Builder, ClientOptions)>,
     bucket: String,
     path: String,
     /// For messages: the endpoint, or AWS's regional endpoint.
@@ -218,8 +221,10 @@ impl S3Store {
                 std::env::var("AWS_DEFAULT_REGION")
                     .ok()
                     .filter(|r| !r.is_empty())
-            })
-            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+            });
+        // AWS without a configured region: ask AWS where the bucket lives, at first use.
+        let lookup_region = region.is_none() && endpoint.is_none();
+        let region = region.unwrap_or_else(|| DEFAULT_REGION.to_string());
         let mut options = ClientOptions::new()
             .with_connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
@@ -267,7 +272,11 @@ impl S3Store {
                 // label) or path style is asked for.
                 let virtual_hosted = !force_path_style && !bucket.contains('.');
                 builder = builder.with_virtual_hosted_style_request(virtual_hosted);
-                format!("https://s3.{region}.amazonaws.com")
+                if lookup_region {
+                    "https://s3.amazonaws.com".to_string()
+                } else {
+                    format!("https://s3.{region}.amazonaws.com")
+                }
             }
         };
         match credentials {
@@ -293,12 +302,21 @@ impl S3Store {
                 }
             }
         }
+        let builder = builder.with_client_options(options.clone());
+        // Built now even when the region is still to be looked up, so a bad setting shows
+        // before any request.
         let client = builder
-            .with_client_options(options)
+            .clone()
             .build()
             .map_err(|e| format!("{label}: cannot configure the S3 client: {e}"))?;
+        let (client, unresolved) = if lookup_region {
+            (tokio::sync::OnceCell::new(), Some((builder, options)))
+        } else {
+            (tokio::sync::OnceCell::new_with(Some(client)), None)
+        };
         Ok(S3Store {
             client,
+            unresolved,
             bucket,
             path,
             endpoint: endpoint_label,
@@ -312,6 +330,50 @@ impl S3Store {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The client, looking up the bucket's region first if it is not known yet.
+    async fn client(&self, op: &'static str, key: &str) -> Result<&AmazonS3, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let (builder, options) = self.unresolved.as_ref().ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Permanent,
+                        op,
+                        self.location(key),
+                        "S3 client missing",
+                    )
+                })?;
+                let region = object_store::aws::resolve_bucket_region(&self.bucket, options)
+                    .await
+                    .map_err(|e| {
+                        let text = one_line(&e.to_string());
+                        let kind = if text.contains("not found") {
+                            StoreErrorKind::Permanent
+                        } else {
+                            StoreErrorKind::Transient
+                        };
+                        StoreError::new(
+                            kind,
+                            op,
+                            self.location(key),
+                            format!(
+                                "cannot find the region of bucket {:?} on AWS: {text} (set region)",
+                                self.bucket
+                            ),
+                        )
+                    })?;
+                tracing::info!(bucket = %self.bucket, %region, "found the bucket's region");
+                builder.clone().with_region(region).build().map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Permanent,
+                        op,
+                        self.location(key),
+                        format!("cannot configure the S3 client: {e}"),
+                    )
+                })
+            })
+            .await
     }
 
     fn location(&self, key: &str) -> String {
@@ -382,7 +444,8 @@ impl S3Store {
             ..GetOptions::default()
         };
         let res = self
-            .client
+            .client(op, key)
+            .await?
             .get_opts(path, opts)
             .await
             .map_err(|e| self.error(op, key, &e))?;
@@ -620,8 +683,8 @@ impl ObjectStore for S3Store {
             attributes,
             ..object_store::PutOptions::default()
         };
-        match self
-            .client
+        let client = self.client("put", key).await?;
+        match client
             .put_opts(&path, PutPayload::from(data), put_opts)
             .await
         {
@@ -651,7 +714,7 @@ impl ObjectStore for S3Store {
             range: Some(GetRange::Bounded(offset..offset.saturating_add(len))),
             ..GetOptions::default()
         };
-        let result = match self.client.get_opts(&path, opts).await {
+        let result = match self.client("get", key).await?.get_opts(&path, opts).await {
             Ok(r) => r.bytes().await,
             Err(e) => Err(e),
         };
@@ -697,7 +760,8 @@ impl ObjectStore for S3Store {
             )
         })?;
         let listed: Vec<object_store::ObjectMeta> = self
-            .client
+            .client("list", prefix)
+            .await?
             .list(Some(&list_path))
             .try_collect()
             .await
@@ -744,7 +808,7 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.object_path("delete", key)?;
         self.cache_forget(key);
-        match self.client.delete(&path).await {
+        match self.client("delete", key).await?.delete(&path).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 let err = self.error("delete", key, &e);

@@ -19,6 +19,8 @@ pub struct File {
     /// `None` until the file's first sync: a power loss makes it disappear.
     durable: Option<Vec<u8>>,
     pending: Vec<Pending>,
+    /// Bumped by every write and truncate: the simulated modification time.
+    version: u64,
 }
 
 /// Counts of what a power loss did, for the event log.
@@ -64,6 +66,11 @@ impl Disk {
         avail
     }
 
+    /// The file's modification counter (0 if it does not exist).
+    pub fn version(&self, name: &str) -> u64 {
+        self.files.get(name).map_or(0, |f| f.version)
+    }
+
     pub fn contents(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(|f| f.written.as_slice())
     }
@@ -75,12 +82,14 @@ impl Disk {
             offset,
             bytes: bytes.to_vec(),
         });
+        f.version += 1;
     }
 
     pub fn truncate(&mut self, name: &str, len: usize) {
         let f = self.files.entry(name.to_string()).or_default();
         f.written.resize(len, 0);
         f.pending.push(Pending::Truncate { len });
+        f.version += 1;
     }
 
     pub fn sync(&mut self, name: &str) {
@@ -136,6 +145,7 @@ impl Disk {
             }
             f.written = image.clone();
             f.durable = Some(image);
+            f.version += 1;
         }
         report
     }

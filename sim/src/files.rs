@@ -47,6 +47,14 @@ impl DbFiles for SimFiles {
     fn wal_len(&self) -> io::Result<u64> {
         Ok(len(&self.wal))
     }
+    fn db_stamp(&self) -> io::Result<(u64, u64)> {
+        Ok(vfs::with(|s| {
+            (
+                s.disk.len(&self.db).unwrap_or(0) as u64,
+                s.disk.version(&self.db),
+            )
+        }))
+    }
     fn db_path(&self) -> &Path {
         &self.db_path
     }

@@ -33,7 +33,7 @@ use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
 };
 pub use source::{DbFiles, OsFiles};
-pub use state::{CheckpointPlan, CheckpointPolicy, PageSums, Position, SyncPlan, WalPos};
+pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
 
 /// The clock seam. Real time in production, simulated time in the simulator.
 pub trait Clock: Send + Sync {
@@ -134,6 +134,8 @@ pub struct Engine {
     pos: Position,
     sums: PageSums,
     last_checkpoint_ms: i64,
+    /// The database file's stamp taken when the current read began (before reading it).
+    read_stamp: DbStamp,
 }
 
 impl std::fmt::Debug for Engine {
@@ -205,9 +207,12 @@ impl Engine {
                 txid: 0,
                 checksum: DbChecksum::EMPTY,
                 wal: None,
+                db_stamp: None,
+                last_header: None,
             },
             sums: PageSums::new(page_size),
             last_checkpoint_ms: now,
+            read_stamp: (0, 0),
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -346,6 +351,7 @@ impl Engine {
     /// Finds the replica's newest file and proves how the local database relates to it.
     async fn recover_position(&mut self) -> Result<Option<Prepared>, EngineError> {
         let files = self.replica.list_all().await?;
+        self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
         let all = match header {
             Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
@@ -430,11 +436,9 @@ impl Engine {
                     txid = format_args!("{:016x}", newest.max_txid),
                     "resuming replication"
                 );
-                self.pos = Position {
-                    txid: newest.max_txid,
-                    checksum: replica_sum,
-                    wal,
-                };
+                self.pos = self
+                    .pos
+                    .follow(newest.max_txid, replica_sum, wal, self.read_stamp);
                 self.sums = sums;
             }
             None => {
@@ -550,11 +554,7 @@ impl Engine {
             min_txid: 1,
             bytes,
             timestamp_ms: header.timestamp_ms,
-            pos: Position {
-                txid,
-                checksum: sums.total(),
-                wal,
-            },
+            pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),
             sums,
         })
     }
@@ -596,8 +596,9 @@ impl Engine {
         &mut self,
         outcome: &mut SyncOutcome,
     ) -> Result<(Option<Prepared>, u64), EngineError> {
+        self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, wal_len) = self.wal_header()?;
-        let plan = state::plan_sync(&self.pos, header, wal_len);
+        let plan = state::plan_sync(&self.pos, header, wal_len, self.read_stamp);
         let mut tail_check: Option<(WalScanner, u64, (u32, u32))> = None;
         let batch = match plan {
             SyncPlan::Idle => None,
@@ -612,7 +613,12 @@ impl Engine {
                 };
                 if c.transactions == 0 {
                     // Following a new, still empty WAL generation changes no state.
-                    self.pos.wal = Some(wal);
+                    self.pos = self.pos.follow(
+                        self.pos.txid,
+                        self.pos.checksum,
+                        Some(wal),
+                        self.read_stamp,
+                    );
                     None
                 } else {
                     Some((
@@ -657,7 +663,12 @@ impl Engine {
                         checksum: n.end_checksum,
                     };
                     if changed.is_empty() && map.commit == self.sums.commit() {
-                        self.pos.wal = Some(wal);
+                        self.pos = self.pos.follow(
+                            self.pos.txid,
+                            self.pos.checksum,
+                            Some(wal),
+                            self.read_stamp,
+                        );
                         None
                     } else {
                         Some((map, changed, Some(wal), WAL_HEADER_SIZE as u64))
@@ -721,7 +732,9 @@ impl Engine {
         tracing::info!(db = %self.cfg.db_path.display(), pages = changed.len(), "WAL continuity lost (checkpoint or restart by another process); shipping the pages that differ");
         if changed.is_empty() && map.commit == self.sums.commit() {
             // Nothing differs: follow the current WAL (or none) from here.
-            self.pos.wal = wal;
+            self.pos = self
+                .pos
+                .follow(self.pos.txid, self.pos.checksum, wal, self.read_stamp);
             return Ok(None);
         }
         Ok(Some((map, changed, wal, WAL_HEADER_SIZE as u64)))
@@ -787,11 +800,7 @@ impl Engine {
             min_txid: txid,
             bytes,
             timestamp_ms: header.timestamp_ms,
-            pos: Position {
-                txid,
-                checksum: sums.total(),
-                wal,
-            },
+            pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),
             sums,
         })
     }

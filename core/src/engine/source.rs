@@ -18,6 +18,9 @@ pub trait DbFiles: Send + Sync {
     fn db_len(&self) -> io::Result<u64>;
     fn read_wal(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     fn wal_len(&self) -> io::Result<u64>;
+    /// A cheap fingerprint of the database file (size, modification time): equal stamps mean
+    /// the file was not written in between.
+    fn db_stamp(&self) -> io::Result<(u64, u64)>;
     /// Path of the database, for messages.
     fn db_path(&self) -> &Path;
 }
@@ -96,6 +99,16 @@ impl DbFiles for OsFiles {
 
     fn db_len(&self) -> io::Result<u64> {
         Ok(self.db.metadata()?.len())
+    }
+
+    fn db_stamp(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.db.metadata()?;
+        let mtime_ns = u64::try_from(m.mtime())
+            .unwrap_or(0)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::try_from(m.mtime_nsec()).unwrap_or(0));
+        Ok((m.len(), mtime_ns))
     }
 
     fn read_wal(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -108,6 +108,45 @@ pub struct Position {
     pub checksum: DbChecksum,
     /// `None` when the state is the database file alone (no valid WAL was present).
     pub wal: Option<WalPos>,
+    /// With `wal == None`: the database file's stamp when the state was read, so a change made
+    /// while no WAL is visible (written, checkpointed and truncated between two syncs) is seen.
+    pub db_stamp: Option<DbStamp>,
+    /// With `wal == None`: the last WAL generation seen before, if any.
+    pub last_header: Option<WalHeader>,
+}
+
+/// A cheap fingerprint of the database file: its size and modification time (in the simulator,
+/// a write counter). Equal stamps mean the file was not written in between.
+pub type DbStamp = (u64, u64);
+
+impl Position {
+    /// The position after shipping a state that ends in the WAL at `wal`, or (`None`) a state
+    /// that is the database file alone as of `stamp`.
+    pub fn follow(
+        &self,
+        txid: u64,
+        checksum: DbChecksum,
+        wal: Option<WalPos>,
+        stamp: DbStamp,
+    ) -> Position {
+        let last_header = self.wal.map(|w| w.header).or(self.last_header);
+        match wal {
+            Some(w) => Position {
+                txid,
+                checksum,
+                wal: Some(w),
+                db_stamp: None,
+                last_header: None,
+            },
+            None => Position {
+                txid,
+                checksum,
+                wal: None,
+                db_stamp: Some(stamp),
+                last_header,
+            },
+        }
+    }
 }
 
 /// How to read the changes since the replica's position.
@@ -129,10 +168,36 @@ pub enum SyncPlan {
 
 /// Decides how to find what changed, from the WAL header now on disk. `header` is `None` when the
 /// WAL is missing, shorter than a header, or its header is invalid (truncated, being rewritten).
-pub fn plan_sync(pos: &Position, header: Option<WalHeader>, wal_len: u64) -> SyncPlan {
+pub fn plan_sync(
+    pos: &Position,
+    header: Option<WalHeader>,
+    wal_len: u64,
+    db_stamp: DbStamp,
+) -> SyncPlan {
+    let db_unchanged = pos.db_stamp == Some(db_stamp);
     match (pos.wal, header) {
-        (None, None) => SyncPlan::Idle,
-        (None, Some(h)) => SyncPlan::FromStart(WalScanner::new(h)),
+        // A WAL may have come and gone (written, checkpointed, truncated) between two syncs:
+        // only an unchanged database file proves nothing happened.
+        (None, None) => {
+            if db_unchanged {
+                SyncPlan::Idle
+            } else {
+                SyncPlan::Resync
+            }
+        }
+        // A WAL appeared on top of the database-file state. Its frames are all newer only if
+        // nothing was checkpointed in between: the file is unchanged, or this generation is the
+        // one right after the last generation seen (the restart that emptied it).
+        (None, Some(h)) => {
+            let next_generation = pos
+                .last_header
+                .is_some_and(|l| h.salt1 == l.salt1.wrapping_add(1) && h.page_size == l.page_size);
+            if db_unchanged || next_generation {
+                SyncPlan::FromStart(WalScanner::new(h))
+            } else {
+                SyncPlan::Resync
+            }
+        }
         (Some(_), None) => SyncPlan::Resync,
         (Some(w), Some(h)) => {
             let same_generation = (h.salt1, h.salt2) == (w.header.salt1, w.header.salt2);
@@ -225,12 +290,16 @@ mod tests {
                 offset,
                 checksum: (5, 6),
             }),
+            db_stamp: None,
+            last_header: None,
         }
     }
 
+    const STAMP: DbStamp = (4096, 1);
+
     #[test]
     fn same_generation_continues_at_the_offset() {
-        let plan = plan_sync(&pos(10, 5000), Some(header(10, 7)), 9000);
+        let plan = plan_sync(&pos(10, 5000), Some(header(10, 7)), 9000, STAMP);
         assert!(
             matches!(plan, SyncPlan::Continue(s) if s.offset() == 5000 && s.checksum() == (5, 6))
         );
@@ -239,7 +308,7 @@ mod tests {
     #[test]
     fn one_restart_tries_the_old_tail() {
         assert!(matches!(
-            plan_sync(&pos(10, 5000), Some(header(11, 99)), 9000),
+            plan_sync(&pos(10, 5000), Some(header(11, 99)), 9000, STAMP),
             SyncPlan::OldTailThenNew { .. }
         ));
     }
@@ -247,36 +316,53 @@ mod tests {
     #[test]
     fn anything_unprovable_resyncs() {
         // Truncated WAL, two restarts, a shrunken WAL with the same salts, a different page size.
-        assert_eq!(plan_sync(&pos(10, 5000), None, 0), SyncPlan::Resync);
+        assert_eq!(plan_sync(&pos(10, 5000), None, 0, STAMP), SyncPlan::Resync);
         assert_eq!(
-            plan_sync(&pos(10, 5000), Some(header(12, 1)), 9000),
+            plan_sync(&pos(10, 5000), Some(header(12, 1)), 9000, STAMP),
             SyncPlan::Resync
         );
         assert_eq!(
-            plan_sync(&pos(10, 5000), Some(header(10, 7)), 4000),
+            plan_sync(&pos(10, 5000), Some(header(10, 7)), 4000, STAMP),
             SyncPlan::Resync
         );
         assert_eq!(
-            plan_sync(&pos(10, 5000), Some(header(11, 1)), 5000),
+            plan_sync(&pos(10, 5000), Some(header(11, 1)), 5000, STAMP),
             SyncPlan::Resync
         );
         let mut big = header(10, 7);
         big.page_size = 8192;
-        assert_eq!(plan_sync(&pos(10, 5000), Some(big), 9000), SyncPlan::Resync);
+        assert_eq!(
+            plan_sync(&pos(10, 5000), Some(big), 9000, STAMP),
+            SyncPlan::Resync
+        );
     }
 
     #[test]
-    fn no_wal_before_and_now() {
+    fn database_file_state_needs_proof_of_no_change() {
         let p = Position {
             txid: 1,
             checksum: DbChecksum::EMPTY,
             wal: None,
+            db_stamp: Some(STAMP),
+            last_header: Some(header(9, 1)),
         };
-        assert_eq!(plan_sync(&p, None, 0), SyncPlan::Idle);
+        assert_eq!(plan_sync(&p, None, 0, STAMP), SyncPlan::Idle);
+        // Written, checkpointed and truncated between two looks: the file changed.
+        assert_eq!(plan_sync(&p, None, 0, (4096, 2)), SyncPlan::Resync);
         assert!(matches!(
-            plan_sync(&p, Some(header(1, 1)), 32),
+            plan_sync(&p, Some(header(1, 1)), 32, STAMP),
             SyncPlan::FromStart(_)
         ));
+        // The file changed, but the WAL is the generation right after the last one seen.
+        assert!(matches!(
+            plan_sync(&p, Some(header(10, 1)), 32, (8192, 3)),
+            SyncPlan::FromStart(_)
+        ));
+        // The file changed and a generation went by unseen: its frames were checkpointed.
+        assert_eq!(
+            plan_sync(&p, Some(header(11, 1)), 32, (8192, 3)),
+            SyncPlan::Resync
+        );
     }
 
     #[test]

@@ -240,8 +240,7 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
         let path = PathBuf::from(&db.path);
         for r in &db.replicas {
             let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
-            let mut row =
-                serde_json::json!({ "database": db.path, "replica": format!("{target:?}") });
+            let mut row = serde_json::json!({ "database": db.path, "replica": target.to_string() });
             if !list_only {
                 let replica = target.open(&r.settings).map_err(|e| anyhow!(e))?;
                 row["replica"] = replica.describe().into();

@@ -24,6 +24,27 @@ pub enum ReplicaTarget {
     },
 }
 
+/// The replica as a URL, for listings (no credentials are ever part of a target).
+impl std::fmt::Display for ReplicaTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaTarget::Dir(p) => write!(f, "file://{}", p.display()),
+            ReplicaTarget::S3 {
+                bucket,
+                path,
+                endpoint,
+                ..
+            } => {
+                write!(f, "s3://{bucket}/{path}")?;
+                match endpoint {
+                    Some(e) => write!(f, "?endpoint={e}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 impl ReplicaTarget {
     /// Parses `file:///abs/path`, a plain path, or `s3://bucket[.host:port]/path[?query]`.
     pub fn parse(url: &str) -> Result<Self, String> {

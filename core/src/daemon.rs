@@ -8,8 +8,9 @@ use tokio::sync::watch;
 
 use crate::cli::{ConfigArgs, IntegrityCheck, ReplicateArgs, restore_into_place};
 use crate::config::{Config, config_path};
-use crate::engine::SystemClock;
+use crate::engine::{Clock, SystemClock};
 use crate::jobs::{config_from_args, jobs_from_config};
+use crate::lease::{FencedStore, Holder, LEASE_TTL_MS, Lease, LeaseError};
 use crate::replica::SNAPSHOT_LEVEL;
 use crate::replicate::{self, JobStatus, SharedStatus};
 use crate::restore::{self, RestoreError, Target};
@@ -79,6 +80,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(SystemClock);
+    let mut jobs = jobs;
+    let fence = Fence::take(&mut jobs, clock.now_ms()).await?;
+    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::channel::<LeaseError>(1);
+    let fence = fence.start(lost_tx);
     let mut statuses = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for mut job in jobs {
@@ -131,7 +136,15 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
                     };
                     let _ = stop_tx.send(true);
                     forward(&child, "TERM");
+                    fence.release().await;
                     return Err(err);
+                }
+                Some(lost) = lost_rx.recv() => {
+                    // Another replicator owns the replica now: stop before anything interleaves.
+                    let _ = stop_tx.send(true);
+                    forward(&child, "TERM");
+                    fence.release().await;
+                    return Err(anyhow!(lost));
                 }
             }
         }
@@ -150,7 +163,106 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
             Err(e) => return Err(anyhow!(e)),
         }
     }
+    // Held through the final syncs; given up only now.
+    fence.release().await;
     Ok(exit_code)
+}
+
+/// The lease time in effect: `SLUICE_LEASE_TTL_MS` (for tests and unusual deployments), else
+/// [`LEASE_TTL_MS`].
+fn lease_ttl_ms() -> Result<i64> {
+    match std::env::var("SLUICE_LEASE_TTL_MS") {
+        Ok(v) => v.parse::<i64>().ok().filter(|ms| *ms >= 30).ok_or_else(|| {
+            anyhow!("SLUICE_LEASE_TTL_MS={v:?}: expected milliseconds, at least 30")
+        }),
+        Err(_) => Ok(LEASE_TTL_MS),
+    }
+}
+
+/// The leases of one `sluice replicate`: one per replica whose store can fence writers.
+struct Fence {
+    leases: Vec<Lease>,
+}
+
+/// The leases being renewed in the background.
+struct RunningFence {
+    stop: watch::Sender<bool>,
+    renewers: Vec<tokio::task::JoinHandle<Lease>>,
+}
+
+impl Fence {
+    /// Takes every replica's lease and wraps its store so it writes only while the lease
+    /// holds. Refuses (releasing what it took) if another replicator holds one.
+    async fn take(jobs: &mut [replicate::Job], now_ms: i64) -> Result<Fence> {
+        let ttl_ms = lease_ttl_ms()?;
+        let mut fence = Fence { leases: Vec::new() };
+        for job in jobs.iter_mut() {
+            let store = job.replica.store.clone();
+            if !store.supports_conditional_writes() {
+                continue;
+            }
+            let holder = Holder::here(&job.engine.db_path);
+            match Lease::acquire(store.clone(), holder, now_ms, ttl_ms).await {
+                Ok(lease) => {
+                    job.replica.store = Arc::new(FencedStore::new(store, lease.state()));
+                    fence.leases.push(lease);
+                }
+                Err(e) => {
+                    for lease in fence.leases {
+                        let _ = lease.release(now_ms).await;
+                    }
+                    bail!("database {}: {e}", job.engine.db_path.display());
+                }
+            }
+        }
+        Ok(fence)
+    }
+
+    /// Renews every lease each third of its time; reports a lost lease on `lost`.
+    fn start(self, lost: tokio::sync::mpsc::Sender<LeaseError>) -> RunningFence {
+        let (stop, stop_rx) = watch::channel(false);
+        let renewers = self
+            .leases
+            .into_iter()
+            .map(|mut lease| {
+                let (lost, mut stop_rx) = (lost.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let every = std::time::Duration::from_millis(
+                        u64::try_from(lease.ttl_ms() / 3).unwrap_or(10_000),
+                    );
+                    loop {
+                        tokio::select! {
+                            _ = stop_rx.changed() => return lease,
+                            () = tokio::time::sleep(every) => {}
+                        }
+                        match lease.renew(SystemClock.now_ms()).await {
+                            Ok(()) => {}
+                            Err(e @ LeaseError::Lost { .. }) => {
+                                let _ = lost.send(e).await;
+                                return lease;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot renew the replica lease; will retry"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        RunningFence { stop, renewers }
+    }
+}
+
+impl RunningFence {
+    /// Stops renewing and gives every lease up.
+    async fn release(self) {
+        let _ = self.stop.send(true);
+        for renewer in self.renewers {
+            if let Ok(lease) = renewer.await
+                && let Err(e) = lease.release(SystemClock.now_ms()).await
+            {
+                tracing::warn!(error = %e, "cannot release the replica lease; it expires on its own");
+            }
+        }
+    }
 }
 
 /// Litestream accepts `:9090`; so do we.

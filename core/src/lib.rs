@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod jobs;
+pub mod lease;
 pub mod ltx;
 pub mod metrics;
 pub mod replica;

@@ -568,7 +568,7 @@ fn classify(
     bucket: &str,
     endpoint: &str,
 ) -> (StoreErrorKind, String) {
-    use StoreErrorKind::{AlreadyExists, NotFound, Permanent, Transient};
+    use StoreErrorKind::{AlreadyExists, NotFound, Permanent, Precondition, Transient};
     if d.code.as_deref() == Some("NoSuchBucket") {
         return (
             Permanent,
@@ -589,6 +589,12 @@ fn classify(
         );
     }
     match e {
+        object_store::Error::Precondition { .. } => {
+            return (
+                Precondition,
+                "object changed or vanished since it was read".into(),
+            );
+        }
         object_store::Error::NotFound { .. } => return (NotFound, "no such object".into()),
         object_store::Error::AlreadyExists { .. } => {
             return (AlreadyExists, "object exists".into());
@@ -803,6 +809,71 @@ impl ObjectStore for S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    fn supports_conditional_writes(&self) -> bool {
+        // If-Match on PutObject: atomic on AWS, MinIO and moto; servers that ignore it (garage)
+        // or check then write (s3s-fs) make the lease advisory only.
+        true
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        let path = self.object_path("get", key)?;
+        let client = self.client("get", key).await?;
+        let result = client
+            .get_opts(&path, GetOptions::default())
+            .await
+            .map_err(|e| self.error("get", key, &e))?;
+        let version = result.meta.e_tag.clone().ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                "get",
+                self.location(key),
+                format!("{} returned no ETag", self.endpoint),
+            )
+        })?;
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.error("get", key, &e))?;
+        Ok((bytes.to_vec(), version))
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        let path = self.object_path("put", key)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(METADATA_KEY_TIMESTAMP.into()),
+            format_timestamp(timestamp_ms).into(),
+        );
+        let put_opts = object_store::PutOptions {
+            mode: object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(version.to_string()),
+                version: None,
+            }),
+            attributes,
+            ..object_store::PutOptions::default()
+        };
+        self.cache_forget(key);
+        let client = self.client("put", key).await?;
+        let res = client
+            .put_opts(&path, PutPayload::from(data), put_opts)
+            .await
+            .map_err(|e| self.error("put", key, &e))?;
+        res.e_tag.ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                "put",
+                self.location(key),
+                format!("{} returned no ETag", self.endpoint),
+            )
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -13,6 +13,8 @@
 //! - `list` returns every object under a prefix in lexicographic key order.
 //! - `get_range` returns exactly the requested bytes, or fewer only at the end of the object.
 //! - `delete` of a missing key succeeds (deletes are idempotent).
+//! - Where `supports_conditional_writes`, `put_if_version` is a compare-and-swap on one object,
+//!   atomic against other writers.
 
 use std::fmt;
 use std::io::Write;
@@ -32,6 +34,8 @@ pub enum StoreErrorKind {
     Transient,
     /// Not worth retrying: permissions, missing bucket, bad configuration, full disk.
     Permanent,
+    /// A conditional write found the object changed (or gone) since it was read.
+    Precondition,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,31 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Whether [`ObjectStore::get_versioned`] and [`ObjectStore::put_if_version`] work: a
+    /// compare-and-swap on one object, atomic against other writers of the same store. Writer
+    /// fencing (`lease.rs`) needs it.
+    fn supports_conditional_writes(&self) -> bool {
+        false
+    }
+
+    /// Reads a whole object and its version: an opaque tag that changes on every write.
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        Err(unsupported(self, "get", key))
+    }
+
+    /// Replaces an object only if its current version is `version`; returns the new version.
+    /// Fails with [`StoreErrorKind::Precondition`] if the object changed or is gone. Not
+    /// retried on an ambiguous failure: the caller reads the version again to find out.
+    async fn put_if_version(
+        &self,
+        key: &str,
+        _data: Vec<u8>,
+        _timestamp_ms: i64,
+        _version: &str,
+    ) -> Result<String, StoreError> {
+        Err(unsupported(self, "put", key))
+    }
+
     /// A local file holding the object, when the store is a directory, so readers can skip a
     /// download. `None` for remote stores.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
@@ -119,6 +148,15 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;
+
+fn unsupported<S: ObjectStore + ?Sized>(store: &S, op: &'static str, key: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Permanent,
+        op,
+        format!("{}/{key}", store.describe()),
+        "conditional writes are not supported by this store",
+    )
+}
 
 /// Rejects keys that could escape the store's root or name temporaries.
 pub(crate) fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), StoreError> {
@@ -345,8 +383,15 @@ impl ObjectStore for DirStore {
 }
 
 /// An in-memory store: the simulator's backend and a reference for the conformance suite.
-/// Key to (bytes, timestamp in Unix ms).
-type MemObjects = std::collections::BTreeMap<String, (Vec<u8>, i64)>;
+/// Key to (bytes, timestamp in Unix ms, version).
+type MemObjects = std::collections::BTreeMap<String, (Vec<u8>, i64, u64)>;
+
+/// Versions of MemStore objects: unique per write in this process.
+fn next_mem_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static VERSION: AtomicU64 = AtomicU64::new(1);
+    VERSION.fetch_add(1, Ordering::Relaxed)
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
@@ -358,9 +403,7 @@ impl MemStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (Vec<u8>, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemObjects> {
         // A panic while holding the lock cannot leave a half-applied put: each operation is a
         // single map call, so the data is consistent even if the mutex is poisoned.
         self.objects
@@ -386,13 +429,16 @@ impl ObjectStore for MemStore {
                 "object exists",
             ));
         }
-        objects.insert(key.to_string(), (data, opts.timestamp_ms));
+        objects.insert(
+            key.to_string(),
+            (data, opts.timestamp_ms, next_mem_version()),
+        );
         Ok(())
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let objects = self.lock();
-        let (data, _) = objects.get(key).ok_or_else(|| {
+        let (data, _, _) = objects.get(key).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::NotFound,
                 "get",
@@ -411,7 +457,7 @@ impl ObjectStore for MemStore {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let objects = self.lock();
-        let (data, ts) = objects.get(key).ok_or_else(|| {
+        let (data, ts, _) = objects.get(key).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::NotFound,
                 "head",
@@ -431,7 +477,7 @@ impl ObjectStore for MemStore {
         Ok(objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (d, ts))| ObjectMeta {
+            .map(|(k, (d, ts, _))| ObjectMeta {
                 key: k.clone(),
                 size: d.len() as u64,
                 timestamp_ms: *ts,
@@ -442,5 +488,45 @@ impl ObjectStore for MemStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.lock().remove(key);
         Ok(())
+    }
+
+    fn supports_conditional_writes(&self) -> bool {
+        true
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        let objects = self.lock();
+        let (data, _, version) = objects.get(key).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                "get",
+                format!("mem://{key}"),
+                "no such object",
+            )
+        })?;
+        Ok((data.clone(), version.to_string()))
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        check_key("put", "mem:/", key)?;
+        let mut objects = self.lock();
+        let current = objects.get(key).map(|(_, _, v)| v.to_string());
+        if current.as_deref() != Some(version) {
+            return Err(StoreError::new(
+                StoreErrorKind::Precondition,
+                "put",
+                format!("mem://{key}"),
+                "object changed or vanished since it was read",
+            ));
+        }
+        let new = next_mem_version();
+        objects.insert(key.to_string(), (data, timestamp_ms, new));
+        Ok(new.to_string())
     }
 }

@@ -619,3 +619,147 @@ fn bad_input_is_refused_in_one_line_and_writes_nothing() {
         "nothing may reach the replica"
     );
 }
+
+// ---- writer fencing, on moto (atomic conditional writes) ----
+
+fn fresh_url(server: &S3Server, label: &str) -> (String, String) {
+    let path = server.fresh_path(label);
+    (server.url(&path), path)
+}
+
+fn start_replicate(server: &S3Server, dir: &Path, db: &Path, url: &str, log: &Path) -> Running {
+    let mut cmd = sluice(server, dir);
+    cmd.env("SLUICE_LOG", "info")
+        .arg("replicate")
+        .arg(db)
+        .arg(url);
+    Running::start(cmd, log)
+}
+
+fn wait_upload(server: &S3Server, path: &str, above: u64, proc: &mut Running) {
+    let started = Instant::now();
+    while s3_max_txid(server, path) <= above {
+        proc.assert_running();
+        assert!(started.elapsed() < WAIT_MAX, "no upload:\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A lease body as another sluice on another host writes it.
+fn foreign_lease(expires_ms: i64) -> Vec<u8> {
+    format!(
+        r#"{{"holder":{{"host":"elsewhere","pid_namespace":"pid:[1]","pid":4242,"database":"/srv/other.db","nonce":7}},"renewed_ms":0,"expires_ms":{expires_ms}}}"#
+    )
+    .into_bytes()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[test]
+fn second_replicator_on_the_same_path_is_refused() {
+    let Some(server) = common::s3::moto_or_skip() else {
+        return;
+    };
+    let ws = Workspace::new("s3-fence");
+    let (url, path) = fresh_url(server, "fence");
+    let (a, b) = (ws.path("a.db"), ws.path("b.db"));
+    write(&open_wal(&a), 5, 1);
+    write(&open_wal(&b), 5, 2);
+    let b_before = std::fs::read(&b).expect("read b");
+
+    let mut first = start_replicate(server, ws.root(), &a, &url, &ws.path("a.log"));
+    wait_upload(server, &path, 0, &mut first);
+    let pid = first.child.id();
+    let refused = output(sluice(server, ws.root()).arg("replicate").arg(&b).arg(&url));
+    assert_refused(
+        "second replicator",
+        &refused,
+        &["is being replicated by", &format!("pid {pid} "), "a.db"],
+    );
+    assert_eq!(std::fs::read(&b).expect("read b"), b_before, "b.db changed");
+    first.assert_running();
+
+    // Once the first stops (releasing its lease), the second starts at once.
+    first.stop();
+    let before = s3_max_txid(server, &path);
+    let mut second = start_replicate(server, ws.root(), &b, &url, &ws.path("b.log"));
+    wait_upload(server, &path, before, &mut second);
+    second.stop();
+}
+
+#[test]
+fn stale_crashed_and_lost_leases() {
+    let Some(server) = common::s3::moto_or_skip() else {
+        return;
+    };
+    let ws = Workspace::new("s3-lease");
+    let (url, path) = fresh_url(server, "lease");
+    let db = ws.path("app.db");
+    let conn = open_wal(&db);
+    write(&conn, 5, 3);
+    let store = server.store(&path).store;
+    let rt = runtime();
+    let key = sluice_core::lease::LEASE_KEY;
+    let create = sluice_core::store::PutOptions {
+        mode: sluice_core::store::PutMode::Create,
+        timestamp_ms: 0,
+    };
+
+    // A lease another host let expire is taken over.
+    rt.block_on(store.put(key, foreign_lease(now_ms() - 1_000), create))
+        .expect("plant an expired lease");
+    let mut cmd = sluice(server, ws.root());
+    cmd.env("SLUICE_LEASE_TTL_MS", "900")
+        .arg("replicate")
+        .arg(&db)
+        .arg(&url);
+    let mut holder = Running::start(cmd, &ws.path("a.log"));
+    wait_upload(server, &path, 0, &mut holder);
+
+    // Another replicator takes the lease over: the holder stops at its next renewal.
+    rt.block_on(store.put(
+        key,
+        foreign_lease(now_ms() + 600_000),
+        sluice_core::store::PutOptions::default(),
+    ))
+    .expect("take the lease over");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = holder.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "the holder kept running after losing its lease:\n{}",
+            holder.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = holder.log();
+    assert!(!status.success(), "exit {status}:\n{log}");
+    assert!(
+        log.contains("taken over by pid 4242 on elsewhere"),
+        "the holder must name who took over:\n{log}"
+    );
+
+    // A crashed holder on this host does not make its restart wait out the lease.
+    rt.block_on(store.put(
+        key,
+        foreign_lease(now_ms() - 1),
+        sluice_core::store::PutOptions::default(),
+    ))
+    .expect("expire the foreign lease");
+    let mut crashed = start_replicate(server, ws.root(), &db, &url, &ws.path("c.log"));
+    let before = s3_max_txid(server, &path);
+    write(&conn, 3, 4);
+    wait_upload(server, &path, before, &mut crashed);
+    crashed.child.kill().expect("SIGKILL");
+    let _ = crashed.child.wait();
+    let mut restarted = start_replicate(server, ws.root(), &db, &url, &ws.path("d.log"));
+    let before = s3_max_txid(server, &path);
+    write(&conn, 3, 5);
+    wait_upload(server, &path, before, &mut restarted);
+    restarted.stop();
+}

@@ -8,7 +8,8 @@
 //! The race cases (many concurrent `PutMode::Create` puts of one key: exactly one wins) run only
 //! where conditional writes are atomic: the in-memory store (a mutex), the directory store
 //! (link(2)) and moto. s3s-fs checks, then writes, so two racing creates can both succeed there;
-//! it still runs the sequential `Create` case.
+//! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
+//! on S3), which the directory store does not offer.
 //!
 //! Not checked here: durability across a crash (the simulator's job), behaviour under faults
 //! (the fault tests), and timestamps of objects written by other tools (the Litestream
@@ -327,6 +328,84 @@ async fn racing_creates_have_exactly_one_winner(b: &Backend) {
     }
 }
 
+async fn conditional_replace_detects_a_change(b: &Backend) {
+    let s = &*b.store;
+    if !s.supports_conditional_writes() {
+        let err = s.get_versioned("v/x").await.expect_err("unsupported");
+        assert_eq!(err.kind, StoreErrorKind::Permanent, "{err}");
+        return;
+    }
+    s.put("v/lease", b"one".to_vec(), create(1))
+        .await
+        .expect("create");
+    let (body, v1) = s.get_versioned("v/lease").await.expect("read");
+    assert_eq!(body, b"one");
+    let v2 = s
+        .put_if_version("v/lease", b"two".to_vec(), 2, &v1)
+        .await
+        .expect("replace at the version read");
+    assert_ne!(v1, v2, "a write must change the version");
+    assert_eq!(
+        s.get_versioned("v/lease").await.expect("read"),
+        (b"two".to_vec(), v2.clone())
+    );
+    let err = s
+        .put_if_version("v/lease", b"three".to_vec(), 3, &v1)
+        .await
+        .expect_err("a stale version must lose");
+    assert_eq!(err.kind, StoreErrorKind::Precondition, "{err}");
+    assert_eq!(get_all(s, "v/lease").await, b"two");
+    let err = s
+        .put_if_version("v/gone", b"x".to_vec(), 4, &v2)
+        .await
+        .expect_err("a missing object has no version");
+    assert_eq!(err.kind, StoreErrorKind::Precondition, "{err}");
+    let err = s.get_versioned("v/gone").await.expect_err("missing");
+    assert_eq!(err.kind, StoreErrorKind::NotFound, "{err}");
+}
+
+async fn racing_replaces_have_exactly_one_winner(b: &Backend) {
+    if !b.atomic_create || !b.store.supports_conditional_writes() {
+        println!("skipping: this backend's conditional put is not atomic");
+        return;
+    }
+    for round in 0..5 {
+        let key = format!("swap/{round}");
+        b.store
+            .put(&key, b"start".to_vec(), create(0))
+            .await
+            .expect("create");
+        let (_, version) = b.store.get_versioned(&key).await.expect("read");
+        let results = futures::future::join_all((0..RACERS).map(|i| {
+            let (s, key, version) = (b.store.clone(), key.clone(), version.clone());
+            async move {
+                tokio::spawn(async move {
+                    let body = format!("racer {i}").into_bytes();
+                    (i, s.put_if_version(&key, body, i as i64, &version).await)
+                })
+                .await
+                .expect("racer task")
+            }
+        }))
+        .await;
+        let winners: Vec<usize> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        for (i, r) in &results {
+            if let Err(e) = r {
+                assert_eq!(e.kind, StoreErrorKind::Precondition, "racer {i}: {e}");
+            }
+        }
+        assert_eq!(
+            get_all(&*b.store, &key).await,
+            format!("racer {}", winners[0]).into_bytes()
+        );
+    }
+}
+
 async fn invalid_keys_are_refused(b: &Backend) {
     let s = &*b.store;
     for key in ["", "/abs", "a//b", "../up", "a/./b", "a/.."] {
@@ -351,6 +430,8 @@ macro_rules! backend_tests {
                 delete_is_idempotent,
                 create_refuses_an_existing_key,
                 racing_creates_have_exactly_one_winner,
+                conditional_replace_detects_a_change,
+                racing_replaces_have_exactly_one_winner,
                 invalid_keys_are_refused,
             );
         }

@@ -1,0 +1,532 @@
+//! Writer fencing: at most one `sluice replicate` per replica.
+//!
+//! A replicator holds a lease: the object [`LEASE_KEY`] in the replica, a small JSON document
+//! naming its holder and when it expires. Every change to it is a compare-and-swap on the
+//! object's version (`put_if_version`, If-Match on S3; the first one `PutMode::Create`,
+//! If-None-Match), so of two replicators racing for it exactly one wins on a store whose
+//! conditional writes are atomic (AWS, MinIO, moto, the in-memory store).
+//!
+//! - Acquire: create the lease; if it exists and has not expired, refuse, naming the holder.
+//!   An expired lease, or one whose holder was a process on this host that no longer runs
+//!   (a crash or SIGKILL, so a restart need not wait out the lease), is taken over by CAS.
+//! - Renew every `ttl / 3` by CAS. A CAS that fails because someone else now holds the lease
+//!   means the lease is lost: the replicator stops. A renewal that fails for another reason
+//!   (outage) is retried; once the lease's time is up locally, [`FencedStore`] refuses
+//!   uploads until a renewal succeeds.
+//! - Release on a clean stop: CAS the lease to "expired now", so the next replicator starts at
+//!   once. The object stays (deleting it could race with a new holder's create).
+//!
+//! What this does not guarantee: a holder that stalls (paused VM, stopped process) for longer
+//! than the lease after checking it, and then uploads, can interleave with a new holder; on
+//! stores whose conditional writes are not atomic (s3s-fs checks then writes; garage ignores
+//! them) two replicators starting at the same instant can both win. Stores without conditional
+//! writes (a local directory) are not fenced at all.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{
+    DynStore, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError, StoreErrorKind,
+};
+
+/// The lease object, relative to the replica's root (beside Litestream's level directories,
+/// which Litestream and sluice list by prefix, so neither sees it).
+pub const LEASE_KEY: &str = "sluice-lease.json";
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL_MS: i64 = 30_000;
+/// Attempts to acquire when the lease changes under us between reading and swapping.
+pub const ACQUIRE_ATTEMPTS_MAX: u32 = 3;
+
+/// Who holds a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub host: String,
+    /// The PID namespace, so a PID is only judged dead on the host and namespace it lives in.
+    pub pid_namespace: String,
+    pub pid: u32,
+    pub database: String,
+    /// Distinguishes two runs that reuse a PID.
+    pub nonce: u64,
+}
+
+impl Holder {
+    /// This process, replicating `database`.
+    pub fn here(database: &std::path::Path) -> Holder {
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Holder {
+            host: read("/proc/sys/kernel/hostname")
+                .or_else(|_| read("/etc/hostname"))
+                .unwrap_or_else(|_| "unknown-host".into()),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            database: database.display().to_string(),
+            nonce,
+        }
+    }
+
+    /// Whether this holder was a process on this host (and PID namespace) that has exited.
+    fn is_dead_here(&self, here: &Holder) -> bool {
+        !here.pid_namespace.is_empty()
+            && self.host == here.host
+            && self.pid_namespace == here.pid_namespace
+            && self.pid != here.pid
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} on {} replicating {}",
+            self.pid, self.host, self.database
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LeaseBody {
+    holder: Holder,
+    renewed_ms: i64,
+    expires_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    #[error(
+        "replica {replica} is being replicated by {holder} (its lease expires at {expires}); stop that process first, or wait for the lease to expire"
+    )]
+    Held {
+        replica: String,
+        holder: Holder,
+        expires: String,
+    },
+    #[error(
+        "replica {replica}: the lease was taken over by {holder}; stopping so that two replicators never interleave"
+    )]
+    Lost { replica: String, holder: String },
+    #[error("replica {replica}: the lease keeps changing under us; another replicator is starting")]
+    Contended { replica: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// A held lease.
+#[derive(Debug)]
+pub struct Lease {
+    store: DynStore,
+    replica: String,
+    holder: Holder,
+    ttl_ms: i64,
+    version: String,
+    state: Arc<Mutex<LeaseState>>,
+}
+
+/// What [`FencedStore`] checks before every write.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseState {
+    /// Local time (Unix ms) until which the lease is ours for certain.
+    pub valid_until_ms: i64,
+    /// Set once another replicator took the lease over.
+    pub lost_to: Option<String>,
+}
+
+impl Lease {
+    fn body(&self, now_ms: i64, expires_ms: i64) -> Vec<u8> {
+        encode(&self.holder, now_ms, expires_ms)
+    }
+
+    /// Takes the lease of the replica behind `store`, or says who holds it.
+    pub async fn acquire(
+        store: DynStore,
+        holder: Holder,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, LeaseError> {
+        let replica = store.describe();
+        let body = encode(&holder, now_ms, now_ms + ttl_ms);
+        let make = |version: String| Lease {
+            store: store.clone(),
+            replica: replica.clone(),
+            holder: holder.clone(),
+            ttl_ms,
+            version,
+            state: Arc::new(Mutex::new(LeaseState {
+                valid_until_ms: now_ms + ttl_ms,
+                lost_to: None,
+            })),
+        };
+        for _ in 0..ACQUIRE_ATTEMPTS_MAX {
+            let create = PutOptions {
+                mode: PutMode::Create,
+                timestamp_ms: now_ms,
+            };
+            match store.put(LEASE_KEY, body.clone(), create).await {
+                Ok(()) => {
+                    let (bytes, version) = store.get_versioned(LEASE_KEY).await?;
+                    // Between our create and this read another process could only have
+                    // swapped in its own body if ours had expired: check it is still ours.
+                    if decode(&bytes).is_some_and(|b| b.holder == holder) {
+                        return Ok(make(version));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind == StoreErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (bytes, version) = match store.get_versioned(LEASE_KEY).await {
+                Ok(found) => found,
+                Err(e) if e.kind == StoreErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            // An unreadable lease protects nothing: treat it as expired.
+            if let Some(current) = decode(&bytes)
+                && current.expires_ms > now_ms
+                && current.holder != holder
+                && !current.holder.is_dead_here(&holder)
+            {
+                return Err(LeaseError::Held {
+                    replica,
+                    holder: current.holder,
+                    expires: rfc3339(current.expires_ms),
+                });
+            }
+            match store
+                .put_if_version(LEASE_KEY, body.clone(), now_ms, &version)
+                .await
+            {
+                Ok(version) => return Ok(make(version)),
+                Err(e) if e.kind == StoreErrorKind::Precondition => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LeaseError::Contended { replica })
+    }
+
+    /// The state [`FencedStore`] checks; shared with the renewals.
+    pub fn state(&self) -> Arc<Mutex<LeaseState>> {
+        self.state.clone()
+    }
+
+    pub fn ttl_ms(&self) -> i64 {
+        self.ttl_ms
+    }
+
+    fn set_state(&self, f: impl FnOnce(&mut LeaseState)) {
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// Extends the lease to `now_ms + ttl`. [`LeaseError::Lost`] when another replicator holds
+    /// it now; a store error (outage) leaves the lease valid until its time is up.
+    pub async fn renew(&mut self, now_ms: i64) -> Result<(), LeaseError> {
+        let body = self.body(now_ms, now_ms + self.ttl_ms);
+        let outcome = self
+            .store
+            .put_if_version(LEASE_KEY, body.clone(), now_ms, &self.version)
+            .await;
+        let err = match outcome {
+            Ok(version) => {
+                self.version = version;
+                let until = now_ms + self.ttl_ms;
+                self.set_state(|s| s.valid_until_ms = until);
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if err.kind != StoreErrorKind::Precondition {
+            return Err(err.into());
+        }
+        // Our version is stale. If an earlier renewal was applied but its reply lost, the
+        // lease is still ours: adopt the version and swap again. Otherwise it is lost.
+        let (bytes, version) = match self.store.get_versioned(LEASE_KEY).await {
+            Ok(found) => found,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(self.lost("nobody (the lease object was deleted)".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match decode(&bytes) {
+            Some(current) if current.holder == self.holder => {
+                self.version = version;
+                let version = self
+                    .store
+                    .put_if_version(LEASE_KEY, body, now_ms, &self.version)
+                    .await
+                    .map_err(|e| {
+                        if e.kind == StoreErrorKind::Precondition {
+                            self.lost("another replicator".into())
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                self.version = version;
+                let until = now_ms + self.ttl_ms;
+                self.set_state(|s| s.valid_until_ms = until);
+                Ok(())
+            }
+            Some(current) => Err(self.lost(current.holder.to_string())),
+            None => Err(self.lost("an unreadable lease object".into())),
+        }
+    }
+
+    fn lost(&self, holder: String) -> LeaseError {
+        self.set_state(|s| {
+            s.lost_to = Some(holder.clone());
+            s.valid_until_ms = i64::MIN;
+        });
+        LeaseError::Lost {
+            replica: self.replica.clone(),
+            holder,
+        }
+    }
+
+    /// Gives the lease up: it expires now, so the next replicator need not wait.
+    pub async fn release(self, now_ms: i64) -> Result<(), LeaseError> {
+        self.set_state(|s| s.valid_until_ms = i64::MIN);
+        let body = self.body(now_ms, now_ms);
+        match self
+            .store
+            .put_if_version(LEASE_KEY, body, now_ms, &self.version)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else holds it already: nothing of ours to release.
+            Err(e) if e.kind == StoreErrorKind::Precondition => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn encode(holder: &Holder, now_ms: i64, expires_ms: i64) -> Vec<u8> {
+    let body = LeaseBody {
+        holder: holder.clone(),
+        renewed_ms: now_ms,
+        expires_ms,
+    };
+    serde_json::to_vec_pretty(&body).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Option<LeaseBody> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// A store that writes only while its lease is held: uploads and deletes fail once the lease
+/// is lost (`Permanent`) or its time is up without a renewal (`Transient`); reads pass through.
+#[derive(Debug)]
+pub struct FencedStore {
+    inner: DynStore,
+    state: Arc<Mutex<LeaseState>>,
+    now_ms: fn() -> i64,
+}
+
+impl FencedStore {
+    pub fn new(inner: DynStore, state: Arc<Mutex<LeaseState>>) -> FencedStore {
+        FencedStore {
+            inner,
+            state,
+            now_ms: || chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn check(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let location = format!("{}/{key}", self.inner.describe());
+        if let Some(holder) = s.lost_to {
+            return Err(StoreError::new(
+                StoreErrorKind::Permanent,
+                op,
+                location,
+                format!("not writing: the replica's lease was taken over by {holder}"),
+            ));
+        }
+        if (self.now_ms)() >= s.valid_until_ms {
+            return Err(StoreError::new(
+                StoreErrorKind::Transient,
+                op,
+                location,
+                "not writing: the replica's lease ran out while it could not be renewed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FencedStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        self.check("put", key)?;
+        self.inner.put(key, data, opts).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, offset, len).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.check("delete", key)?;
+        self.inner.delete(key).await
+    }
+
+    fn supports_conditional_writes(&self) -> bool {
+        self.inner.supports_conditional_writes()
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        self.inner.get_versioned(key).await
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        self.check("put", key)?;
+        self.inner
+            .put_if_version(key, data, timestamp_ms, version)
+            .await
+    }
+
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn holder(pid: u32, host: &str) -> Holder {
+        Holder {
+            host: host.into(),
+            pid_namespace: "pid:[1]".into(),
+            pid,
+            database: "/data/app.db".into(),
+            nonce: u64::from(pid),
+        }
+    }
+
+    #[tokio::test]
+    async fn second_holder_is_refused_until_the_lease_expires() {
+        let store: DynStore = Arc::new(MemStore::new());
+        let a = Lease::acquire(store.clone(), holder(1, "other"), 1_000, 30_000)
+            .await
+            .expect("first acquire");
+        let err = Lease::acquire(store.clone(), holder(2, "other"), 2_000, 30_000)
+            .await
+            .expect_err("held");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, LeaseError::Held { .. }) && msg.contains("pid 1 on other"),
+            "{msg}"
+        );
+        // After its expiry the lease is taken over, and the old holder learns it lost.
+        let _b = Lease::acquire(store.clone(), holder(2, "other"), 31_001, 30_000)
+            .await
+            .expect("takeover after expiry");
+        let mut a = a;
+        let err = a.renew(31_002).await.expect_err("lost");
+        assert!(matches!(err, LeaseError::Lost { .. }), "{err}");
+        assert!(a.state().lock().expect("state").lost_to.is_some());
+    }
+
+    #[tokio::test]
+    async fn renewals_keep_it_and_release_frees_it() {
+        let store: DynStore = Arc::new(MemStore::new());
+        let mut a = Lease::acquire(store.clone(), holder(1, "other"), 0, 1_000)
+            .await
+            .expect("acquire");
+        for t in [300, 600, 900, 1_200] {
+            a.renew(t).await.expect("renew");
+        }
+        assert!(
+            Lease::acquire(store.clone(), holder(2, "other"), 2_000, 1_000)
+                .await
+                .is_err(),
+            "renewed until 2,200"
+        );
+        a.release(2_100).await.expect("release");
+        Lease::acquire(store.clone(), holder(2, "other"), 2_101, 1_000)
+            .await
+            .expect("free after release");
+    }
+
+    #[tokio::test]
+    async fn a_dead_holder_on_this_host_is_taken_over_at_once() {
+        let store: DynStore = Arc::new(MemStore::new());
+        let here = Holder::here(std::path::Path::new("/data/app.db"));
+        // PID 0 never names a running process in /proc.
+        let dead = Holder {
+            pid: 0,
+            nonce: 1,
+            ..here.clone()
+        };
+        let _old = Lease::acquire(store.clone(), dead, 0, 60_000)
+            .await
+            .expect("acquire");
+        Lease::acquire(store.clone(), here, 1, 60_000)
+            .await
+            .expect("a crashed holder on this host does not block a restart");
+    }
+
+    #[tokio::test]
+    async fn fenced_store_refuses_writes_once_the_lease_is_lost() {
+        let inner: DynStore = Arc::new(MemStore::new());
+        let state = Arc::new(Mutex::new(LeaseState {
+            valid_until_ms: i64::MAX,
+            lost_to: None,
+        }));
+        let fenced = FencedStore::new(inner.clone(), state.clone());
+        fenced
+            .put("0000/a", vec![1], PutOptions::default())
+            .await
+            .expect("write while held");
+        state.lock().expect("state").lost_to = Some("pid 9 on h".into());
+        let err = fenced
+            .put("0000/b", vec![1], PutOptions::default())
+            .await
+            .expect_err("lost");
+        assert_eq!(err.kind, StoreErrorKind::Permanent);
+        assert!(err.to_string().contains("pid 9 on h"), "{err}");
+        assert!(fenced.delete("0000/a").await.is_err());
+        assert_eq!(fenced.list("").await.expect("reads still work").len(), 1);
+    }
+}

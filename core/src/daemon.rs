@@ -207,6 +207,11 @@ impl Fence {
                     job.replica.store = Arc::new(FencedStore::new(store, lease.state()));
                     fence.leases.push(lease);
                 }
+                // The server refused the conditional write itself (some S3-compatible services
+                // answer If-None-Match with 501): replicate, unfenced, as Litestream does.
+                Err(LeaseError::Store(e)) => {
+                    tracing::warn!(db = %job.engine.db_path.display(), error = %e, "cannot take the replica's lease; replicating without writer fencing");
+                }
                 Err(e) => {
                     for lease in fence.leases {
                         let _ = lease.release(now_ms).await;

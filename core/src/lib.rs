@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod lease;
 pub mod ltx;
 pub mod metrics;
+pub mod planted;
 pub mod replica;
 pub mod replicate;
 pub mod restore;

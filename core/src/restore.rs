@@ -153,7 +153,14 @@ pub fn plan(
     while !reached(current) {
         let next = incremental
             .iter()
-            .filter(|f| f.min_txid <= current + 1 && f.max_txid > current)
+            .filter(|f| {
+                let reach = if crate::planted::active(crate::planted::Bug::RestorePlanOffByOne) {
+                    2
+                } else {
+                    1
+                };
+                f.min_txid <= current + reach && f.max_txid > current
+            })
             .fold(None::<&FileInfo>, |best, f| match best {
                 Some(b) if !better(f, b) => Some(b),
                 _ => Some(f),
@@ -320,7 +327,7 @@ pub async fn fetch(
 
 /// Applies one file's pages onto `out`. Returns its header and trailer's post-apply checksum
 /// (`None` for no-checksum files).
-fn apply_file(
+pub fn apply_one(
     out: &mut impl Image,
     out_path: &Path,
     fetched: &Fetched,
@@ -372,7 +379,7 @@ pub fn apply_plan(
     };
     for fetched in files {
         let fetched = fetched?;
-        let (h, sums) = apply_file(out, out_path, &fetched, &mut page)?;
+        let (h, sums) = apply_one(out, out_path, &fetched, &mut page)?;
         let name = fetched.info.to_string();
         if let Some((ph, psums)) = prev {
             if h.page_size != ph.page_size {

@@ -245,6 +245,14 @@ pub fn scan_committed<E>(
         let n = read_frame(at, &mut buf)?;
         match scanner.next(&buf[..n]) {
             Frame::End => break,
+            Frame::Page { pgno }
+                if crate::planted::active(crate::planted::Bug::ShipUncommitted) =>
+            {
+                out.pages.insert(pgno, at);
+                out.commit_size = Some(out.commit_size.unwrap_or(pgno).max(pgno));
+                out.end_offset = scanner.offset();
+                out.end_checksum = scanner.checksum();
+            }
             Frame::Page { pgno } => pending.push((pgno, at)),
             Frame::Commit { pgno, commit_size } => {
                 pending.push((pgno, at));

@@ -27,6 +27,9 @@ enum Command {
         /// Print only the summary.
         #[arg(long)]
         quiet: bool,
+        /// Plant a deliberate engine bug (needs the `planted-bugs` feature).
+        #[arg(long, value_name = "BUG")]
+        plant: Option<String>,
     },
     /// Run many seeds; print failures with their replay lines.
     Sweep {
@@ -38,7 +41,26 @@ enum Command {
         minutes: Option<f64>,
         #[arg(long, default_value_t = 1000)]
         transactions: u32,
+        /// Plant a deliberate engine bug (needs the `planted-bugs` feature).
+        #[arg(long, value_name = "BUG")]
+        plant: Option<String>,
     },
+}
+
+fn plant(name: Option<&str>) -> Result<(), String> {
+    let Some(name) = name else { return Ok(()) };
+    if !sluice_core::planted::ENABLED {
+        return Err("--plant needs a build with --features planted-bugs".into());
+    }
+    let bug = sluice_core::planted::Bug::parse(name).ok_or_else(|| {
+        let names: Vec<_> = sluice_core::planted::Bug::ALL
+            .iter()
+            .map(|b| b.name())
+            .collect();
+        format!("unknown bug {name:?}; one of: {}", names.join(", "))
+    })?;
+    sluice_core::planted::plant(Some(bug));
+    Ok(())
 }
 
 fn summary(r: &Report) -> String {
@@ -70,7 +92,12 @@ fn main() -> ExitCode {
             seed,
             transactions,
             quiet,
+            plant: bug,
         } => {
+            if let Err(e) = plant(bug.as_deref()) {
+                eprintln!("Error: {e}");
+                return ExitCode::FAILURE;
+            }
             let r = run(seed, transactions);
             if !quiet {
                 for line in &r.log {
@@ -92,7 +119,12 @@ fn main() -> ExitCode {
             seeds,
             minutes,
             transactions,
+            plant: bug,
         } => {
+            if let Err(e) = plant(bug.as_deref()) {
+                eprintln!("Error: {e}");
+                return ExitCode::FAILURE;
+            }
             let range = match (seeds, minutes) {
                 (Some(s), None) => {
                     let Some((a, b)) = s

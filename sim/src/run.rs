@@ -33,6 +33,10 @@ pub struct Knobs {
     pub app_autocheckpoint: u32,
     pub app_checkpoint_rate: f64,
     pub app_reconnect_rate: f64,
+    /// Share of transactions during which the engine syncs (uncommitted frames in the WAL).
+    pub interleave_rate: f64,
+    /// The application's page cache in pages (small: transactions spill to the WAL early).
+    pub app_cache_pages: i64,
     pub engine_crash_rate: f64,
     pub power_loss_rate: f64,
     pub engine_checkpoint_pages: u64,
@@ -49,6 +53,8 @@ impl Knobs {
         let app_autocheckpoint = [0u32, 20, 100, 1000][rng.random_range(0..4)];
         let app_checkpoint_rate = on(rng, 0.6, 0.05);
         let app_reconnect_rate = on(rng, 0.4, 0.03);
+        let interleave_rate = on(rng, 0.5, 0.1);
+        let app_cache_pages = [10i64, 2000][rng.random_range(0..2)];
         let engine_crash_rate = on(rng, 0.5, 0.01);
         let power_loss_rate = on(rng, 0.4, 0.004);
         let engine_checkpoint_pages = [0u64, 50, 1000][rng.random_range(0..3)];
@@ -68,6 +74,8 @@ impl Knobs {
             app_autocheckpoint,
             app_checkpoint_rate,
             app_reconnect_rate,
+            interleave_rate,
+            app_cache_pages,
             engine_crash_rate,
             power_loss_rate,
             engine_checkpoint_pages,
@@ -177,6 +185,7 @@ impl World {
         c.pragma_update(None, "synchronous", "FULL")?;
         c.pragma_update(None, "temp_store", "MEMORY")?;
         c.pragma_update(None, "wal_autocheckpoint", self.knobs.app_autocheckpoint)?;
+        c.pragma_update(None, "cache_size", self.knobs.app_cache_pages)?;
         self.app = Some(c);
         Ok(())
     }
@@ -194,6 +203,40 @@ impl World {
         }
     }
 
+    fn app_ops(&mut self, ops: &[(f64, usize, u8, u64)]) -> rusqlite::Result<()> {
+        vfs::with(|s| s.current = Proc::App);
+        let Some(app) = self.app.as_mut() else {
+            return Ok(());
+        };
+        for &(roll, size, fill, target) in ops {
+            if roll < 0.65 {
+                app.execute("INSERT INTO t (v) VALUES (?1)", [vec![fill; size]])?;
+            } else if roll < 0.85 {
+                app.execute(
+                    "UPDATE t SET v = ?1 WHERE id = ?2",
+                    rusqlite::params![vec![fill; size / 2 + 1], target as i64],
+                )?;
+            } else {
+                app.execute(
+                    "DELETE FROM t WHERE id <= ?1 AND id > ?1 - 3",
+                    [target as i64],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn app_exec(&mut self, sql: &str) -> rusqlite::Result<()> {
+        vfs::with(|s| s.current = Proc::App);
+        match self.app.as_mut() {
+            Some(app) => app.execute_batch(sql),
+            None => Ok(()),
+        }
+    }
+
+    /// One application transaction. Sometimes the engine syncs in the middle of it (with a
+    /// small page cache the transaction has already spilled uncommitted frames into the WAL),
+    /// and sometimes it then rolls back.
     fn transaction(&mut self) {
         let n_ops = self.rng.random_range(1..8);
         let mut ops = Vec::with_capacity(n_ops);
@@ -208,34 +251,34 @@ impl World {
                 self.rng.random_range(0..self.next_row.max(1)),
             ));
         }
-        vfs::with(|s| s.current = Proc::App);
-        let Some(app) = self.app.as_mut() else { return };
-        let result = (|| -> rusqlite::Result<()> {
-            app.execute_batch("BEGIN IMMEDIATE")?;
-            for &(roll, size, fill, target) in &ops {
-                if roll < 0.65 {
-                    app.execute("INSERT INTO t (v) VALUES (?1)", [vec![fill; size]])?;
-                } else if roll < 0.85 {
-                    app.execute(
-                        "UPDATE t SET v = ?1 WHERE id = ?2",
-                        rusqlite::params![vec![fill; size / 2 + 1], target as i64],
-                    )?;
-                } else {
-                    app.execute(
-                        "DELETE FROM t WHERE id <= ?1 AND id > ?1 - 3",
-                        [target as i64],
-                    )?;
-                }
-            }
-            app.execute_batch("COMMIT")
-        })();
+        let interleave = self.rng.random_bool(self.knobs.interleave_rate);
+        let rollback = interleave && self.rng.random_bool(0.3);
         self.next_row += ops.len() as u64;
+        let half = ops.len() / 2;
+        let result = self
+            .app_exec("BEGIN IMMEDIATE")
+            .and_then(|()| self.app_ops(&ops[..half]));
+        let result = result.and_then(|()| {
+            if interleave && self.engine.is_some() {
+                self.log("engine sync mid-transaction");
+                self.engine_sync();
+            }
+            self.app_ops(&ops[half..])
+        });
         match result {
-            Ok(()) => self.record_commit(),
-            Err(e) => {
-                if let Some(app) = self.app.as_mut() {
-                    let _ = app.execute_batch("ROLLBACK");
+            Ok(()) if rollback => {
+                let r = self.app_exec("ROLLBACK");
+                self.log(format!("app rollback {r:?}"));
+            }
+            Ok(()) => match self.app_exec("COMMIT") {
+                Ok(()) => self.record_commit(),
+                Err(e) => {
+                    let _ = self.app_exec("ROLLBACK");
+                    self.log(format!("app commit-failed {e}"));
                 }
+            },
+            Err(e) => {
+                let _ = self.app_exec("ROLLBACK");
                 self.log(format!("app txn-failed {e}"));
             }
         }
@@ -634,6 +677,7 @@ pub fn run(seed: u64, transactions: u32) -> Report {
                 w.commits.len()
             ));
         }
+        check_history(&mut w);
         check_point_in_time(&mut w);
     }
     w.report.commits = w.commits.len();
@@ -652,6 +696,82 @@ pub fn run(seed: u64, transactions: u32) -> Report {
     drop(w);
     vfs::end_run();
     report
+}
+
+/// Walks the replica's whole history: every TXID's file applied in order (a resync snapshot
+/// where a level-0 file is replaced by one) must give a committed state, never going backwards,
+/// each file continuing the previous one's database checksum.
+fn check_history(w: &mut World) {
+    let replica = Replica::new(Arc::new(w.mem.clone()), Layout::File);
+    let Ok(files) = w.rt.block_on(replica.list_all()) else {
+        return;
+    };
+    let max = files.iter().map(|f| f.max_txid).max().unwrap_or(0);
+    let mut image = Vec::new();
+    let mut page = Vec::new();
+    let (mut prev_k, mut prev_post, mut walked) = (0usize, None::<u64>, 0u32);
+    for t in 1..=max {
+        let file = files
+            .iter()
+            .find(|f| f.level == 0 && f.min_txid == t && f.max_txid == t)
+            .or_else(|| {
+                files
+                    .iter()
+                    .find(|f| f.level == 9 && f.min_txid == 1 && f.max_txid == t)
+            });
+        let Some(f) = file.cloned() else {
+            w.fail(format!(
+                "history: no level-0 file or snapshot ends at TXID {t:016x}"
+            ));
+            return;
+        };
+        let Ok(bytes) = w.rt.block_on(w.mem.get_range(&replica.key(&f), 0, f.size)) else {
+            return;
+        };
+        if f.min_txid == 1 {
+            image.clear();
+        }
+        let fetched = Fetched::in_memory(f.clone(), bytes);
+        match restore::apply_one(
+            &mut image,
+            std::path::Path::new("memory"),
+            &fetched,
+            &mut page,
+        ) {
+            Ok((h, sums)) => {
+                if let (Some(pp), Some((pre, _)), false) = (prev_post, sums, h.is_snapshot())
+                    && pre != pp
+                {
+                    w.fail(format!(
+                        "history: {f} does not continue the previous file's database checksum"
+                    ));
+                    return;
+                }
+                prev_post = sums.map(|(_, post)| post);
+            }
+            Err(e) => {
+                w.fail(format!("history: {f}: {e}"));
+                return;
+            }
+        }
+        walked += 1;
+        match w.commit_of(hash(&image)) {
+            Some(k) if k >= prev_k => prev_k = k,
+            Some(k) => {
+                w.fail(format!(
+                    "history: TXID {t:016x} is commit {k}, after commit {prev_k}: backwards"
+                ));
+                return;
+            }
+            None => {
+                w.fail(format!(
+                    "history: TXID {t:016x} ({f}) is a state that was never committed"
+                ));
+                return;
+            }
+        }
+    }
+    w.log(format!("check history txids={walked}"));
 }
 
 /// Restores at every level-0 TXID must each equal some committed state, never going backwards.

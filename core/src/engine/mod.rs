@@ -27,6 +27,7 @@ use crate::checksum::{DbChecksum, lock_pgno, page_checksum};
 use crate::ltx::{
     Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header, LtxError, TRAILER_SIZE,
 };
+use crate::planted::{self, Bug};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::store::StoreError;
 use crate::wal::{
@@ -436,9 +437,12 @@ impl Engine {
                     txid = format_args!("{:016x}", newest.max_txid),
                     "resuming replication"
                 );
-                self.pos = self
-                    .pos
-                    .follow(newest.max_txid, replica_sum, wal, self.read_stamp);
+                self.pos = self.pos.follow(
+                    newest.max_txid - u64::from(planted::active(Bug::ReuseTxidAfterRestart)),
+                    replica_sum,
+                    wal,
+                    self.read_stamp,
+                );
                 self.sums = sums;
             }
             None => {
@@ -561,6 +565,31 @@ impl Engine {
 
     /// Uploads a prepared file; only once the store acknowledges it does the position move.
     async fn upload(&mut self, p: Prepared) -> Result<FileInfo, EngineError> {
+        if planted::active(Bug::AckBeforeUpload) {
+            let info = FileInfo {
+                level: p.level,
+                min_txid: p.min_txid,
+                max_txid: p.pos.txid,
+                size: p.bytes.len() as u64,
+                created_ms: p.timestamp_ms,
+            };
+            let key = self.replica.key(&info);
+            self.pos = p.pos;
+            self.sums = p.sums;
+            let _ = self
+                .replica
+                .store
+                .put(
+                    &key,
+                    p.bytes,
+                    crate::store::PutOptions {
+                        timestamp_ms: info.created_ms,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            return Ok(info);
+        }
         let info = self
             .replica
             .write(p.level, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms)
@@ -635,7 +664,10 @@ impl Engine {
                     self.resync_batch(header, outcome)?
                 } else {
                     let tail_start = old;
-                    let t = self.scan(&mut old, u64::MAX)?;
+                    let mut t = self.scan(&mut old, u64::MAX)?;
+                    if planted::active(Bug::DropOldTail) {
+                        t.pages.clear();
+                    }
                     // Checked again once the pages are read: the new generation may grow over
                     // the old tail meanwhile.
                     tail_check = Some((tail_start, t.end_offset, t.end_checksum));

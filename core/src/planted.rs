@@ -1,0 +1,87 @@
+//! Deliberate engine bugs for proving the simulator catches them (cargo feature
+//! `planted-bugs`, off by default). Without the feature `active` is always false and the
+//! checks compile away.
+
+/// The bugs that can be planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Continue in the WAL even when its salts changed (a restart is not noticed).
+    SkipSaltCheck,
+    /// Ship frames of transactions that have not committed.
+    ShipUncommitted,
+    /// Treat a truncated WAL (an application TRUNCATE checkpoint) as "nothing happened".
+    IgnoreAppTruncate,
+    /// Move the position before the upload is acknowledged, and swallow upload errors.
+    AckBeforeUpload,
+    /// After a restart, reuse the replica's newest TXID for the next file.
+    ReuseTxidAfterRestart,
+    /// Restore plan accepts a file that skips one TXID.
+    RestorePlanOffByOne,
+    /// After one WAL restart, ship only the new generation and forget the old tail.
+    DropOldTail,
+    /// Treat a WAL appearing over a database-file state as all new (the bug sluice-sim found).
+    FromStartAlways,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 8] = [
+        Bug::SkipSaltCheck,
+        Bug::ShipUncommitted,
+        Bug::IgnoreAppTruncate,
+        Bug::AckBeforeUpload,
+        Bug::ReuseTxidAfterRestart,
+        Bug::RestorePlanOffByOne,
+        Bug::DropOldTail,
+        Bug::FromStartAlways,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipSaltCheck => "skip-salt-check",
+            Bug::ShipUncommitted => "ship-uncommitted",
+            Bug::IgnoreAppTruncate => "ignore-app-truncate",
+            Bug::AckBeforeUpload => "ack-before-upload",
+            Bug::ReuseTxidAfterRestart => "reuse-txid-after-restart",
+            Bug::RestorePlanOffByOne => "restore-plan-off-by-one",
+            Bug::DropOldTail => "drop-old-tail",
+            Bug::FromStartAlways => "from-start-always",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Plants `bug` (or none) for the whole process. A no-op without the feature.
+pub fn plant(bug: Option<Bug>) {
+    #[cfg(feature = "planted-bugs")]
+    {
+        let i = bug
+            .and_then(|b| Bug::ALL.iter().position(|x| *x == b))
+            .unwrap_or(usize::MAX);
+        ACTIVE.store(i, std::sync::atomic::Ordering::SeqCst);
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    let _ = bug;
+}
+
+/// Whether `bug` is planted.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        Bug::ALL.get(ACTIVE.load(std::sync::atomic::Ordering::SeqCst)) == Some(&bug)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Whether this build can plant bugs.
+pub const ENABLED: bool = cfg!(feature = "planted-bugs");

@@ -78,3 +78,8 @@ echo "ci: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "ci: cargo test"
 cargo test --workspace --locked
+# The simulator with deliberate engine bugs compiled in: each must be caught (a separate build,
+# so planted bugs never reach the binaries above).
+echo "ci: simulator planted bugs"
+cargo clippy -p sluice-sim --features planted-bugs --all-targets --locked -- -D warnings
+cargo test -p sluice-sim --features planted-bugs --locked --test planted

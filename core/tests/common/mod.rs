@@ -8,6 +8,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod s3;
 
 use std::ffi::OsStr;

@@ -20,7 +20,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{WAIT_MAX, workspace_root};
+use rusqlite::Connection;
+use sluice_core::replica::FileInfo;
+
+use super::{Output, SETTLE_POLLS, SETTLE_SPACING, WAIT_MAX, workspace_root};
 
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,4 +306,187 @@ fn create_bucket_unsigned(endpoint: &str, bucket: &str) {
         "creating bucket {bucket} on {endpoint} failed: {}",
         reply.lines().next().unwrap_or("")
     );
+}
+
+// ---- running sluice against a server ----
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Every LTX file in the replica at `path`, through a new client (so timestamps come from the
+/// objects' metadata, not from a cache of our own uploads).
+pub fn s3_files(server: &S3Server, path: &str) -> Vec<FileInfo> {
+    let replica = server.store(path);
+    runtime()
+        .block_on(replica.list_all())
+        .unwrap_or_else(|e| panic!("list {path}: {e}"))
+}
+
+pub fn s3_max_txid(server: &S3Server, path: &str) -> u64 {
+    s3_files(server, path)
+        .iter()
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the replica's newest TXID is above `above` and stays put for a while.
+pub fn wait_settled(server: &S3Server, path: &str, above: u64) -> u64 {
+    let started = Instant::now();
+    let (mut last, mut unchanged) = (s3_max_txid(server, path), 0);
+    loop {
+        std::thread::sleep(SETTLE_SPACING);
+        let now = s3_max_txid(server, path);
+        if now == last && now > above {
+            unchanged += 1;
+            if unchanged >= SETTLE_POLLS {
+                return now;
+            }
+        } else {
+            (last, unchanged) = (now, 0);
+        }
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "replica {path} did not settle above TXID {above:016x} (now {now:016x})"
+        );
+    }
+}
+
+/// `sluice` with the server's keys in the environment and nothing else that could steer it.
+pub fn sluice(server: &S3Server, dir: &Path) -> Command {
+    let mut cmd = Command::new(super::sluice_bin());
+    cmd.current_dir(dir)
+        .envs(server.sluice_env())
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("LITESTREAM_CONFIG")
+        .env_remove("LITESTREAM_S3_ENDPOINT")
+        .env_remove("AWS_CA_BUNDLE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn output(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run sluice");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A background process stopped with SIGTERM (final sync) or killed when dropped.
+pub struct Running {
+    pub child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn start(mut cmd: Command, log: &Path) -> Running {
+        let file = std::fs::File::create(log).expect("create a log");
+        let child = cmd
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .expect("start a process");
+        Running {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("process exited early ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, then waits; returns the log. Panics if it exits non-zero.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "no exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let log = self.log();
+        assert!(status.success(), "exited with {status}; log:\n{log}");
+        log
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn open_wal(db: &Path) -> Connection {
+    let c = Connection::open(db).expect("open the database");
+    c.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL mode");
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+        .expect("create table");
+    c
+}
+
+/// `commits` transactions of a few rows of assorted sizes, with some updates and deletes.
+pub fn write(c: &Connection, commits: u32, salt: u32) {
+    for i in 0..commits {
+        let tx = c.unchecked_transaction().expect("begin");
+        for j in 0..5u32 {
+            let size = [10usize, 300, 3000, 9000][((i + j + salt) % 4) as usize];
+            let byte = ((i * 7 + j + salt) % 251) as u8;
+            tx.execute("INSERT INTO t (v) VALUES (?1)", [vec![byte; size]])
+                .expect("insert");
+        }
+        if i % 3 == 0 {
+            tx.execute("UPDATE t SET v = x'00ff' WHERE id % 7 = ?1", [i % 7])
+                .expect("update");
+            tx.execute("DELETE FROM t WHERE id % 11 = ?1", [i % 11])
+                .expect("delete");
+        }
+        tx.commit().expect("commit");
+    }
+}
+
+pub fn page_size(c: &Connection) -> u32 {
+    c.query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size")
+}
+
+pub fn start_replicate(server: &S3Server, dir: &Path, db: &Path, url: &str, log: &Path) -> Running {
+    let mut cmd = sluice(server, dir);
+    cmd.env("SLUICE_LOG", "info")
+        .arg("replicate")
+        .arg(db)
+        .arg(url);
+    Running::start(cmd, log)
+}
+
+pub fn wait_upload(server: &S3Server, path: &str, above: u64, proc: &mut Running) {
+    let started = Instant::now();
+    while s3_max_txid(server, path) <= above {
+        proc.assert_running();
+        assert!(started.elapsed() < WAIT_MAX, "no upload:\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -6,7 +6,8 @@
 //! `s3://bkt/app.db` is the object `app.db/0000/…ltx`, exactly where Litestream 0.5 puts it.
 //!
 //! How the seam's contract maps onto S3:
-//! - `put` is one PutObject: S3 makes it atomic and durable once acknowledged. The timestamp is
+//! - `put` is one PutObject (a multipart upload above [`MULTIPART_THRESHOLD_BYTES`], aborted if
+//!   a part fails): S3 makes either atomic and durable once acknowledged. The timestamp is
 //!   stored as the object metadata `litestream-timestamp` in Go's RFC 3339 "nano" form, as
 //!   Litestream writes and reads it. `PutMode::Create` sends `If-None-Match: *`; servers that
 //!   implement it (AWS, MinIO, moto) make it atomic, others check then write (s3s-fs) or ignore
@@ -68,6 +69,14 @@ pub const REQUEST_TIMEOUT_MS: u64 = 15 * 60_000;
 pub const METADATA_HEADS_IN_FLIGHT_MAX: usize = 32;
 /// Entries of the timestamp cache; past this it is cleared (and refilled by HEADs).
 pub const TIMESTAMP_CACHE_ENTRIES_MAX: usize = 100_000;
+/// Objects larger than this go up as multipart uploads (one PUT is limited to 5 GiB).
+pub const MULTIPART_THRESHOLD_BYTES: u64 = 64 << 20;
+/// Part size of multipart uploads: with S3's 10,000 parts, objects up to 156 GiB.
+pub const MULTIPART_PART_BYTES: usize = 16 << 20;
+/// S3's smallest part (all but the last).
+pub const MULTIPART_PART_BYTES_MIN: usize = 5 << 20;
+/// Parts of one upload in flight at once.
+pub const MULTIPART_PARTS_IN_FLIGHT_MAX: usize = 4;
 
 /// An access key pair. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -172,6 +181,8 @@ pub struct S3Store {
     endpoint: String,
     /// Key to (object version, timestamp in Unix ms) for objects whose timestamp is known.
     timestamps: Mutex<HashMap<String, (String, i64)>>,
+    multipart_threshold_bytes: u64,
+    multipart_part_bytes: usize,
 }
 
 impl fmt::Debug for S3Store {
@@ -321,7 +332,54 @@ impl S3Store {
             path,
             endpoint: endpoint_label,
             timestamps: Mutex::new(HashMap::new()),
+            multipart_threshold_bytes: MULTIPART_THRESHOLD_BYTES,
+            multipart_part_bytes: MULTIPART_PART_BYTES,
         })
+    }
+
+    /// Changes when and how uploads are split into parts (tests use small objects). Parts are
+    /// at least [`MULTIPART_PART_BYTES_MIN`].
+    pub fn with_multipart(mut self, threshold_bytes: u64, part_bytes: usize) -> S3Store {
+        self.multipart_threshold_bytes = threshold_bytes;
+        self.multipart_part_bytes = part_bytes.max(MULTIPART_PART_BYTES_MIN);
+        self
+    }
+
+    /// A multipart upload of `data`, aborted (parts deleted) if any part fails.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        path: &OsPath,
+        data: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<object_store::PutResult, StoreError> {
+        let client = self.client("put", key).await?;
+        let opts = object_store::PutMultipartOptions {
+            attributes,
+            ..object_store::PutMultipartOptions::default()
+        };
+        let upload = client
+            .put_multipart_opts(path, opts)
+            .await
+            .map_err(|e| self.error("put", key, &e))?;
+        let mut writer =
+            object_store::WriteMultipart::new_with_chunk_size(upload, self.multipart_part_bytes);
+        let mut rest = bytes::Bytes::from(data);
+        while !rest.is_empty() {
+            if let Err(e) = writer
+                .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT_MAX)
+                .await
+            {
+                let _ = writer.abort().await;
+                return Err(self.error("put", key, &e));
+            }
+            let part = rest.split_to(self.multipart_part_bytes.min(rest.len()));
+            writer.put(part);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| self.error("put", key, &e))
     }
 
     pub fn bucket(&self) -> &str {
@@ -689,11 +747,18 @@ impl ObjectStore for S3Store {
             attributes,
             ..object_store::PutOptions::default()
         };
-        let client = self.client("put", key).await?;
-        match client
-            .put_opts(&path, PutPayload::from(data), put_opts)
-            .await
-        {
+        // Create needs one conditional PUT; the lease and other small objects use it.
+        let result = if size > self.multipart_threshold_bytes && opts.mode == PutMode::Overwrite {
+            self.put_multipart(key, &path, data, put_opts.attributes)
+                .await
+        } else {
+            self.client("put", key)
+                .await?
+                .put_opts(&path, PutPayload::from(data), put_opts)
+                .await
+                .map_err(|e| self.error("put", key, &e))
+        };
+        match result {
             Ok(res) => {
                 match res.e_tag {
                     Some(tag) => self.cache_put(key, tag, opts.timestamp_ms),
@@ -704,7 +769,7 @@ impl ObjectStore for S3Store {
             }
             Err(e) => {
                 self.cache_forget(key);
-                Err(self.error("put", key, &e))
+                Err(e)
             }
         }
     }

@@ -82,6 +82,26 @@ impl S3Server {
         ]
     }
 
+    /// An S3 store on `path` that splits uploads above 6 MiB into 5 MiB parts, so tests
+    /// exercise multipart uploads with small objects.
+    pub fn small_part_store(&self, path: &str) -> sluice_core::store::DynStore {
+        let store = sluice_core::s3::S3Store::new(sluice_core::s3::S3Config {
+            bucket: self.bucket.clone(),
+            path: path.to_string(),
+            endpoint: Some(self.endpoint.clone()),
+            region: None,
+            force_path_style: true,
+            skip_verify: false,
+            credentials: Some(sluice_core::s3::S3Credentials {
+                access_key_id: self.access_key.clone(),
+                secret_access_key: self.secret_key.clone(),
+                source: "test",
+            }),
+        })
+        .unwrap_or_else(|e| panic!("S3 store on {path}: {e}"));
+        std::sync::Arc::new(store.with_multipart(6 << 20, 5 << 20))
+    }
+
     /// Opens a store on `path` through sluice's own URL handling and credentials.
     pub fn store(&self, path: &str) -> sluice_core::replica::Replica {
         let target = sluice_core::url::ReplicaTarget::parse(&self.url(path))

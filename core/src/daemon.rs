@@ -87,9 +87,15 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     let mut statuses = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for mut job in jobs {
+        let requests = Arc::new(crate::counting::RequestCounts::default());
+        job.replica.store = Arc::new(crate::counting::CountingStore::new(
+            job.replica.store.clone(),
+            requests.clone(),
+        ));
         let status: SharedStatus = Arc::new(std::sync::Mutex::new(JobStatus {
             database: job.engine.db_path.clone(),
             replica: job.replica.describe(),
+            requests,
             ..JobStatus::default()
         }));
         if args.once {

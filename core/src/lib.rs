@@ -4,6 +4,7 @@ pub mod checksum;
 pub mod cli;
 pub mod compact;
 pub mod config;
+pub mod counting;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

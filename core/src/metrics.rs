@@ -50,6 +50,20 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
             ));
         }
     }
+    out.push_str("# HELP sluice_store_requests_total Object-store requests by operation.\n# TYPE sluice_store_requests_total counter\n");
+    out.push_str("# HELP sluice_store_errors_total Failed object-store requests by operation.\n# TYPE sluice_store_errors_total counter\n");
+    for s in statuses {
+        let s = s
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let db = s.database.display().to_string().replace('"', "\\\"");
+        let replica = s.replica.replace('"', "\\\"");
+        for (op, (requests, errors)) in crate::counting::OPS.iter().zip(s.requests.snapshot()) {
+            out.push_str(&format!("sluice_store_requests_total{{db=\"{db}\",replica=\"{replica}\",op=\"{op}\"}} {requests}\n"));
+            out.push_str(&format!("sluice_store_errors_total{{db=\"{db}\",replica=\"{replica}\",op=\"{op}\"}} {errors}\n"));
+        }
+    }
     out
 }
 
@@ -77,5 +91,54 @@ pub async fn serve(listener: tokio::net::TcpListener, statuses: Vec<SharedStatus
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::counting::{CountingStore, RequestCounts};
+    use crate::replicate::JobStatus;
+    use crate::store::{MemStore, ObjectStore, PutOptions};
+
+    #[tokio::test]
+    async fn metrics_show_lag_and_requests_per_operation() {
+        let requests = Arc::new(RequestCounts::default());
+        let store = CountingStore::new(Arc::new(MemStore::new()), requests.clone());
+        store
+            .put("a", vec![1], PutOptions::default())
+            .await
+            .expect("put");
+        store
+            .put("b", vec![2], PutOptions::default())
+            .await
+            .expect("put");
+        let _ = store.get_range("missing", 0, 1).await;
+        let status = JobStatus {
+            database: "/d.db".into(),
+            replica: "mem://".into(),
+            pending_since_ms: Some(1_000),
+            requests,
+            ..JobStatus::default()
+        };
+        let text = render(&[Arc::new(std::sync::Mutex::new(status))], 3_500);
+        assert!(
+            text.contains("sluice_replication_lag_seconds{db=\"/d.db\",replica=\"mem://\"} 2.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_store_requests_total{db=\"/d.db\",replica=\"mem://\",op=\"put\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_store_errors_total{db=\"/d.db\",replica=\"mem://\",op=\"get\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

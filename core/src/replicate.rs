@@ -61,6 +61,9 @@ pub struct JobStatus {
     pub sync_errors: u64,
     pub resyncs: u64,
     pub last_error: Option<String>,
+    /// Object-store requests per operation, counted by the job's `CountingStore`.
+    #[serde(skip)]
+    pub requests: std::sync::Arc<crate::counting::RequestCounts>,
 }
 
 impl JobStatus {

@@ -86,6 +86,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// A credential read from the configuration: its `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Settings a replica may carry, each also allowed at the top level as a default.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -95,7 +113,7 @@ pub struct ReplicaSettings {
     pub max_sync_ltx_files: Option<u32>,
     pub auto_recover: Option<bool>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     pub region: Option<String>,
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
@@ -442,6 +460,21 @@ mod tests {
             .expect_err("no replica")
             .to_string();
         assert!(msg.contains("no replica"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let c = parse(
+            "secret-access-key: hunter2-secret\ndbs:\n  - path: /a.db\n    replica:\n      url: s3://bkt/a\n      access-key-id: AKID\n",
+        )
+        .expect("parses");
+        let r = &c.dbs[0].replicas[0].settings;
+        assert_eq!(r.secret_access_key.as_deref(), Some("hunter2-secret"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("AKID"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("parse {}: {e}", self.url(path)));
         let settings = sluice_core::config::ReplicaSettings {
             access_key_id: Some(self.access_key.clone()),
-            secret_access_key: Some(self.secret_key.clone()),
+            secret_access_key: Some(sluice_core::config::Secret(self.secret_key.clone())),
             ..Default::default()
         };
         target

@@ -1,7 +1,8 @@
 //! The async driver: runs one [`Engine`] per (database, replica) pair on a schedule.
 //!
 //! Sync timing: the driver polls the WAL's size and modification time every
-//! `monitor_interval_ms` (a `stat`, no reads). When it changed, it syncs at once if the previous
+//! `monitor_interval_ms` (a `stat`, no reads) and is woken at once by file notifications
+//! (inotify) on the database's directory. When it changed, it syncs at once if the previous
 //! upload is at least `sync_interval_ms` old, otherwise when that interval ends. So sparse writes
 //! replicate within one poll, sustained writes cost at most one PUT per interval, and no commit
 //! waits longer than the interval plus one upload. Nothing is listed while idle.
@@ -36,7 +37,7 @@ impl Default for Schedule {
     fn default() -> Self {
         Self {
             sync_interval_ms: 1000,
-            monitor_interval_ms: 10,
+            monitor_interval_ms: 1000,
             levels_ms: vec![30_000, 300_000, 3_600_000],
             snapshot_interval_ms: 24 * 3_600_000,
             snapshot_retention_ms: 24 * 3_600_000,
@@ -165,10 +166,25 @@ pub async fn run(
     // not consumed yet.
     let mut ran_at_txid = vec![0u64; s.levels_ms.len()];
     let mut produced = vec![false; s.levels_ms.len()];
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let _watcher = watch_database(&db_path, wake.clone());
     loop {
+        // Sleep until the next thing that is due, a file notification, or the monitor
+        // interval (the fallback where notifications do not work, e.g. network filesystems).
+        let now = clock.now_ms();
+        let mut due = now + s.monitor_interval_ms;
+        if pending_since.is_some() {
+            due = due.min((last_upload_ms + s.sync_interval_ms).max(retry_at_ms));
+        }
+        due = next_level
+            .iter()
+            .fold(due.min(next_snapshot), |d, n| d.min(*n));
+        let sleep_ms =
+            u64::try_from((due - now).clamp(1, s.monitor_interval_ms.max(1))).unwrap_or(1);
         tokio::select! {
             _ = shutdown.changed() => break,
-            () = tokio::time::sleep(Duration::from_millis(u64::try_from(s.monitor_interval_ms).unwrap_or(10))) => {}
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
         }
         let now = clock.now_ms();
         let stamp = wal_stamp(&db_path);
@@ -279,6 +295,42 @@ pub async fn run(
     }
     update(&status, |st| st.replicated_txid = engine.position().txid);
     engine.close()
+}
+
+/// Watches the database's directory so a write to the database or its WAL wakes the driver at
+/// once. `None` (with a warning) where notifications are unavailable: polling remains.
+fn watch_database(
+    db: &std::path::Path,
+    wake: Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = db.parent().map_or_else(
+        || std::path::PathBuf::from("."),
+        std::path::Path::to_path_buf,
+    );
+    let name = db.file_name()?.to_os_string();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.as_encoded_bytes().starts_with(name.as_encoded_bytes()))
+            })
+        {
+            wake.notify_one();
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %e, "file notifications unavailable; polling instead");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(db = %db.display(), error = %e, "cannot watch the database directory; polling instead");
+        return None;
+    }
+    Some(watcher)
 }
 
 async fn newest_snapshot_due(replica: &Replica, interval_ms: i64, now: i64) -> i64 {

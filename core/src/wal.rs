@@ -206,6 +206,21 @@ impl WalScanner {
     }
 }
 
+/// Offset just past the last valid frame from `scanner`'s position, committed or not: how far
+/// this WAL generation has written. Uncommitted frames count: they overwrite older bytes too.
+pub fn scan_extent<E>(
+    mut scanner: WalScanner,
+    mut read_frame: impl FnMut(u64, &mut [u8]) -> Result<usize, E>,
+) -> Result<u64, E> {
+    let mut buf = vec![0u8; scanner.header().frame_size() as usize];
+    loop {
+        let n = read_frame(scanner.offset(), &mut buf)?;
+        if scanner.next(&buf[..n]) == Frame::End {
+            return Ok(scanner.offset());
+        }
+    }
+}
+
 /// The committed content of a stretch of WAL: for each page the offset of its newest committed
 /// frame, and the database size after the last commit. Pages beyond that size (dropped by a
 /// VACUUM that shrank the database) are left out.
@@ -430,6 +445,27 @@ pub(crate) mod tests {
         .expect("scan");
         assert_eq!(c.pages.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(c.transactions, 1);
+    }
+
+    #[test]
+    fn extent_counts_uncommitted_frames() {
+        let mut w = WalBuilder::new(512, false, (1, 2));
+        w.frame(1, 1, 1).frame(2, 0, 2).frame(3, 0, 3);
+        let bytes = w.bytes.clone();
+        let header = WalHeader::parse(&bytes).expect("header");
+        let end = scan_extent::<()>(WalScanner::new(header), |off, buf| {
+            let off = off as usize;
+            let avail = bytes.len().saturating_sub(off).min(buf.len());
+            buf[..avail].copy_from_slice(&bytes[off..off + avail]);
+            Ok(avail)
+        })
+        .expect("extent");
+        assert_eq!(end, bytes.len() as u64);
+        assert_eq!(
+            scan(&bytes).end_offset,
+            32 + 536,
+            "only the first frame is committed"
+        );
     }
 
     #[test]

@@ -125,6 +125,8 @@ impl Report {
 struct Commit {
     time_ms: i64,
     hash: u64,
+    /// The image itself, kept only with `SLUICE_SIM_KEEP_IMAGES=1` (for diagnosing failures).
+    image: Option<Vec<u8>>,
 }
 
 struct World {
@@ -190,6 +192,32 @@ impl World {
         Ok(())
     }
 
+    fn app_image(&mut self) -> Option<Vec<u8>> {
+        vfs::with(|s| s.current = Proc::App);
+        let app = self.app.as_mut()?;
+        app.serialize("main").ok().map(|d| d.to_vec())
+    }
+
+    /// The commit whose image is closest to `image`, and the pages that differ from it.
+    fn closest_commit(&self, image: &[u8], page_size: usize) -> Option<(usize, Vec<usize>)> {
+        self.commits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.image.as_ref().map(|img| (i + 1, img)))
+            .map(|(k, img)| {
+                let n = img.len().max(image.len()).div_ceil(page_size);
+                let diff = (0..n)
+                    .filter(|p| {
+                        img.get(p * page_size..(p + 1) * page_size)
+                            != image.get(p * page_size..(p + 1) * page_size)
+                    })
+                    .map(|p| p + 1)
+                    .collect::<Vec<_>>();
+                (k, diff)
+            })
+            .min_by_key(|(_, d)| d.len())
+    }
+
     fn app_image_hash(&mut self) -> Option<u64> {
         vfs::with(|s| s.current = Proc::App);
         let app = self.app.as_mut()?;
@@ -197,9 +225,22 @@ impl World {
     }
 
     fn record_commit(&mut self) {
-        if let Some(h) = self.app_image_hash() {
+        if std::env::var_os("SLUICE_SIM_KEEP_IMAGES").is_some() {
+            if let Some(image) = self.app_image() {
+                let time_ms = self.now();
+                self.commits.push(Commit {
+                    time_ms,
+                    hash: hash(&image),
+                    image: Some(image),
+                });
+            }
+        } else if let Some(h) = self.app_image_hash() {
             let time_ms = self.now();
-            self.commits.push(Commit { time_ms, hash: h });
+            self.commits.push(Commit {
+                time_ms,
+                hash: h,
+                image: None,
+            });
         }
     }
 
@@ -764,6 +805,11 @@ fn check_history(w: &mut World) {
                 return;
             }
             None => {
+                if let Some((k, pages)) = w.closest_commit(&image, w.knobs.page_size as usize) {
+                    w.log(format!(
+                        "diagnosis: closest commit {k} differs in pages {pages:?}"
+                    ));
+                }
                 w.fail(format!(
                     "history: TXID {t:016x} ({f}) is a state that was never committed"
                 ));

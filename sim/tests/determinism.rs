@@ -44,6 +44,21 @@ fn wal_generations_skipped_between_syncs_are_caught() {
     }
 }
 
+/// Regression: seed 5 found that a transaction spilling uncommitted frames into a freshly
+/// restarted WAL can overwrite the old generation's tail; the engine counted only committed
+/// frames of the new generation, read a truncated old tail and shipped a state that never
+/// existed. The engine now measures everything the new generation wrote.
+#[test]
+fn uncommitted_frames_of_a_new_generation_count_as_overwrites() {
+    let r = run(5, 1000);
+    assert!(
+        r.passed(),
+        "seed 5: {}\n  replay: {}",
+        r.failures.join("; "),
+        r.replay_line()
+    );
+}
+
 #[test]
 fn smoke_seeds_pass_every_check() {
     let mut failed = Vec::new();

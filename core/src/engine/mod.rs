@@ -32,6 +32,7 @@ use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::store::StoreError;
 use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
+    scan_extent,
 };
 pub use source::{DbFiles, OsFiles};
 pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
@@ -660,7 +661,15 @@ impl Engine {
             }
             SyncPlan::OldTailThenNew { mut old, mut new } => {
                 let n = self.scan(&mut new, u64::MAX)?;
-                if n.end_offset > old.offset() {
+                // The new generation overwrites the file from the start, with uncommitted frames
+                // too (a transaction spills before it commits), and a torn frame may follow its
+                // last valid one: the old tail is intact only if all that ends before it.
+                let written = scan_extent(WalScanner::new(*new.header()), |off, buf| {
+                    self.files.read_wal(off, buf)
+                })
+                .map_err(|e| self.io_err(e))?;
+                if n.end_offset > old.offset() || written + new.header().frame_size() > old.offset()
+                {
                     self.resync_batch(header, outcome)?
                 } else {
                     let tail_start = old;

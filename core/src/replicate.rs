@@ -143,7 +143,12 @@ pub async fn run(
             Err(e) => return Err(e),
         }
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                return Err(EngineError::Replica {
+                    replica: job.replica.describe(),
+                    message: "stopped before the replica could be reached; nothing was replicated".into(),
+                });
+            }
             () = tokio::time::sleep(Duration::from_millis(u64::try_from(backoff_ms).unwrap_or(100))) => {}
         }
         backoff_ms = (backoff_ms * 2).min(job.schedule.backoff_max_ms);
@@ -160,8 +165,15 @@ pub async fn run(
     let mut retry_at_ms = i64::MIN;
     backoff_ms = 100;
     let mut next_level: Vec<i64> = s.levels_ms.iter().map(|&i| align_next(now, i)).collect();
-    let mut next_snapshot = newest_snapshot_due(&job.replica, s.snapshot_interval_ms, now).await;
-    let mut snapshot_txid = 0u64;
+    // A snapshot shipped while opening counts: the whole database is not uploaded twice.
+    let (mut next_snapshot, mut snapshot_txid) = if engine.opened_with_snapshot() {
+        (now + s.snapshot_interval_ms, engine.position().txid)
+    } else {
+        (
+            newest_snapshot_due(&job.replica, s.snapshot_interval_ms, now).await,
+            0u64,
+        )
+    };
     // Per level: the TXID when it last ran, and whether it produced a file its next level has
     // not consumed yet.
     let mut ran_at_txid = vec![0u64; s.levels_ms.len()];

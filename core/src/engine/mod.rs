@@ -138,6 +138,7 @@ pub struct Engine {
     last_checkpoint_ms: i64,
     /// The database file's stamp taken when the current read began (before reading it).
     read_stamp: DbStamp,
+    opened_with_snapshot: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -215,6 +216,7 @@ impl Engine {
             sums: PageSums::new(page_size),
             last_checkpoint_ms: now,
             read_stamp: (0, 0),
+            opened_with_snapshot: false,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -223,8 +225,15 @@ impl Engine {
         released?;
         if let Some(p) = prepared {
             engine.upload(p).await?;
+            engine.opened_with_snapshot = true;
         }
         Ok(engine)
+    }
+
+    /// Whether opening shipped a full snapshot (empty replica, or continuity not provable), so
+    /// the driver need not write another one right away.
+    pub fn opened_with_snapshot(&self) -> bool {
+        self.opened_with_snapshot
     }
 
     pub fn position(&self) -> Position {

@@ -345,10 +345,13 @@ fn watch_database(
     Some(watcher)
 }
 
+/// When the next snapshot is due: an interval after the newest file covering TXID 1 at any level
+/// (the level-0 file an empty replica starts with is a full snapshot too). One listing, at start.
 async fn newest_snapshot_due(replica: &Replica, interval_ms: i64, now: i64) -> i64 {
-    match replica.list_level(SNAPSHOT_LEVEL).await {
+    match replica.list_all().await {
         Ok(files) => files
             .iter()
+            .filter(|f| f.min_txid == 1)
             .map(|f| f.created_ms + interval_ms)
             .max()
             .unwrap_or(now),

@@ -16,6 +16,8 @@ pub struct StoreFaults {
     pub transient: f64,
     /// The request is applied, then the reply is lost.
     pub ambiguous: f64,
+    /// A GET returns only the first half of the requested bytes (a body cut short).
+    pub truncated_get: f64,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,21 @@ impl<S> FaultyStore<S> {
     }
 }
 
+impl<S> FaultyStore<S> {
+    fn cut_short(&self) -> bool {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rate = s.faults.truncated_get;
+        let cut = rate > 0.0 && s.rng.random_bool(rate.min(1.0));
+        if cut {
+            s.injected += 1;
+        }
+        cut
+    }
+}
+
 fn injected(op: &'static str, key: &str) -> StoreError {
     StoreError::new(StoreErrorKind::Transient, op, key, "injected fault")
 }
@@ -129,7 +146,13 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         match self.fate(false) {
-            Fate::Ok => self.inner.get_range(key, offset, len).await,
+            Fate::Ok => {
+                let mut body = self.inner.get_range(key, offset, len).await?;
+                if self.cut_short() {
+                    body.truncate(body.len() / 2);
+                }
+                Ok(body)
+            }
             _ => Err(injected("get", key)),
         }
     }

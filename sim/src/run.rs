@@ -39,6 +39,8 @@ pub struct Knobs {
     pub app_cache_pages: i64,
     pub engine_crash_rate: f64,
     pub power_loss_rate: f64,
+    /// Replacement of the host by a new empty one that restores and carries on.
+    pub host_replace_rate: f64,
     pub engine_checkpoint_pages: u64,
     pub store: StoreFaults,
     pub partitions: Vec<(i64, i64)>,
@@ -57,10 +59,12 @@ impl Knobs {
         let app_cache_pages = [10i64, 2000][rng.random_range(0..2)];
         let engine_crash_rate = on(rng, 0.5, 0.01);
         let power_loss_rate = on(rng, 0.4, 0.004);
+        let host_replace_rate = on(rng, 0.3, 0.002);
         let engine_checkpoint_pages = [0u64, 50, 1000][rng.random_range(0..3)];
         let store = StoreFaults {
             transient: on(rng, 0.4, 0.1),
             ambiguous: on(rng, 0.4, 0.05),
+            truncated_get: on(rng, 0.3, 0.1),
         };
         let mut partitions = Vec::new();
         if rng.random_bool(0.3) {
@@ -78,6 +82,7 @@ impl Knobs {
             app_cache_pages,
             engine_crash_rate,
             power_loss_rate,
+            host_replace_rate,
             engine_checkpoint_pages,
             store,
             partitions,
@@ -250,7 +255,11 @@ impl World {
             return Ok(());
         };
         for &(roll, size, fill, target) in ops {
-            if roll < 0.65 {
+            if roll >= 0.97 {
+                // Schema changes: a side table comes and goes.
+                let n = target % 4;
+                app.execute_batch(&format!("CREATE TABLE IF NOT EXISTS s{n} (a); INSERT INTO s{n} VALUES ({fill}); DROP TABLE IF EXISTS s{}", (n + 2) % 4))?;
+            } else if roll < 0.65 {
                 app.execute("INSERT INTO t (v) VALUES (?1)", [vec![fill; size]])?;
             } else if roll < 0.85 {
                 app.execute(
@@ -462,6 +471,54 @@ impl World {
         let expect = self.commits.last().map(|c| c.hash);
         if self.app_image_hash() != expect {
             self.fail("after a power loss the database is not the last committed state (simulator or VFS bug)");
+        }
+    }
+
+    /// The host dies and a new, empty one takes over: it restores the latest state (as the
+    /// sidecar's `restore -if-db-not-exists` does), then the application and the engine carry
+    /// on from it. Commits after the restored one are lost with the old host.
+    fn replace_host(&mut self) {
+        vfs::with(|s| s.current = Proc::Engine);
+        self.engine = None;
+        vfs::with(|s| s.current = Proc::App);
+        self.app = None;
+        vfs::with(vfs::VfsState::replace_host);
+        let (image, txid) = match self.restore(Target::Latest) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(format!("host replacement: restore failed: {e}"));
+                return;
+            }
+        };
+        let Some(k) = self.commit_of(hash(&image)) else {
+            self.fail(format!(
+                "host replacement: restored TXID {txid:016x} matches no committed state"
+            ));
+            return;
+        };
+        if k < self.acked {
+            self.fail(format!(
+                "host replacement: restored commit {k} but {} were acknowledged",
+                self.acked
+            ));
+        }
+        vfs::with(|s| {
+            s.disk.write(DB, 0, &image);
+            s.disk.sync(DB);
+        });
+        let lost = self.commits.len() - k;
+        // The new host's history continues from commit k.
+        self.commits.truncate(k);
+        self.acked = k;
+        self.last_restored = k;
+        self.engine_restart_at = self.now();
+        self.log(format!(
+            "host-replaced restored txid={txid:016x} commit={k} lost={lost}"
+        ));
+        if let Err(e) = self.open_app() {
+            self.fail(format!(
+                "host replacement: the restored database does not open: {e}"
+            ));
         }
     }
 
@@ -682,6 +739,10 @@ pub fn run(seed: u64, transactions: u32) -> Report {
         if w.rng.random_bool(w.knobs.power_loss_rate) {
             w.power_loss();
             w.check_restore("power-loss");
+        }
+        if w.rng.random_bool(w.knobs.host_replace_rate) {
+            w.check_restore("host-replacement");
+            w.replace_host();
         }
     }
 

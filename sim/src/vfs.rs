@@ -130,6 +130,15 @@ impl VfsState {
         self.disk.power_loss(rng)
     }
 
+    /// The host is replaced by a new, empty one: every process is gone and so is the disk.
+    pub fn replace_host(&mut self) {
+        self.crash(Proc::App);
+        self.crash(Proc::Engine);
+        let old = std::mem::take(&mut self.shm);
+        self.graveyard.extend(old.into_values());
+        self.disk = Disk::default();
+    }
+
     pub fn open_handles(&self, proc: Proc) -> usize {
         self.handles
             .values()

@@ -82,6 +82,12 @@ fn moto() -> Option<Backend> {
     Some(s3_backend(common::s3::moto_or_skip()?, true))
 }
 
+/// MinIO in Docker (feature `minio`); conditional writes are atomic there.
+#[cfg(feature = "minio")]
+fn minio() -> Option<Backend> {
+    Some(s3_backend(common::s3::minio_or_skip()?, true))
+}
+
 fn at(timestamp_ms: i64) -> PutOptions {
     PutOptions {
         timestamp_ms,
@@ -490,3 +496,5 @@ backend_tests!(mem);
 backend_tests!(dir);
 backend_tests!(s3s);
 backend_tests!(moto);
+#[cfg(feature = "minio")]
+backend_tests!(minio);

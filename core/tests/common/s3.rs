@@ -30,6 +30,9 @@ use super::{Output, SETTLE_POLLS, SETTLE_SPACING, WAIT_MAX, workspace_root};
 pub enum Kind {
     S3sFs,
     Moto,
+    /// MinIO in Docker through testcontainers (feature `minio`).
+    #[cfg(feature = "minio")]
+    Minio,
 }
 
 /// A reachable S3-compatible server and a bucket on it.
@@ -45,6 +48,8 @@ pub struct S3Server {
     /// [`start_with_lifeline`]).
     _lifeline: Option<(Child, ChildStdin)>,
     _data: Option<tempfile::TempDir>,
+    /// A container the server runs in, stopped when dropped.
+    _container: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl S3Server {
@@ -204,6 +209,7 @@ pub fn s3s_or_skip() -> Option<&'static S3Server> {
                 bucket: env("SLUICE_S3_BUCKET").unwrap_or_else(|| "sluice-test".into()),
                 _lifeline: None,
                 _data: None,
+                _container: None,
             });
         }
         let bin = find_bin("S3S_FS_BIN", ".ci-cache/s3s/bin/s3s-fs", "s3s-fs")?;
@@ -241,6 +247,7 @@ pub fn s3s_or_skip() -> Option<&'static S3Server> {
             bucket,
             _lifeline: Some((child, stdin)),
             _data: Some(data),
+            _container: None,
         })
     });
     match server {
@@ -295,6 +302,7 @@ pub fn moto_or_skip() -> Option<&'static S3Server> {
             bucket,
             _lifeline: lifeline,
             _data: data,
+            _container: None,
         })
     });
     match server {
@@ -508,5 +516,57 @@ pub fn wait_upload(server: &S3Server, path: &str, above: u64, proc: &mut Running
         proc.assert_running();
         assert!(started.elapsed() < WAIT_MAX, "no upload:\n{}", proc.log());
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// MinIO through testcontainers where Docker answers (feature `minio`), else `None` after
+/// printing why. This is the design's reference setup for users with Docker; CI here has no
+/// Docker engine and uses s3s-fs and moto instead.
+#[cfg(feature = "minio")]
+pub fn minio_or_skip() -> Option<&'static S3Server> {
+    use testcontainers_modules::minio::MinIO;
+    use testcontainers_modules::testcontainers::core::ExecCommand;
+    use testcontainers_modules::testcontainers::runners::SyncRunner;
+    static SERVER: OnceLock<Option<S3Server>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let docker = std::process::Command::new("docker")
+            .arg("info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !docker {
+            return None;
+        }
+        let container = MinIO::default().start().expect("start the MinIO container");
+        let port = container.get_host_port_ipv4(9000).expect("MinIO's API port");
+        let bucket = "sluice-test".to_string();
+        // The server image carries `mc`; a bucket is made through it (no unsigned PUT on MinIO).
+        let mb = format!(
+            "mc alias set local http://127.0.0.1:9000 minioadmin minioadmin && mc mb --ignore-existing local/{bucket}"
+        );
+        container
+            .exec(ExecCommand::new(["sh", "-c", mb.as_str()]))
+            .expect("create the bucket in MinIO");
+        Some(S3Server {
+            kind: Kind::Minio,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key: "minioadmin".into(),
+            secret_key: "minioadmin".into(),
+            bucket,
+            _lifeline: None,
+            _data: None,
+            _container: Some(Box::new(container)),
+        })
+    });
+    match server {
+        Some(s) => Some(s),
+        // Docker is optional by design: never a failure, even with SLUICE_REQUIRE_PEERS.
+        None => {
+            println!(
+                "skipping: Docker does not answer, so MinIO through testcontainers is skipped"
+            );
+            None
+        }
     }
 }

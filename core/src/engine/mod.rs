@@ -537,24 +537,13 @@ impl Engine {
         let txid = after + 1;
         let (wal_offset, wal_size, salt1, salt2) =
             Self::wal_fields(wal.as_ref(), WAL_HEADER_SIZE as u64);
-        let header = Header {
-            flags: HEADER_FLAG_NO_CHECKSUM,
-            page_size: self.page_size,
-            commit: map.commit,
-            min_txid: 1,
-            max_txid: txid,
-            timestamp_ms: self.clock.now_ms(),
-            pre_apply_checksum: 0,
-            wal_offset,
-            wal_size,
-            wal_salt1: salt1,
-            wal_salt2: salt2,
-            node_id: 0,
-            ext: Some(ExtChecksums {
-                pre: 0,
-                post: sums.total().raw(),
-            }),
-        };
+        let header = self.file_header(
+            map.commit,
+            (1, txid),
+            (wal_offset, wal_size, salt1, salt2),
+            0,
+            sums.total(),
+        );
         let mut enc = Encoder::new(Vec::new(), header)?;
         let lock = lock_pgno(self.page_size);
         let mut buf = vec![0u8; self.page_size as usize];
@@ -571,6 +560,36 @@ impl Engine {
             pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),
             sums,
         })
+    }
+
+    /// The header of a file sluice writes: the no-checksum flag, so Litestream restores it, and
+    /// sluice's database checksums in the reserved bytes (see `ltx::ExtChecksums`).
+    fn file_header(
+        &self,
+        commit: u32,
+        (min_txid, max_txid): (u64, u64),
+        (wal_offset, wal_size, wal_salt1, wal_salt2): (i64, i64, u32, u32),
+        pre: u64,
+        post: DbChecksum,
+    ) -> Header {
+        Header {
+            flags: HEADER_FLAG_NO_CHECKSUM,
+            page_size: self.page_size,
+            commit,
+            min_txid,
+            max_txid,
+            timestamp_ms: self.clock.now_ms(),
+            pre_apply_checksum: 0,
+            wal_offset,
+            wal_size,
+            wal_salt1,
+            wal_salt2,
+            node_id: 0,
+            ext: Some(ExtChecksums {
+                pre,
+                post: post.raw(),
+            }),
+        }
     }
 
     /// Uploads a prepared file; only once the store acknowledges it does the position move.
@@ -819,24 +838,13 @@ impl Engine {
         }
         let txid = self.pos.txid + 1;
         let (wal_offset, wal_size, salt1, salt2) = Self::wal_fields(wal.as_ref(), start);
-        let header = Header {
-            flags: HEADER_FLAG_NO_CHECKSUM,
-            page_size: self.page_size,
-            commit: map.commit,
-            min_txid: txid,
-            max_txid: txid,
-            timestamp_ms: self.clock.now_ms(),
-            pre_apply_checksum: 0,
-            wal_offset,
-            wal_size,
-            wal_salt1: salt1,
-            wal_salt2: salt2,
-            node_id: 0,
-            ext: Some(ExtChecksums {
-                pre: self.pos.checksum.raw(),
-                post: sums.total().raw(),
-            }),
-        };
+        let header = self.file_header(
+            map.commit,
+            (txid, txid),
+            (wal_offset, wal_size, salt1, salt2),
+            self.pos.checksum.raw(),
+            sums.total(),
+        );
         let mut enc = Encoder::new(Vec::new(), header)?;
         // Second pass: encode. The pages cannot change in between: the read transaction pins
         // the WAL frames and the database pages they shadow.

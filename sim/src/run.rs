@@ -485,6 +485,33 @@ impl World {
         vfs::with(vfs::VfsState::replace_host);
         let (image, txid) = match self.restore(Target::Latest) {
             Ok(r) => r,
+            // Nothing was ever replicated (the store was unreachable since the start): the new
+            // host starts a new database, as `restore -if-replica-exists` lets it.
+            Err(e) if e.contains("no backups") => {
+                if self.acked > 0 {
+                    self.fail(format!(
+                        "host replacement: replica empty but {} commits were acknowledged",
+                        self.acked
+                    ));
+                    return;
+                }
+                self.commits.clear();
+                self.last_restored = 0;
+                self.engine_restart_at = self.now();
+                self.log("host-replaced replica empty: new database");
+                if let Err(e) = self.open_app() {
+                    self.fail(format!(
+                        "host replacement: cannot create a new database: {e}"
+                    ));
+                    return;
+                }
+                if let Err(e) = self.app_exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)") {
+                    self.fail(format!("host replacement: cannot create the table: {e}"));
+                    return;
+                }
+                self.record_commit();
+                return;
+            }
             Err(e) => {
                 self.fail(format!("host replacement: restore failed: {e}"));
                 return;

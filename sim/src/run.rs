@@ -628,6 +628,12 @@ impl World {
             }
         };
         let Some(k) = self.commit_of(hash(&image)) else {
+            if let Some((k, pages)) = self.closest_commit(&image, self.knobs.page_size as usize) {
+                self.log(format!(
+                    "diagnosis: closest commit {k} of {} differs in pages {pages:?}",
+                    self.commits.len()
+                ));
+            }
             self.fail(format!(
                 "{why}: restored TXID {txid:016x} matches no committed state"
             ));

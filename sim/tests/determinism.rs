@@ -59,6 +59,21 @@ fn uncommitted_frames_of_a_new_generation_count_as_overwrites() {
     );
 }
 
+/// Regression: seed 1239 found that a transaction of the new WAL generation that spilled and
+/// rolled back leaves frames that no valid chain reaches but that still overwrote the old
+/// generation's tail; the engine read a truncated tail. It now requires the frame after the old
+/// generation's last valid frame not to carry the new generation's salts.
+#[test]
+fn rolled_back_frames_of_a_new_generation_count_as_overwrites() {
+    let r = run(1239, 1000);
+    assert!(
+        r.passed(),
+        "seed 1239: {}\n  replay: {}",
+        r.failures.join("; "),
+        r.replay_line()
+    );
+}
+
 #[test]
 fn smoke_seeds_pass_every_check() {
     let mut failed = Vec::new();

@@ -696,7 +696,25 @@ impl Engine {
                     self.files.read_wal(off, buf)
                 })
                 .map_err(|e| self.io_err(e))?;
-                if n.end_offset > old.offset() || written + new.header().frame_size() > old.offset()
+                // Where the old generation's valid frames end, the next frame must not be the
+                // new generation's: a transaction of the new generation that spilled and rolled
+                // back leaves frames no valid chain reaches, yet they overwrote the old tail
+                // (found by the simulator, seed 1239).
+                let old_end = scan_extent(old, |off, buf| self.files.read_wal(off, buf))
+                    .map_err(|e| self.io_err(e))?;
+                let mut next = [0u8; FRAME_HEADER_SIZE];
+                let got = self
+                    .files
+                    .read_wal(old_end, &mut next)
+                    .map_err(|e| self.io_err(e))?;
+                let salt = |at: usize| {
+                    u32::from_be_bytes([next[at], next[at + 1], next[at + 2], next[at + 3]])
+                };
+                let tail_overwritten = got == FRAME_HEADER_SIZE
+                    && (salt(8), salt(12)) == (new.header().salt1, new.header().salt2);
+                if n.end_offset > old.offset()
+                    || written + new.header().frame_size() > old.offset()
+                    || tail_overwritten
                 {
                     self.resync_batch(header, outcome)?
                 } else {

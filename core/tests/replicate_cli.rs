@@ -263,16 +263,7 @@ fn exec_child_exit_code_becomes_sluices_after_a_final_sync() {
     std::fs::write(&go, b"").expect("let the child exit");
     let code = sluice.wait_exit();
     let log = sluice.log();
-    assert_eq!(
-        code, 3,
-        "sluice must exit with the child's code; log:\n{log}"
-    );
-    assert!(log.contains("final sync done"), "{log}");
-
-    assert!(replica_max_txid(&replica) > snapshot_txid, "{log}");
-    let out = ws.path("restored.db");
-    assert_replica_matches(&db, &replica, &out);
-    assert_eq!(row_count(&out), 15);
+    assert_exit_after_final_sync(code, 3, &log, &ws, &db, &replica, snapshot_txid);
 }
 
 /// SIGTERM to sluice goes to the child, which decides when to exit (here: at once, with code
@@ -312,16 +303,7 @@ fn sigterm_is_forwarded_to_the_exec_child() {
         got_term.exists(),
         "the child never saw SIGTERM; log:\n{log}"
     );
-    assert_eq!(
-        code, 7,
-        "sluice must exit with the child's code; log:\n{log}"
-    );
-    assert!(log.contains("final sync done"), "{log}");
-
-    assert!(replica_max_txid(&replica) > snapshot_txid, "{log}");
-    let out = ws.path("restored.db");
-    assert_replica_matches(&db, &replica, &out);
-    assert_eq!(row_count(&out), 15);
+    assert_exit_after_final_sync(code, 7, &log, &ws, &db, &replica, snapshot_txid);
 }
 
 /// A database in rollback-journal mode has no WAL to tail. Expected behaviour, as Litestream's:
@@ -535,4 +517,26 @@ fn restart_without_writes_resumes_without_a_snapshot() {
     let out = ws.path("restored.db");
     assert_replica_matches(&db, &replica, &out);
     assert_eq!(row_count(&out), 60);
+}
+
+/// sluice exited with the child's `expected` code after a final sync that shipped the rows
+/// written after the initial snapshot: the restore matches the source with all 15 rows.
+fn assert_exit_after_final_sync(
+    code: i32,
+    expected: i32,
+    log: &str,
+    ws: &Workspace,
+    db: &Path,
+    replica: &Path,
+    snapshot_txid: u64,
+) {
+    assert_eq!(
+        code, expected,
+        "sluice must exit with the child's code; log:\n{log}"
+    );
+    assert!(log.contains("final sync done"), "{log}");
+    assert!(replica_max_txid(replica) > snapshot_txid, "{log}");
+    let out = ws.path("restored.db");
+    assert_replica_matches(db, replica, &out);
+    assert_eq!(row_count(&out), 15);
 }

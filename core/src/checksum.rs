@@ -7,19 +7,18 @@
 //!   `CRC-64(pgno as u32 big-endian || page)`, each term with bit 63 set, and the result with
 //!   bit 63 set. XOR makes it incremental: replacing a page is `sum ^ old ^ new`.
 
-use crc::{Crc, Digest, Table};
+use crc_fast::{CrcAlgorithm, Digest};
 
 /// Bit 63, set on every stored checksum so that zero always means "absent".
 pub const CHECKSUM_FLAG: u64 = 1 << 63;
 
-static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&crc::CRC_64_GO_ISO);
-
-/// A running CRC-64 (ISO) digest.
-pub struct Hasher(Digest<'static, u64, Table<16>>);
+/// A running CRC-64 (ISO) digest. `crc-fast` computes it with carry-less multiplication where
+/// the CPU has it (every checksum of the engine, restore and compaction goes through here).
+pub struct Hasher(Digest);
 
 impl Hasher {
     pub fn new() -> Self {
-        Self(CRC64.digest())
+        Self(Digest::new(CrcAlgorithm::Crc64GoIso))
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
@@ -46,10 +45,10 @@ impl std::fmt::Debug for Hasher {
 
 /// The checksum of one page as it contributes to the database checksum.
 pub fn page_checksum(pgno: u32, page: &[u8]) -> u64 {
-    let mut digest = CRC64.digest();
+    let mut digest = Hasher::new();
     digest.update(&pgno.to_be_bytes());
     digest.update(page);
-    CHECKSUM_FLAG | digest.finalize()
+    digest.finish_flagged()
 }
 
 /// The page number holding byte offset 1 GiB (SQLite's PENDING_BYTE). SQLite never writes it, LTX

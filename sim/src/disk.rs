@@ -94,8 +94,24 @@ impl Disk {
 
     pub fn sync(&mut self, name: &str) {
         if let Some(f) = self.files.get_mut(name) {
-            f.durable = Some(f.written.clone());
-            f.pending.clear();
+            // Replaying the pending operations costs what changed, not the file's size.
+            match f.durable.as_mut() {
+                Some(durable) => {
+                    for op in f.pending.drain(..) {
+                        match op {
+                            Pending::Write { offset, bytes } => {
+                                apply_write(durable, offset, &bytes)
+                            }
+                            Pending::Truncate { len } => durable.resize(len, 0),
+                        }
+                    }
+                }
+                None => {
+                    f.durable = Some(f.written.clone());
+                    f.pending.clear();
+                }
+            }
+            debug_assert!(f.durable.as_deref() == Some(&f.written[..]));
         }
     }
 

@@ -8,5 +8,6 @@
 pub mod disk;
 pub mod faulty;
 pub mod files;
+pub mod oracle;
 pub mod run;
 pub mod vfs;

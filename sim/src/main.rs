@@ -44,7 +44,155 @@ enum Command {
         /// Plant a deliberate engine bug (needs the `planted-bugs` feature).
         #[arg(long, value_name = "BUG")]
         plant: Option<String>,
+        /// Worker processes (one simulation runs per process: SQLite's state is global).
+        /// Default: the number of CPUs.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Internal: a worker process, reading seeds from stdin.
+        #[arg(long, hide = true)]
+        worker: bool,
     },
+}
+
+/// What a sweep found: seeds run, seeds failed.
+#[derive(Default)]
+struct Tally {
+    ran: u64,
+    failed: u64,
+}
+
+/// Runs seeds from `start` until the range's end or the deadline.
+fn sweep_here(
+    start: u64,
+    end: Option<u64>,
+    deadline: Option<std::time::Instant>,
+    transactions: u32,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut seed = start;
+    while end.is_none_or(|end| seed < end)
+        && deadline.is_none_or(|t| std::time::Instant::now() < t)
+    {
+        tally.add(&run_one(seed, transactions));
+        seed += 1;
+    }
+    tally
+}
+
+/// Runs one seed, printing its failures with the replay line.
+fn run_one(seed: u64, transactions: u32) -> Report {
+    let r = run(seed, transactions);
+    if !r.passed() {
+        println!("seed {seed} FAILED: {}", r.failures.join("; "));
+        println!("  replay: {}", r.replay_line());
+    }
+    r
+}
+
+impl Tally {
+    fn add(&mut self, r: &Report) {
+        self.ran += 1;
+        self.failed += u64::from(!r.passed());
+    }
+}
+
+/// A worker process: reads seeds from stdin, one per line, and answers each with
+/// `worker-done SEED ok|failed` after any failure lines.
+fn worker(transactions: u32) {
+    use std::io::{BufRead, Write};
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let Ok(seed) = line.trim().parse::<u64>() else {
+            continue;
+        };
+        let r = run_one(seed, transactions);
+        println!(
+            "worker-done {seed} {}",
+            if r.passed() { "ok" } else { "failed" }
+        );
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Runs `jobs` worker processes of this binary, handing each the next seed as it finishes one
+/// (seeds differ in length, so a fixed split leaves a core idle), and adds up what they report.
+fn sweep_parallel(
+    start: u64,
+    end: Option<u64>,
+    deadline: Option<std::time::Instant>,
+    worker_args: &[String],
+    jobs: usize,
+) -> Result<Tally, String> {
+    use std::io::{BufRead, Write};
+    use std::sync::{Arc, Mutex};
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let next = Arc::new(Mutex::new(start));
+    let take = move |next: &Mutex<u64>| -> Option<u64> {
+        let mut n = next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if end.is_some_and(|end| *n >= end)
+            || deadline.is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            return None;
+        }
+        *n += 1;
+        Some(*n - 1)
+    };
+    let mut handles = Vec::new();
+    for i in 0..jobs {
+        let mut child = std::process::Command::new(&exe)
+            .args(worker_args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+        let next = next.clone();
+        handles.push(std::thread::spawn(move || -> Result<Tally, String> {
+            let mut tally = Tally::default();
+            let (Some(mut input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(format!("worker {i} has no pipes"));
+            };
+            let Some(first) = take(&next) else {
+                drop(input);
+                let _ = child.wait();
+                return Ok(tally);
+            };
+            writeln!(input, "{first}").map_err(|e| format!("worker {i}: {e}"))?;
+            let mut input = Some(input);
+            for line in std::io::BufReader::new(output)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Some(rest) = line.strip_prefix("worker-done ") else {
+                    println!("{line}");
+                    continue;
+                };
+                tally.ran += 1;
+                tally.failed += u64::from(rest.ends_with("failed"));
+                match (take(&next), input.as_mut()) {
+                    (Some(seed), Some(pipe)) => {
+                        writeln!(pipe, "{seed}").map_err(|e| format!("worker {i}: {e}"))?;
+                    }
+                    // No seed left: closing stdin ends the worker.
+                    _ => input = None,
+                }
+            }
+            let status = child.wait().map_err(|e| format!("worker {i}: {e}"))?;
+            if !status.success() {
+                return Err(format!("worker {i} died: {status}"));
+            }
+            Ok(tally)
+        }));
+    }
+    let mut total = Tally::default();
+    for h in handles {
+        let t = h
+            .join()
+            .map_err(|_| "a worker's thread panicked".to_string())??;
+        total.ran += t.ran;
+        total.failed += t.failed;
+    }
+    Ok(total)
 }
 
 fn plant(name: Option<&str>) -> Result<(), String> {
@@ -120,10 +268,16 @@ fn main() -> ExitCode {
             minutes,
             transactions,
             plant: bug,
+            jobs,
+            worker: worker_mode,
         } => {
             if let Err(e) = plant(bug.as_deref()) {
                 eprintln!("Error: {e}");
                 return ExitCode::FAILURE;
+            }
+            if worker_mode {
+                worker(transactions);
+                return ExitCode::SUCCESS;
             }
             let range = match (seeds, minutes) {
                 (Some(s), None) => {
@@ -147,27 +301,37 @@ fn main() -> ExitCode {
                 }
             };
             let started = std::time::Instant::now();
-            let (mut seed, mut ran, mut failed) = (range.0, 0u64, 0u64);
-            loop {
-                if range.1.is_some_and(|end| seed >= end)
-                    || range.2.is_some_and(|t| std::time::Instant::now() >= t)
-                {
-                    break;
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+            let tally = if jobs > 1 {
+                let mut args: Vec<String> = vec![
+                    "sweep".into(),
+                    "--worker".into(),
+                    "--transactions".into(),
+                    transactions.to_string(),
+                ];
+                if let Some(b) = &bug {
+                    args.extend(["--plant".into(), b.clone()]);
                 }
-                let r = run(seed, transactions);
-                ran += 1;
-                if !r.passed() {
-                    failed += 1;
-                    println!("seed {seed} FAILED: {}", r.failures.join("; "));
-                    println!("  replay: {}", r.replay_line());
+                match sweep_parallel(range.0, range.1, range.2, &args, jobs) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
-                seed += 1;
-            }
+            } else {
+                sweep_here(range.0, range.1, range.2, transactions)
+            };
+            let (ran, failed) = (tally.ran, tally.failed);
             let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{ran} seeds, {failed} failed, {:.0} seeds/minute",
-                ran as f64 / secs * 60.0
-            );
+            {
+                println!(
+                    "{ran} seeds, {failed} failed, {:.0} seeds/minute ({jobs} processes)",
+                    ran as f64 / secs * 60.0
+                );
+            }
             if failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::{Connection, OpenFlags};
 use sluice_core::checksum::Hasher;
+use sluice_core::compact;
 use sluice_core::engine::{CheckpointPolicy, Engine, EngineConfig};
 use sluice_core::replica::{Layout, Replica};
 use sluice_core::restore::{self, Fetched, Target};
@@ -18,6 +19,7 @@ use sluice_core::store::{MemStore, ObjectStore};
 
 use crate::faulty::{FaultyStore, StoreFaults};
 use crate::files::{SimClock, SimFiles};
+use crate::oracle::{self, Changes, PageDigest, WalFeed};
 use crate::vfs::{self, Proc};
 
 pub const DB: &str = "/sim/app.db";
@@ -42,6 +44,10 @@ pub struct Knobs {
     /// Replacement of the host by a new empty one that restores and carries on.
     pub host_replace_rate: f64,
     pub engine_checkpoint_pages: u64,
+    /// Level-1 compaction every this many ms (0: never); level 2 every fourth time.
+    pub compact_interval_ms: i64,
+    /// A level-9 snapshot every this many ms (0: never).
+    pub snapshot_interval_ms: i64,
     pub store: StoreFaults,
     pub partitions: Vec<(i64, i64)>,
 }
@@ -61,6 +67,16 @@ impl Knobs {
         let power_loss_rate = on(rng, 0.4, 0.004);
         let host_replace_rate = on(rng, 0.3, 0.002);
         let engine_checkpoint_pages = [0u64, 50, 1000][rng.random_range(0..3)];
+        let compact_interval_ms = if rng.random_bool(0.7) {
+            rng.random_range(500..5_000)
+        } else {
+            0
+        };
+        let snapshot_interval_ms = if rng.random_bool(0.6) {
+            rng.random_range(3_000..20_000)
+        } else {
+            0
+        };
         let store = StoreFaults {
             transient: on(rng, 0.4, 0.1),
             ambiguous: on(rng, 0.4, 0.05),
@@ -84,6 +100,8 @@ impl Knobs {
             power_loss_rate,
             host_replace_rate,
             engine_checkpoint_pages,
+            compact_interval_ms,
+            snapshot_interval_ms,
             store,
             partitions,
         }
@@ -152,13 +170,26 @@ struct World {
     disturbed_ms: i64,
     report: Report,
     next_row: u64,
+    /// The application's committed pages, fed by its WAL hook.
+    feed: Arc<std::sync::Mutex<WalFeed>>,
+    /// The digest of the last committed state, kept page by page.
+    digest: PageDigest,
+    /// Scratch space compaction downloads into (its contents never affect a run).
+    scratch: tempfile::TempDir,
+    compactions: u32,
 }
 
-/// The oracle's image hash: XXH3-64 (fast; the CRC-64 of the formats is the code under test and
-/// several times slower, and hashing every commit's image dominates a run).
-fn hash(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
+/// A row's payload: compressible like real data (a 61-byte pattern repeats) without the long
+/// single-byte runs that make LZ4 copy byte by byte.
+fn blob(fill: u8, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| fill ^ ((i % 61) as u8).wrapping_mul(37))
+        .collect()
 }
+
+/// Every this many commits the oracle recomputes its digest from the whole image and checks the
+/// running one against it.
+const FULL_DIGEST_EVERY: usize = 256;
 
 impl World {
     fn now(&self) -> i64 {
@@ -181,7 +212,7 @@ impl World {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let c = Connection::open_with_flags_and_vfs(
+        let mut c = Connection::open_with_flags_and_vfs(
             DB,
             flags,
             vfs::VFS_NAME.to_str().unwrap_or("sluice-sim"),
@@ -193,6 +224,20 @@ impl World {
         c.pragma_update(None, "temp_store", "MEMORY")?;
         c.pragma_update(None, "wal_autocheckpoint", self.knobs.app_autocheckpoint)?;
         c.pragma_update(None, "cache_size", self.knobs.app_cache_pages)?;
+        // The oracle's feed of committed pages. Installing a WAL hook replaces SQLite's
+        // autocheckpoint hook, so the hook checkpoints as that one does (PASSIVE, once the WAL
+        // holds the threshold's frames, errors ignored).
+        let feed = self.feed.clone();
+        let threshold = i32::try_from(self.knobs.app_autocheckpoint).unwrap_or(i32::MAX);
+        c.wal_hook(Some(
+            move |wal: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+                oracle::lock(&feed).observe(u32::try_from(frames).unwrap_or(0));
+                if threshold > 0 && frames >= threshold {
+                    let _ = wal.checkpoint();
+                }
+                Ok(())
+            },
+        ))?;
         self.app = Some(c);
         Ok(())
     }
@@ -223,30 +268,60 @@ impl World {
             .min_by_key(|(_, d)| d.len())
     }
 
-    fn app_image_hash(&mut self) -> Option<u64> {
-        vfs::with(|s| s.current = Proc::App);
-        let app = self.app.as_mut()?;
-        app.serialize("main").ok().map(|d| hash(&d))
+    /// The digest of an image, computed from all of it.
+    fn digest_of(&self, image: &[u8]) -> PageDigest {
+        PageDigest::of(image, self.knobs.page_size as usize)
     }
 
+    /// The application's database as SQLite serializes it, digested whole.
+    fn app_digest(&mut self) -> Option<PageDigest> {
+        let image = self.app_image()?;
+        Some(self.digest_of(&image))
+    }
+
+    /// Whether the feed has seen a commit not yet recorded.
+    fn feed_has_commit(&self) -> bool {
+        oracle::lock(&self.feed).has_commit()
+    }
+
+    /// Records the application's last commit: its time and the digest of its image, updated
+    /// from the pages the WAL hook saw committed (and recomputed whole every
+    /// `FULL_DIGEST_EVERY` commits, at the first, and whenever the feed lost track).
     fn record_commit(&mut self) {
-        if std::env::var_os("SLUICE_SIM_KEEP_IMAGES").is_some() {
-            if let Some(image) = self.app_image() {
-                let time_ms = self.now();
-                self.commits.push(Commit {
-                    time_ms,
-                    hash: hash(&image),
-                    image: Some(image),
-                });
+        let keep = std::env::var_os("SLUICE_SIM_KEEP_IMAGES").is_some();
+        let changes = oracle::lock(&self.feed).take();
+        let incremental = match changes {
+            Changes::Pages { changes, db_pages } => {
+                oracle::apply(&mut self.digest, &changes, db_pages);
+                !self.commits.is_empty()
             }
-        } else if let Some(h) = self.app_image_hash() {
-            let time_ms = self.now();
-            self.commits.push(Commit {
-                time_ms,
-                hash: h,
-                image: None,
-            });
+            Changes::Unknown(e) => {
+                self.log(format!("oracle feed lost track ({e}): full digest"));
+                false
+            }
+            Changes::None => false,
+        };
+        let mut image = None;
+        if keep || !incremental || self.commits.len().is_multiple_of(FULL_DIGEST_EVERY) {
+            let Some(bytes) = self.app_image() else {
+                return;
+            };
+            let full = self.digest_of(&bytes);
+            if incremental && full != self.digest {
+                self.fail(format!(
+                    "oracle: the page-by-page digest of commit {} disagrees with sqlite3_serialize (simulator bug)",
+                    self.commits.len() + 1
+                ));
+            }
+            self.digest = full;
+            image = keep.then_some(bytes);
         }
+        let time_ms = self.now();
+        self.commits.push(Commit {
+            time_ms,
+            hash: self.digest.digest(),
+            image,
+        });
     }
 
     fn app_ops(&mut self, ops: &[(f64, usize, u8, u64)]) -> rusqlite::Result<()> {
@@ -260,11 +335,11 @@ impl World {
                 let n = target % 4;
                 app.execute_batch(&format!("CREATE TABLE IF NOT EXISTS s{n} (a); INSERT INTO s{n} VALUES ({fill}); DROP TABLE IF EXISTS s{}", (n + 2) % 4))?;
             } else if roll < 0.65 {
-                app.execute("INSERT INTO t (v) VALUES (?1)", [vec![fill; size]])?;
+                app.execute("INSERT INTO t (v) VALUES (?1)", [blob(fill, size)])?;
             } else if roll < 0.85 {
                 app.execute(
                     "UPDATE t SET v = ?1 WHERE id = ?2",
-                    rusqlite::params![vec![fill; size / 2 + 1], target as i64],
+                    rusqlite::params![blob(fill, size / 2 + 1), target as i64],
                 )?;
             } else {
                 app.execute(
@@ -343,7 +418,13 @@ impl World {
                 self.record_commit();
                 self.log("app vacuum");
             }
-            Err(e) => self.log(format!("app vacuum-failed {e}")),
+            Err(e) => {
+                self.log(format!("app vacuum-failed {e}"));
+                // The DELETE before it may have committed.
+                if self.feed_has_commit() {
+                    self.record_commit();
+                }
+            }
         }
     }
 
@@ -445,6 +526,55 @@ impl World {
         }
     }
 
+    /// Compaction as the driver runs it beside the engine: level 1 from level 0 (every fourth
+    /// time level 2 from level 1 as well), through the faulty store.
+    fn compact(&mut self) {
+        let Some(txid) = self.engine.as_ref().map(|e| e.position().txid) else {
+            return;
+        };
+        self.compactions += 1;
+        let levels: &[u8] = if self.compactions.is_multiple_of(4) {
+            &[1, 2]
+        } else {
+            &[1]
+        };
+        let replica = Replica::new(self.store.clone(), Layout::File);
+        for &level in levels {
+            let injected_before = self.store.injected();
+            let r = self.rt.block_on(compact::compact_level(
+                &replica,
+                level,
+                txid,
+                self.scratch.path(),
+            ));
+            if self.store.injected() != injected_before {
+                self.disturbed_ms = self.now();
+            }
+            match r {
+                Ok(Some(f)) => self.log(format!("compact level {level} {f}")),
+                Ok(None) => {}
+                Err(e) => self.log(format!("compact-error level {level} {e}")),
+            }
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let Some(txid) = self.engine.as_ref().map(|e| e.position().txid) else {
+            return;
+        };
+        if txid == 0 {
+            return;
+        }
+        let replica = Replica::new(self.store.clone(), Layout::File);
+        let r = self
+            .rt
+            .block_on(compact::snapshot(&replica, txid, self.scratch.path()));
+        match r {
+            Ok(f) => self.log(format!("snapshot {f}")),
+            Err(e) => self.log(format!("snapshot-error {e}")),
+        }
+    }
+
     fn crash_engine(&mut self) {
         vfs::with(|s| s.crash(Proc::Engine));
         self.engine = None;
@@ -468,8 +598,13 @@ impl World {
             return;
         }
         // SQLite's own contract with synchronous=FULL: every commit survives a power loss.
+        oracle::lock(&self.feed).reset();
         let expect = self.commits.last().map(|c| c.hash);
-        if self.app_image_hash() != expect {
+        let now = self.app_digest();
+        if let Some(d) = now.clone() {
+            self.digest = d;
+        }
+        if now.map(|d| d.digest()) != expect {
             self.fail("after a power loss the database is not the last committed state (simulator or VFS bug)");
         }
     }
@@ -483,6 +618,7 @@ impl World {
         vfs::with(|s| s.current = Proc::App);
         self.app = None;
         vfs::with(vfs::VfsState::replace_host);
+        oracle::lock(&self.feed).reset();
         let (image, txid) = match self.restore(Target::Latest) {
             Ok(r) => r,
             // Nothing was ever replicated (the store was unreachable since the start): the new
@@ -496,6 +632,7 @@ impl World {
                     return;
                 }
                 self.commits.clear();
+                self.digest = PageDigest::new(self.knobs.page_size as usize);
                 self.last_restored = 0;
                 self.engine_restart_at = self.now();
                 self.log("host-replaced replica empty: new database");
@@ -517,7 +654,7 @@ impl World {
                 return;
             }
         };
-        let Some(k) = self.commit_of(hash(&image)) else {
+        let Some(k) = self.commit_of(self.digest_of(&image).digest()) else {
             self.fail(format!(
                 "host replacement: restored TXID {txid:016x} matches no committed state"
             ));
@@ -533,6 +670,7 @@ impl World {
             s.disk.write(DB, 0, &image);
             s.disk.sync(DB);
         });
+        self.digest = self.digest_of(&image);
         let lost = self.commits.len() - k;
         // The new host's history continues from commit k.
         self.commits.truncate(k);
@@ -608,9 +746,30 @@ impl World {
         }
     }
 
+    /// The oracle's running digest must equal a digest of the whole database as SQLite
+    /// serializes it (outside a transaction, the last commit's state).
+    fn check_oracle(&mut self, why: &str) {
+        if self.app.is_none() || self.feed_has_commit() {
+            return;
+        }
+        if let Some(full) = self.app_digest()
+            && self.commits.last().map(|c| c.hash) != Some(full.digest())
+        {
+            self.fail(format!(
+                "{why}: oracle: the last commit's digest disagrees with sqlite3_serialize (simulator bug)"
+            ));
+        }
+    }
+
     /// Checks (1)-(4) of FAULT_MODEL.md against a restore of the latest state.
     fn check_restore(&mut self, why: &str) {
         self.report.restores += 1;
+        // The running digest is checked against a whole serialization at the end (and every
+        // `FULL_DIGEST_EVERY` commits); a wrong digest cannot make a wrong restore match, only
+        // a right one fail.
+        if why == "final" {
+            self.check_oracle(why);
+        }
         let (image, txid) = match self.restore(Target::Latest) {
             Ok(r) => r,
             Err(e) if e.contains("no backups") => {
@@ -627,7 +786,7 @@ impl World {
                 return;
             }
         };
-        let Some(k) = self.commit_of(hash(&image)) else {
+        let Some(k) = self.commit_of(self.digest_of(&image).digest()) else {
             if let Some((k, pages)) = self.closest_commit(&image, self.knobs.page_size as usize) {
                 self.log(format!(
                     "diagnosis: closest commit {k} of {} differs in pages {pages:?}",
@@ -700,11 +859,14 @@ pub fn run(seed: u64, transactions: u32) -> Report {
         knobs.store,
         partitions,
     ));
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+    let (Ok(rt), Ok(scratch)) = (
+        tokio::runtime::Builder::new_current_thread().build(),
+        tempfile::tempdir(),
+    ) else {
         vfs::end_run();
         return Report {
             seed,
-            failures: vec!["cannot build a runtime".into()],
+            failures: vec!["cannot build a runtime or a scratch directory".into()],
             ..Report::default()
         };
     };
@@ -727,6 +889,10 @@ pub fn run(seed: u64, transactions: u32) -> Report {
             ..Report::default()
         },
         next_row: 0,
+        feed: WalFeed::new(DB),
+        digest: PageDigest::new(knobs.page_size as usize),
+        scratch,
+        compactions: 0,
     };
     w.log(format!("seed {seed} knobs {knobs:?}"));
     if let Err(e) = w.open_app() {
@@ -742,6 +908,10 @@ pub fn run(seed: u64, transactions: u32) -> Report {
 
     // Fault phase.
     let vacuum_at = w.rng.random_range(0..transactions.max(1));
+    let (mut next_compaction, mut next_snapshot) = (
+        w.now() + w.knobs.compact_interval_ms,
+        w.now() + w.knobs.snapshot_interval_ms,
+    );
     for i in 0..transactions {
         if !w.report.failures.is_empty() {
             break;
@@ -764,6 +934,14 @@ pub fn run(seed: u64, transactions: u32) -> Report {
             }
         } else if w.now() - w.last_upload_ms >= w.knobs.sync_interval_ms {
             w.engine_sync();
+        }
+        if w.engine.is_some() && w.knobs.compact_interval_ms > 0 && w.now() >= next_compaction {
+            next_compaction = w.now() + w.knobs.compact_interval_ms;
+            w.compact();
+        }
+        if w.engine.is_some() && w.knobs.snapshot_interval_ms > 0 && w.now() >= next_snapshot {
+            next_snapshot = w.now() + w.knobs.snapshot_interval_ms;
+            w.snapshot();
         }
         if w.engine.is_some() && w.rng.random_bool(w.knobs.engine_crash_rate) {
             w.crash_engine();
@@ -842,7 +1020,8 @@ fn check_history(w: &mut World) {
         return;
     };
     let max = files.iter().map(|f| f.max_txid).max().unwrap_or(0);
-    let mut image = Vec::new();
+    let mut image = Tracked::default();
+    let mut digest = PageDigest::new(w.knobs.page_size as usize);
     let mut page = Vec::new();
     let (mut prev_k, mut prev_post, mut walked) = (0usize, None::<u64>, 0u32);
     for t in 1..=max {
@@ -864,7 +1043,8 @@ fn check_history(w: &mut World) {
             return;
         };
         if f.min_txid == 1 {
-            image.clear();
+            image = Tracked::default();
+            digest = PageDigest::new(w.knobs.page_size as usize);
         }
         let fetched = Fetched::in_memory(f.clone(), bytes);
         match restore::apply_one(
@@ -890,7 +1070,8 @@ fn check_history(w: &mut World) {
             }
         }
         walked += 1;
-        match w.commit_of(hash(&image)) {
+        image.update(&mut digest);
+        match w.commit_of(digest.digest()) {
             Some(k) if k >= prev_k => prev_k = k,
             Some(k) => {
                 w.fail(format!(
@@ -899,7 +1080,8 @@ fn check_history(w: &mut World) {
                 return;
             }
             None => {
-                if let Some((k, pages)) = w.closest_commit(&image, w.knobs.page_size as usize) {
+                if let Some((k, pages)) = w.closest_commit(&image.bytes, w.knobs.page_size as usize)
+                {
                     w.log(format!(
                         "diagnosis: closest commit {k} differs in pages {pages:?}"
                     ));
@@ -912,6 +1094,45 @@ fn check_history(w: &mut World) {
         }
     }
     w.log(format!("check history txids={walked}"));
+}
+
+/// An image that remembers which pages a restore step wrote, so the walk over the history
+/// digests only those.
+#[derive(Default)]
+struct Tracked {
+    bytes: Vec<u8>,
+    /// Byte ranges written since the last [`Tracked::update`].
+    written: Vec<(u64, usize)>,
+}
+
+impl Tracked {
+    fn update(&mut self, digest: &mut PageDigest) {
+        let ps = digest.page_size();
+        for (at, len) in std::mem::take(&mut self.written) {
+            let (first, end) = (at as usize / ps, (at as usize + len).div_ceil(ps));
+            for p in first..end.min(self.bytes.len().div_ceil(ps)) {
+                let page = &self.bytes[p * ps..((p + 1) * ps).min(self.bytes.len())];
+                digest.set(u32::try_from(p + 1).unwrap_or(u32::MAX), page);
+            }
+        }
+        digest.truncate(u32::try_from(self.bytes.len().div_ceil(ps)).unwrap_or(u32::MAX));
+    }
+}
+
+impl restore::Image for Tracked {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.written.push((offset, data.len()));
+        restore::Image::write_at(&mut self.bytes, data, offset)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        restore::Image::set_len(&mut self.bytes, len)
+    }
+    fn db_checksum(
+        &mut self,
+        page_size: u32,
+    ) -> std::io::Result<sluice_core::checksum::DbChecksum> {
+        restore::Image::db_checksum(&mut self.bytes, page_size)
+    }
 }
 
 /// Restores at every level-0 TXID must each equal some committed state, never going backwards.
@@ -931,7 +1152,7 @@ fn check_point_in_time(w: &mut World) {
     let mut prev = 0usize;
     for (txid, ()) in picks {
         match w.restore(Target::Txid(txid)) {
-            Ok((image, got)) => match w.commit_of(hash(&image)) {
+            Ok((image, got)) => match w.commit_of(w.digest_of(&image).digest()) {
                 Some(k) if k >= prev && got == txid => {
                     prev = k;
                     w.log(format!("check pitr txid={txid:016x} commit={k}"));

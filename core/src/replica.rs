@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::store::{DynStore, ObjectMeta, PutOptions, StoreError};
+use crate::store::{DynStore, ObjectMeta, PutMode, PutOptions, StoreError};
 
 /// The snapshot level.
 pub const SNAPSHOT_LEVEL: u8 = 9;
@@ -157,17 +157,32 @@ impl Replica {
         data: Vec<u8>,
         timestamp_ms: i64,
     ) -> Result<FileInfo, StoreError> {
+        self.write_mode(
+            level,
+            min_txid,
+            max_txid,
+            data,
+            timestamp_ms,
+            PutMode::Overwrite,
+        )
+        .await
+    }
+
+    /// [`Self::write`] with a put mode: `PutMode::Create` fails with
+    /// `StoreErrorKind::AlreadyExists` instead of replacing a file of the same name.
+    pub async fn write_mode(
+        &self,
+        level: u8,
+        min_txid: u64,
+        max_txid: u64,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        mode: PutMode,
+    ) -> Result<FileInfo, StoreError> {
         let size = data.len() as u64;
         let key = self.layout.key(level, min_txid, max_txid);
         self.store
-            .put(
-                &key,
-                data,
-                PutOptions {
-                    timestamp_ms,
-                    ..PutOptions::default()
-                },
-            )
+            .put(&key, data, PutOptions { mode, timestamp_ms })
             .await?;
         Ok(FileInfo {
             level,

@@ -9,8 +9,9 @@ use sluice_core::store::{ObjectMeta, ObjectStore, PutOptions, StoreError, StoreE
 
 use crate::vfs;
 
-/// Fault knobs, each a per-request probability (0 disables the site).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Fault knobs: probabilities per request (0 disables the site) and times in simulated ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoreFaults {
     /// The request fails before it is applied.
     pub transient: f64,
@@ -18,6 +19,12 @@ pub struct StoreFaults {
     pub ambiguous: f64,
     /// A GET returns only the first half of the requested bytes (a body cut short).
     pub truncated_get: f64,
+    /// Every request takes 0..=this many ms of simulated time.
+    pub latency_max_ms: i64,
+    /// The probability that a request stalls for 200..2000 ms instead.
+    pub latency_spike: f64,
+    /// A LIST does not show objects written less than this many ms ago (GET and HEAD do).
+    pub list_lag_ms: i64,
 }
 
 #[derive(Debug)]
@@ -28,6 +35,11 @@ struct Inner {
     partitions: Vec<(i64, i64)>,
     /// Counts by outcome, for the report.
     injected: u64,
+    /// Requests that must fail next (a plan's `fail-next`), and whether mutations apply first.
+    fail_next: u32,
+    fail_next_ambiguous: bool,
+    /// When each key was last written (for listing lag).
+    written_ms: std::collections::HashMap<String, i64>,
 }
 
 #[derive(Debug)]
@@ -49,6 +61,9 @@ impl<S> FaultyStore<S> {
             faults,
             partitions,
             injected: 0,
+            fail_next: 0,
+            fail_next_ambiguous: false,
+            written_ms: std::collections::HashMap::new(),
         };
         Self {
             inner,
@@ -64,6 +79,25 @@ impl<S> FaultyStore<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.faults = StoreFaults::default();
         s.partitions.clear();
+        s.fail_next = 0;
+    }
+
+    /// The next `requests` requests fail; with `ambiguous`, mutating ones are applied first.
+    pub fn fail_next(&self, requests: u32, ambiguous: bool) {
+        let mut s = self.lock();
+        s.fail_next = requests;
+        s.fail_next_ambiguous = ambiguous;
+    }
+
+    /// Nothing gets through in `[start_ms, end_ms)`.
+    pub fn add_partition(&self, start_ms: i64, end_ms: i64) {
+        self.lock().partitions.push((start_ms, end_ms));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn injected(&self) -> u64 {
@@ -83,13 +117,30 @@ impl<S> FaultyStore<S> {
     }
 
     fn fate(&self, mutating: bool) -> Fate {
-        let now = vfs::with(|s| s.now_ms);
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.lock();
+        // Latency: the request takes simulated time (a spike counts as an injected fault).
+        let mut delay = 0;
+        let faults = s.faults;
+        if faults.latency_max_ms > 0 {
+            delay = s.rng.random_range(0..=faults.latency_max_ms);
+        }
+        if faults.latency_spike > 0.0 && s.rng.random_bool(faults.latency_spike.min(1.0)) {
+            delay = s.rng.random_range(200..2000);
+            s.injected += 1;
+        }
+        let now = vfs::with(|v| {
+            v.now_ms += delay;
+            v.now_ms
+        });
         let fate = if s.partitions.iter().any(|&(a, b)| now >= a && now < b) {
             Fate::FailBefore
+        } else if s.fail_next > 0 {
+            s.fail_next -= 1;
+            if mutating && s.fail_next_ambiguous {
+                Fate::FailAfter
+            } else {
+                Fate::FailBefore
+            }
         } else {
             let (t, a) = (s.faults.transient, s.faults.ambiguous);
             let roll: f64 = s.rng.random();
@@ -134,13 +185,16 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
-        match self.fate(true) {
-            Fate::Ok => self.inner.put(key, data, opts).await,
-            Fate::FailBefore => Err(injected("put", key)),
-            Fate::FailAfter => {
-                self.inner.put(key, data, opts).await?;
-                Err(injected("put", key))
-            }
+        let fate = self.fate(true);
+        if matches!(fate, Fate::FailBefore) {
+            return Err(injected("put", key));
+        }
+        self.inner.put(key, data, opts).await?;
+        let now = vfs::with(|v| v.now_ms);
+        self.lock().written_ms.insert(key.to_string(), now);
+        match fate {
+            Fate::Ok => Ok(()),
+            _ => Err(injected("put", key)),
         }
     }
 
@@ -166,7 +220,16 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         match self.fate(false) {
-            Fate::Ok => self.inner.list(prefix).await,
+            Fate::Ok => {
+                let mut all = self.inner.list(prefix).await?;
+                let now = vfs::with(|v| v.now_ms);
+                let s = self.lock();
+                let lag = s.faults.list_lag_ms;
+                if lag > 0 {
+                    all.retain(|m| s.written_ms.get(&m.key).is_none_or(|&t| now - t >= lag));
+                }
+                Ok(all)
+            }
             _ => Err(injected("list", prefix)),
         }
     }

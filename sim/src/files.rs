@@ -25,7 +25,53 @@ impl SimFiles {
     }
 }
 
+/// Something to run just before the engine's `at`th read through the file seam: the simulator
+/// uses it to land an application commit in the middle of an engine read.
+struct Interrupt {
+    at: u32,
+    reads: u32,
+    action: Option<Box<dyn FnOnce()>>,
+}
+
+thread_local! {
+    static INTERRUPT: std::cell::RefCell<Option<Interrupt>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Arms `action` to run before the engine's `at`th read (1-based) from now.
+pub fn arm_interrupt(at: u32, action: Box<dyn FnOnce()>) {
+    INTERRUPT.with(|i| {
+        *i.borrow_mut() = Some(Interrupt {
+            at: at.max(1),
+            reads: 0,
+            action: Some(action),
+        });
+    });
+}
+
+/// Disarms the interrupt; whether it ran.
+pub fn disarm_interrupt() -> bool {
+    INTERRUPT.with(|i| i.borrow_mut().take().is_some_and(|x| x.action.is_none()))
+}
+
+/// Counts a read and runs the armed action when its turn comes (outside any VFS borrow).
+fn tick() {
+    let due = INTERRUPT.with(|i| {
+        let mut i = i.borrow_mut();
+        let x = i.as_mut()?;
+        x.reads += 1;
+        if x.reads == x.at {
+            x.action.take()
+        } else {
+            None
+        }
+    });
+    if let Some(action) = due {
+        action();
+    }
+}
+
 fn read(name: &str, offset: u64, buf: &mut [u8]) -> usize {
+    tick();
     let offset = usize::try_from(offset).unwrap_or(usize::MAX);
     vfs::with(|s| s.disk.read(name, offset, buf))
 }

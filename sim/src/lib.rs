@@ -9,5 +9,6 @@ pub mod disk;
 pub mod faulty;
 pub mod files;
 pub mod oracle;
+pub mod plan;
 pub mod run;
 pub mod vfs;

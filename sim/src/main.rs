@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_sim::run::{Report, run};
+use sluice_sim::plan::Scenario;
+use sluice_sim::run::{Report, run_scenario};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,9 @@ enum Command {
         /// Print only the summary.
         #[arg(long)]
         quiet: bool,
+        /// A scenario file (YAML): knob overrides and/or an explicit plan of steps.
+        #[arg(long, value_name = "FILE")]
+        scenario: Option<std::path::PathBuf>,
         /// Plant a deliberate engine bug (needs the `planted-bugs` feature).
         #[arg(long, value_name = "BUG")]
         plant: Option<String>,
@@ -51,7 +55,40 @@ enum Command {
         /// Internal: a worker process, reading seeds from stdin.
         #[arg(long, hide = true)]
         worker: bool,
+        /// A scenario file (YAML) every seed runs under.
+        #[arg(long, value_name = "FILE")]
+        scenario: Option<std::path::PathBuf>,
     },
+}
+
+/// What every seed of a command runs under.
+struct Setup {
+    transactions: u32,
+    scenario: Scenario,
+    path: Option<String>,
+}
+
+impl Setup {
+    fn load(path: Option<&std::path::Path>, transactions: u32) -> Result<Self, String> {
+        let scenario = match path {
+            Some(p) => Scenario::load(p)?,
+            None => Scenario::default(),
+        };
+        Ok(Self {
+            transactions,
+            scenario,
+            path: path.map(|p| p.display().to_string()),
+        })
+    }
+
+    fn run(&self, seed: u64) -> Report {
+        run_scenario(
+            seed,
+            self.transactions,
+            &self.scenario,
+            self.path.as_deref(),
+        )
+    }
 }
 
 /// What a sweep found: seeds run, seeds failed.
@@ -66,22 +103,21 @@ fn sweep_here(
     start: u64,
     end: Option<u64>,
     deadline: Option<std::time::Instant>,
-    transactions: u32,
+    setup: &Setup,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut seed = start;
-    while end.is_none_or(|end| seed < end)
-        && deadline.is_none_or(|t| std::time::Instant::now() < t)
+    while end.is_none_or(|end| seed < end) && deadline.is_none_or(|t| std::time::Instant::now() < t)
     {
-        tally.add(&run_one(seed, transactions));
+        tally.add(&run_one(seed, setup));
         seed += 1;
     }
     tally
 }
 
 /// Runs one seed, printing its failures with the replay line.
-fn run_one(seed: u64, transactions: u32) -> Report {
-    let r = run(seed, transactions);
+fn run_one(seed: u64, setup: &Setup) -> Report {
+    let r = setup.run(seed);
     if !r.passed() {
         println!("seed {seed} FAILED: {}", r.failures.join("; "));
         println!("  replay: {}", r.replay_line());
@@ -98,13 +134,13 @@ impl Tally {
 
 /// A worker process: reads seeds from stdin, one per line, and answers each with
 /// `worker-done SEED ok|failed` after any failure lines.
-fn worker(transactions: u32) {
+fn worker(setup: &Setup) {
     use std::io::{BufRead, Write};
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let Ok(seed) = line.trim().parse::<u64>() else {
             continue;
         };
-        let r = run_one(seed, transactions);
+        let r = run_one(seed, setup);
         println!(
             "worker-done {seed} {}",
             if r.passed() { "ok" } else { "failed" }
@@ -235,18 +271,35 @@ fn summary(r: &Report) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The engine's own log, for diagnosing a failing seed: SLUICE_SIM_TRACE=debug (any
+    // tracing filter). Off by default; it never changes a run.
+    if let Ok(filter) = std::env::var("SLUICE_SIM_TRACE") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     match cli.command {
         Command::Run {
             seed,
             transactions,
             quiet,
             plant: bug,
+            scenario,
         } => {
             if let Err(e) = plant(bug.as_deref()) {
                 eprintln!("Error: {e}");
                 return ExitCode::FAILURE;
             }
-            let r = run(seed, transactions);
+            let setup = match Setup::load(scenario.as_deref(), transactions) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = setup.run(seed);
             if !quiet {
                 for line in &r.log {
                     println!("{line}");
@@ -270,13 +323,21 @@ fn main() -> ExitCode {
             plant: bug,
             jobs,
             worker: worker_mode,
+            scenario,
         } => {
+            let setup = match Setup::load(scenario.as_deref(), transactions) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             if let Err(e) = plant(bug.as_deref()) {
                 eprintln!("Error: {e}");
                 return ExitCode::FAILURE;
             }
             if worker_mode {
-                worker(transactions);
+                worker(&setup);
                 return ExitCode::SUCCESS;
             }
             let range = match (seeds, minutes) {
@@ -314,6 +375,9 @@ fn main() -> ExitCode {
                 if let Some(b) = &bug {
                     args.extend(["--plant".into(), b.clone()]);
                 }
+                if let Some(path) = &scenario {
+                    args.extend(["--scenario".into(), path.display().to_string()]);
+                }
                 match sweep_parallel(range.0, range.1, range.2, &args, jobs) {
                     Ok(t) => t,
                     Err(e) => {
@@ -322,7 +386,7 @@ fn main() -> ExitCode {
                     }
                 }
             } else {
-                sweep_here(range.0, range.1, range.2, transactions)
+                sweep_here(range.0, range.1, range.2, &setup)
             };
             let (ran, failed) = (tally.ran, tally.failed);
             let secs = started.elapsed().as_secs_f64();

@@ -4,7 +4,9 @@
 //! time is simulated; the engine itself is the production code, reaching the simulated disk
 //! through `SimFiles` and its own SQLite connection through the simulated VFS.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -18,8 +20,9 @@ use sluice_core::restore::{self, Fetched, Target};
 use sluice_core::store::{MemStore, ObjectStore};
 
 use crate::faulty::{FaultyStore, StoreFaults};
-use crate::files::{SimClock, SimFiles};
+use crate::files::{self, SimClock, SimFiles};
 use crate::oracle::{self, Changes, PageDigest, WalFeed};
+use crate::plan::{CheckpointMode, Scenario, Step};
 use crate::vfs::{self, Proc};
 
 pub const DB: &str = "/sim/app.db";
@@ -27,7 +30,9 @@ pub const DB: &str = "/sim/app.db";
 pub const RPO_MS: i64 = 1000;
 
 /// Knobs drawn per seed (swarm testing: each fault site is on for a whole run or not at all).
-#[derive(Clone, Debug, PartialEq)]
+/// A scenario file can override any of them by name.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Knobs {
     pub page_size: u32,
     pub sync_interval_ms: i64,
@@ -37,6 +42,8 @@ pub struct Knobs {
     pub app_reconnect_rate: f64,
     /// Share of transactions during which the engine syncs (uncommitted frames in the WAL).
     pub interleave_rate: f64,
+    /// Share of transactions committed while the engine is in the middle of its reads.
+    pub write_during_sync_rate: f64,
     /// The application's page cache in pages (small: transactions spill to the WAL early).
     pub app_cache_pages: i64,
     pub engine_crash_rate: f64,
@@ -62,6 +69,7 @@ impl Knobs {
         let app_checkpoint_rate = on(rng, 0.6, 0.05);
         let app_reconnect_rate = on(rng, 0.4, 0.03);
         let interleave_rate = on(rng, 0.5, 0.1);
+        let write_during_sync_rate = on(rng, 0.4, 0.05);
         let app_cache_pages = [10i64, 2000][rng.random_range(0..2)];
         let engine_crash_rate = on(rng, 0.5, 0.01);
         let power_loss_rate = on(rng, 0.4, 0.004);
@@ -81,6 +89,13 @@ impl Knobs {
             transient: on(rng, 0.4, 0.1),
             ambiguous: on(rng, 0.4, 0.05),
             truncated_get: on(rng, 0.3, 0.1),
+            latency_max_ms: if rng.random_bool(0.4) { 10 } else { 0 },
+            latency_spike: on(rng, 0.2, 0.005),
+            list_lag_ms: if rng.random_bool(0.2) {
+                rng.random_range(100..3_000)
+            } else {
+                0
+            },
         };
         let mut partitions = Vec::new();
         if rng.random_bool(0.3) {
@@ -95,6 +110,7 @@ impl Knobs {
             app_checkpoint_rate,
             app_reconnect_rate,
             interleave_rate,
+            write_during_sync_rate,
             app_cache_pages,
             engine_crash_rate,
             power_loss_rate,
@@ -104,6 +120,24 @@ impl Knobs {
             snapshot_interval_ms,
             store,
             partitions,
+        }
+    }
+}
+
+impl Knobs {
+    /// These knobs with every randomly firing fault site off (a plan says what happens).
+    pub fn calm(&self) -> Self {
+        Self {
+            app_checkpoint_rate: 0.0,
+            app_reconnect_rate: 0.0,
+            interleave_rate: 0.0,
+            write_during_sync_rate: 0.0,
+            engine_crash_rate: 0.0,
+            power_loss_rate: 0.0,
+            host_replace_rate: 0.0,
+            store: StoreFaults::default(),
+            partitions: Vec::new(),
+            ..self.clone()
         }
     }
 }
@@ -120,6 +154,8 @@ pub struct Report {
     pub lost_commits_max: usize,
     /// Lag of each checked restore, in ms, for the histogram.
     pub lags_ms: Vec<i64>,
+    /// The scenario file the run used, for the replay line.
+    pub scenario: Option<String>,
 }
 
 impl Report {
@@ -138,10 +174,14 @@ impl Report {
     }
 
     pub fn replay_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "cargo run --release -p sluice-sim -- run --seed {}",
             self.seed
-        )
+        );
+        if let Some(path) = &self.scenario {
+            line.push_str(&format!(" --scenario {path}"));
+        }
+        line
     }
 }
 
@@ -177,6 +217,83 @@ struct World {
     /// Scratch space compaction downloads into (its contents never affect a run).
     scratch: tempfile::TempDir,
     compactions: u32,
+    next_compaction: i64,
+    next_snapshot: i64,
+}
+
+/// DEBUG: frames of the WAL as (salt1, pgno, commit).
+fn wal_summary() -> Vec<(u32, u32, u32)> {
+    vfs::with(|s| {
+        let name = format!("{DB}-wal");
+        let mut h = [0u8; 32];
+        s.disk.read(&name, 0, &mut h);
+        let ps = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let len = s.disk.len(&name).unwrap_or(0);
+        let mut out = Vec::new();
+        let mut at = 32;
+        while ps > 0 && at + 24 + ps <= len && out.len() < 40 {
+            let mut f = [0u8; 24];
+            s.disk.read(&name, at, &mut f);
+            out.push((
+                u32::from_be_bytes([f[8], f[9], f[10], f[11]]),
+                u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
+                u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+            ));
+            at += 24 + ps;
+        }
+        out
+    })
+}
+
+/// The 1-based pages where two images differ.
+fn diff_pages(a: &[u8], b: &[u8], page_size: usize) -> Vec<usize> {
+    let n = a.len().max(b.len()).div_ceil(page_size);
+    (0..n)
+        .filter(|p| {
+            a.get(p * page_size..(p + 1) * page_size) != b.get(p * page_size..(p + 1) * page_size)
+        })
+        .map(|p| p + 1)
+        .collect()
+}
+
+/// One row operation, drawn before it runs.
+#[derive(Clone, Copy, Debug)]
+struct Op {
+    /// Chooses the kind: insert, update, delete or (rarely) a schema change.
+    roll: f64,
+    size: usize,
+    fill: u8,
+    /// The row an update or delete aims at.
+    target: u64,
+}
+
+fn apply_ops(app: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
+    for op in ops {
+        let Op {
+            roll,
+            size,
+            fill,
+            target,
+        } = *op;
+        if roll >= 0.97 {
+            // Schema changes: a side table comes and goes.
+            let n = target % 4;
+            app.execute_batch(&format!("CREATE TABLE IF NOT EXISTS s{n} (a); INSERT INTO s{n} VALUES ({fill}); DROP TABLE IF EXISTS s{}", (n + 2) % 4))?;
+        } else if roll < 0.65 {
+            app.execute("INSERT INTO t (v) VALUES (?1)", [blob(fill, size)])?;
+        } else if roll < 0.85 {
+            app.execute(
+                "UPDATE t SET v = ?1 WHERE id = ?2",
+                rusqlite::params![blob(fill, size / 2 + 1), target as i64],
+            )?;
+        } else {
+            app.execute(
+                "DELETE FROM t WHERE id <= ?1 AND id > ?1 - 3",
+                [target as i64],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A row's payload: compressible like real data (a 61-byte pattern repeats) without the long
@@ -254,18 +371,43 @@ impl World {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.image.as_ref().map(|img| (i + 1, img)))
-            .map(|(k, img)| {
-                let n = img.len().max(image.len()).div_ceil(page_size);
-                let diff = (0..n)
-                    .filter(|p| {
-                        img.get(p * page_size..(p + 1) * page_size)
-                            != image.get(p * page_size..(p + 1) * page_size)
-                    })
-                    .map(|p| p + 1)
-                    .collect::<Vec<_>>();
-                (k, diff)
-            })
+            .map(|(k, img)| (k, diff_pages(img, image, page_size)))
             .min_by_key(|(_, d)| d.len())
+    }
+
+    /// A diagnosis line for an image that matches no commit: the closest commit and how the
+    /// next one differs (a partly shipped commit shows as pages shared with the next).
+    fn diagnose(&self, image: &[u8]) -> Option<String> {
+        let ps = self.knobs.page_size as usize;
+        let (k, pages) = self.closest_commit(image, ps)?;
+        let next = self
+            .commits
+            .get(k)
+            .and_then(|c| c.image.as_ref())
+            .map(|img| diff_pages(img, image, ps));
+        // Where each differing page's content was committed, if anywhere.
+        let origins: Vec<String> = pages
+            .iter()
+            .take(8)
+            .map(|&p| {
+                let want = image.get((p - 1) * ps..p * ps);
+                let from = self.commits.iter().enumerate().rev().find(|(_, c)| {
+                    c.image
+                        .as_ref()
+                        .is_some_and(|img| img.get((p - 1) * ps..p * ps) == want)
+                });
+                match from {
+                    Some((i, _)) => format!("{p}:commit {}", i + 1),
+                    None => format!("{p}:never committed"),
+                }
+            })
+            .collect();
+        Some(format!(
+            "diagnosis: closest commit {k} of {} differs in pages {pages:?}; commit {} differs in {next:?}; those pages as committed last by [{}]",
+            self.commits.len(),
+            k + 1,
+            origins.join(", ")
+        ))
     }
 
     /// The digest of an image, computed from all of it.
@@ -324,31 +466,26 @@ impl World {
         });
     }
 
-    fn app_ops(&mut self, ops: &[(f64, usize, u8, u64)]) -> rusqlite::Result<()> {
+    fn app_ops(&mut self, ops: &[Op]) -> rusqlite::Result<()> {
         vfs::with(|s| s.current = Proc::App);
-        let Some(app) = self.app.as_mut() else {
-            return Ok(());
-        };
-        for &(roll, size, fill, target) in ops {
-            if roll >= 0.97 {
-                // Schema changes: a side table comes and goes.
-                let n = target % 4;
-                app.execute_batch(&format!("CREATE TABLE IF NOT EXISTS s{n} (a); INSERT INTO s{n} VALUES ({fill}); DROP TABLE IF EXISTS s{}", (n + 2) % 4))?;
-            } else if roll < 0.65 {
-                app.execute("INSERT INTO t (v) VALUES (?1)", [blob(fill, size)])?;
-            } else if roll < 0.85 {
-                app.execute(
-                    "UPDATE t SET v = ?1 WHERE id = ?2",
-                    rusqlite::params![blob(fill, size / 2 + 1), target as i64],
-                )?;
-            } else {
-                app.execute(
-                    "DELETE FROM t WHERE id <= ?1 AND id > ?1 - 3",
-                    [target as i64],
-                )?;
-            }
+        match self.app.as_ref() {
+            Some(app) => apply_ops(app, ops),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Draws the contents of `n` row operations.
+    fn draw_ops(&mut self, n: u8) -> Vec<Op> {
+        let ops: Vec<Op> = (0..n)
+            .map(|_| Op {
+                roll: self.rng.random(),
+                size: [8usize, 100, 700, 3000, 9000][self.rng.random_range(0..5)],
+                fill: self.rng.random(),
+                target: self.rng.random_range(0..self.next_row.max(1)),
+            })
+            .collect();
+        self.next_row += ops.len() as u64;
+        ops
     }
 
     fn app_exec(&mut self, sql: &str) -> rusqlite::Result<()> {
@@ -359,32 +496,17 @@ impl World {
         }
     }
 
-    /// One application transaction. Sometimes the engine syncs in the middle of it (with a
-    /// small page cache the transaction has already spilled uncommitted frames into the WAL),
-    /// and sometimes it then rolls back.
-    fn transaction(&mut self) {
-        let n_ops = self.rng.random_range(1..8);
-        let mut ops = Vec::with_capacity(n_ops);
-        for _ in 0..n_ops {
-            let roll: f64 = self.rng.random();
-            let size = [8usize, 100, 700, 3000, 9000][self.rng.random_range(0..5)];
-            let fill = self.rng.random::<u8>();
-            ops.push((
-                roll,
-                size,
-                fill,
-                self.rng.random_range(0..self.next_row.max(1)),
-            ));
-        }
-        let interleave = self.rng.random_bool(self.knobs.interleave_rate);
-        let rollback = interleave && self.rng.random_bool(0.3);
-        self.next_row += ops.len() as u64;
+    /// One application transaction of `n_ops` operations. With `sync_midway` the engine syncs
+    /// in its middle (with a small page cache the transaction has already spilled uncommitted
+    /// frames into the WAL); with `rollback` it then rolls back.
+    fn transaction(&mut self, n_ops: u8, sync_midway: bool, rollback: bool) {
+        let ops = self.draw_ops(n_ops);
         let half = ops.len() / 2;
         let result = self
             .app_exec("BEGIN IMMEDIATE")
             .and_then(|()| self.app_ops(&ops[..half]));
         let result = result.and_then(|()| {
-            if interleave && self.engine.is_some() {
+            if sync_midway && self.engine.is_some() {
                 self.log("engine sync mid-transaction");
                 self.engine_sync();
             }
@@ -409,6 +531,81 @@ impl World {
         }
     }
 
+    /// The engine syncs and, just before its `at_read`th read of the database or WAL, the
+    /// application commits a transaction: a write landing in the middle of the engine's read.
+    fn transaction_during_sync(&mut self, n_ops: u8, at_read: u32) {
+        if self.engine.is_none() || self.app.is_none() {
+            self.transaction(n_ops, false, false);
+            return;
+        }
+        self.transaction_during(n_ops, at_read, "sync", Self::engine_sync);
+    }
+
+    /// The engine starts (it is down) and the application commits in the middle of the
+    /// engine's reads while it recovers its position.
+    fn transaction_during_start(&mut self, n_ops: u8, at_read: u32) {
+        if self.engine.is_some() || self.app.is_none() {
+            self.transaction(n_ops, false, false);
+            return;
+        }
+        self.transaction_during(n_ops, at_read, "start", Self::start_engine);
+    }
+
+    /// Runs `engine_action` with an application commit armed before its `at_read`th read.
+    fn transaction_during(
+        &mut self,
+        n_ops: u8,
+        at_read: u32,
+        what: &str,
+        engine_action: fn(&mut Self),
+    ) {
+        let ops = self.draw_ops(n_ops);
+        let slot = Rc::new(RefCell::new(self.app.take()));
+        let outcome = Rc::new(RefCell::new(None::<rusqlite::Result<()>>));
+        let (app, out) = (slot.clone(), outcome.clone());
+        files::arm_interrupt(
+            at_read,
+            Box::new(move || {
+                tracing::trace!(
+                    wal = ?wal_summary(),
+                    "interrupt: app commits now"
+                );
+                let was = vfs::with(|s| std::mem::replace(&mut s.current, Proc::App));
+                if let Some(c) = app.borrow().as_ref() {
+                    let r = c
+                        .execute_batch("BEGIN IMMEDIATE")
+                        .and_then(|()| apply_ops(c, &ops))
+                        .and_then(|()| c.execute_batch("COMMIT"));
+                    if r.is_err() {
+                        let _ = c.execute_batch("ROLLBACK");
+                    }
+                    tracing::trace!(
+                        wal = ?wal_summary(),
+                        ok = r.is_ok(),
+                        "interrupt: app committed"
+                    );
+                    *out.borrow_mut() = Some(r);
+                }
+                vfs::with(|s| s.current = was);
+            }),
+        );
+        engine_action(self);
+        let fired = files::disarm_interrupt();
+        self.app = slot.borrow_mut().take();
+        match outcome.borrow_mut().take() {
+            Some(Ok(())) => {
+                self.log(format!("app commit during-{what} read={at_read}"));
+                self.record_commit();
+            }
+            Some(Err(e)) => self.log(format!("app txn-failed during-{what} {e}")),
+            None => {
+                debug_assert!(!fired);
+                self.log(format!("app {what} read fewer than {at_read} times"));
+                self.transaction(n_ops, false, false);
+            }
+        }
+    }
+
     fn app_vacuum(&mut self) {
         vfs::with(|s| s.current = Proc::App);
         let Some(app) = self.app.as_mut() else { return };
@@ -428,8 +625,8 @@ impl World {
         }
     }
 
-    fn app_checkpoint(&mut self) {
-        let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][self.rng.random_range(0..4)];
+    fn app_checkpoint(&mut self, mode: CheckpointMode) {
+        let mode = mode.sql();
         vfs::with(|s| s.current = Proc::App);
         let Some(app) = self.app.as_mut() else { return };
         let r: rusqlite::Result<(i64, i64, i64)> =
@@ -523,6 +720,85 @@ impl World {
                 }
             }
             Err(e) => self.log(format!("engine sync-error {e}")),
+        }
+    }
+
+    /// Runs one step of a plan (the seed's own events go through here too).
+    fn exec(&mut self, step: &Step) {
+        match *step {
+            Step::Wait(ms) => vfs::with(|s| s.now_ms += ms.max(0)),
+            Step::Txn {
+                ops,
+                sync_midway,
+                rollback,
+            } => self.transaction(ops.max(1), sync_midway, rollback),
+            Step::TxnDuringSync { ops, at_read } => {
+                self.transaction_during_sync(ops.max(1), at_read);
+            }
+            Step::TxnDuringStart { ops, at_read } => {
+                self.transaction_during_start(ops.max(1), at_read);
+            }
+            Step::Vacuum => self.app_vacuum(),
+            Step::Checkpoint(mode) => self.app_checkpoint(mode),
+            Step::Reconnect => self.app_reconnect(),
+            Step::Sync => self.engine_sync(),
+            Step::Compact => self.compact(),
+            Step::Snapshot => self.snapshot(),
+            Step::EngineCrash => {
+                if self.engine.is_some() {
+                    self.crash_engine();
+                    self.check_restore("engine-crash");
+                }
+            }
+            Step::PowerLoss => {
+                self.power_loss();
+                self.check_restore("power-loss");
+            }
+            Step::ReplaceHost => {
+                self.check_restore("host-replacement");
+                self.replace_host();
+            }
+            Step::Partition(ms) => {
+                let now = self.now();
+                self.store.add_partition(now, now + ms.max(0));
+                self.disturbed_ms = self.disturbed_ms.max(now + ms.max(0));
+                self.log(format!("partition for {ms}ms"));
+            }
+            Step::FailNext {
+                requests,
+                ambiguous,
+            } => {
+                self.store.fail_next(requests, ambiguous);
+                self.log(format!(
+                    "store fail-next {requests}{}",
+                    if ambiguous { " ambiguous" } else { "" }
+                ));
+            }
+        }
+    }
+
+    /// The driver's duties after each step: restart the engine when due, sync when the
+    /// interval has passed, compact and snapshot on schedule.
+    fn drive(&mut self) {
+        if self.engine.is_none() {
+            if self.now() >= self.engine_restart_at {
+                self.start_engine();
+            }
+        } else if self.now() - self.last_upload_ms >= self.knobs.sync_interval_ms {
+            self.engine_sync();
+        }
+        let now = self.now();
+        if self.engine.is_some()
+            && self.knobs.compact_interval_ms > 0
+            && now >= self.next_compaction
+        {
+            self.next_compaction = now + self.knobs.compact_interval_ms;
+            self.compact();
+        }
+        if self.engine.is_some() && self.knobs.snapshot_interval_ms > 0 && now >= self.next_snapshot
+        {
+            self.next_snapshot = now + self.knobs.snapshot_interval_ms;
+            self.snapshot();
         }
     }
 
@@ -787,11 +1063,8 @@ impl World {
             }
         };
         let Some(k) = self.commit_of(self.digest_of(&image).digest()) else {
-            if let Some((k, pages)) = self.closest_commit(&image, self.knobs.page_size as usize) {
-                self.log(format!(
-                    "diagnosis: closest commit {k} of {} differs in pages {pages:?}",
-                    self.commits.len()
-                ));
+            if let Some(d) = self.diagnose(&image) {
+                self.log(d);
             }
             self.fail(format!(
                 "{why}: restored TXID {txid:016x} matches no committed state"
@@ -839,11 +1112,33 @@ impl World {
 
 /// Runs one seed.
 pub fn run(seed: u64, transactions: u32) -> Report {
+    run_scenario(seed, transactions, &Scenario::default(), None)
+}
+
+/// Runs one seed under a scenario (knob overrides, and a plan that replaces the seed's random
+/// events). `scenario_path` goes into the replay line.
+pub fn run_scenario(
+    seed: u64,
+    transactions: u32,
+    scenario: &Scenario,
+    scenario_path: Option<&str>,
+) -> Report {
     let _guard = vfs::RUN_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let transactions = scenario.transactions.unwrap_or(transactions);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let knobs = Knobs::draw(&mut rng, transactions);
+    let drawn = Knobs::draw(&mut rng, transactions);
+    let knobs = match scenario.knobs_for(&drawn) {
+        Ok(k) => k,
+        Err(e) => {
+            return Report {
+                seed,
+                failures: vec![format!("scenario: {e}")],
+                ..Report::default()
+            };
+        }
+    };
     vfs::begin_run(rng.random(), 1_700_000_000_000);
     let mem = MemStore::new();
     let start = vfs::with(|s| s.now_ms);
@@ -886,6 +1181,7 @@ pub fn run(seed: u64, transactions: u32) -> Report {
         disturbed_ms: 0,
         report: Report {
             seed,
+            scenario: scenario_path.map(str::to_string),
             ..Report::default()
         },
         next_row: 0,
@@ -893,6 +1189,8 @@ pub fn run(seed: u64, transactions: u32) -> Report {
         digest: PageDigest::new(knobs.page_size as usize),
         scratch,
         compactions: 0,
+        next_compaction: start + knobs.compact_interval_ms,
+        next_snapshot: start + knobs.snapshot_interval_ms,
     };
     w.log(format!("seed {seed} knobs {knobs:?}"));
     if let Err(e) = w.open_app() {
@@ -906,55 +1204,18 @@ pub fn run(seed: u64, transactions: u32) -> Report {
     w.record_commit();
     w.start_engine();
 
-    // Fault phase.
-    let vacuum_at = w.rng.random_range(0..transactions.max(1));
-    let (mut next_compaction, mut next_snapshot) = (
-        w.now() + w.knobs.compact_interval_ms,
-        w.now() + w.knobs.snapshot_interval_ms,
-    );
-    for i in 0..transactions {
-        if !w.report.failures.is_empty() {
-            break;
-        }
-        let step = w.rng.random_range(1..40);
-        vfs::with(|s| s.now_ms += step);
-        w.transaction();
-        if i == vacuum_at {
-            w.app_vacuum();
-        }
-        if w.rng.random_bool(w.knobs.app_checkpoint_rate) {
-            w.app_checkpoint();
-        }
-        if w.rng.random_bool(w.knobs.app_reconnect_rate) {
-            w.app_reconnect();
-        }
-        if w.engine.is_none() {
-            if w.now() >= w.engine_restart_at {
-                w.start_engine();
+    // Fault phase: the plan's steps, or events drawn from the seed.
+    match &scenario.steps {
+        Some(steps) => {
+            for step in steps {
+                if !w.report.failures.is_empty() {
+                    break;
+                }
+                w.exec(step);
+                w.drive();
             }
-        } else if w.now() - w.last_upload_ms >= w.knobs.sync_interval_ms {
-            w.engine_sync();
         }
-        if w.engine.is_some() && w.knobs.compact_interval_ms > 0 && w.now() >= next_compaction {
-            next_compaction = w.now() + w.knobs.compact_interval_ms;
-            w.compact();
-        }
-        if w.engine.is_some() && w.knobs.snapshot_interval_ms > 0 && w.now() >= next_snapshot {
-            next_snapshot = w.now() + w.knobs.snapshot_interval_ms;
-            w.snapshot();
-        }
-        if w.engine.is_some() && w.rng.random_bool(w.knobs.engine_crash_rate) {
-            w.crash_engine();
-            w.check_restore("engine-crash");
-        }
-        if w.rng.random_bool(w.knobs.power_loss_rate) {
-            w.power_loss();
-            w.check_restore("power-loss");
-        }
-        if w.rng.random_bool(w.knobs.host_replace_rate) {
-            w.check_restore("host-replacement");
-            w.replace_host();
-        }
+        None => random_events(&mut w, transactions),
     }
 
     // Healed phase: faults off, the engine catches up, the replica must equal the primary.
@@ -1009,6 +1270,57 @@ pub fn run(seed: u64, transactions: u32) -> Report {
     drop(w);
     vfs::end_run();
     report
+}
+
+/// The seed's own events: per transaction a time step, the transaction (sometimes with a sync
+/// in its middle or a commit landing in the middle of a sync), then with the knobs'
+/// probabilities a checkpoint, a reconnect, the driver's duties and the crashes.
+fn random_events(w: &mut World, transactions: u32) {
+    let vacuum_at = w.rng.random_range(0..transactions.max(1));
+    for i in 0..transactions {
+        if !w.report.failures.is_empty() {
+            break;
+        }
+        let ms = w.rng.random_range(1..40);
+        w.exec(&Step::Wait(ms));
+        let ops = w.rng.random_range(1..8u8);
+        let sync_midway = w.rng.random_bool(w.knobs.interleave_rate);
+        let rollback = sync_midway && w.rng.random_bool(0.3);
+        if w.rng.random_bool(w.knobs.write_during_sync_rate) {
+            let at_read = w.rng.random_range(1..16);
+            if w.engine.is_none() && w.now() >= w.engine_restart_at {
+                w.exec(&Step::TxnDuringStart { ops, at_read });
+            } else {
+                w.exec(&Step::TxnDuringSync { ops, at_read });
+            }
+        } else {
+            w.exec(&Step::Txn {
+                ops,
+                sync_midway,
+                rollback,
+            });
+        }
+        if i == vacuum_at {
+            w.exec(&Step::Vacuum);
+        }
+        if w.rng.random_bool(w.knobs.app_checkpoint_rate) {
+            let mode = CheckpointMode::ALL[w.rng.random_range(0..4)];
+            w.exec(&Step::Checkpoint(mode));
+        }
+        if w.rng.random_bool(w.knobs.app_reconnect_rate) {
+            w.exec(&Step::Reconnect);
+        }
+        w.drive();
+        if w.engine.is_some() && w.rng.random_bool(w.knobs.engine_crash_rate) {
+            w.exec(&Step::EngineCrash);
+        }
+        if w.rng.random_bool(w.knobs.power_loss_rate) {
+            w.exec(&Step::PowerLoss);
+        }
+        if w.rng.random_bool(w.knobs.host_replace_rate) {
+            w.exec(&Step::ReplaceHost);
+        }
+    }
 }
 
 /// Walks the replica's whole history: every TXID's file applied in order (a resync snapshot
@@ -1080,11 +1392,8 @@ fn check_history(w: &mut World) {
                 return;
             }
             None => {
-                if let Some((k, pages)) = w.closest_commit(&image.bytes, w.knobs.page_size as usize)
-                {
-                    w.log(format!(
-                        "diagnosis: closest commit {k} differs in pages {pages:?}"
-                    ));
+                if let Some(d) = w.diagnose(&image.bytes) {
+                    w.log(d);
                 }
                 w.fail(format!(
                     "history: TXID {t:016x} ({f}) is a state that was never committed"

@@ -90,3 +90,19 @@ fn smoke_seeds_pass_every_check() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// Regression: seed 185 found that when the engine read an old WAL generation's tail beside a
+/// new generation, an application commit landing in the middle of the read could grow the new
+/// generation over the tail's start; the tail's re-scan then agreed with its own (short) first
+/// scan and a state that never existed was shipped. The engine now also re-measures the new
+/// generation at the end of the read.
+#[test]
+fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
+    let r = run(185, 1000);
+    assert!(
+        r.passed(),
+        "seed 185: {}\n  replay: {}",
+        r.failures.join("; "),
+        r.replay_line()
+    );
+}

@@ -29,7 +29,7 @@ use crate::ltx::{
 };
 use crate::planted::{self, Bug};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
-use crate::store::StoreError;
+use crate::store::{PutMode, StoreError, StoreErrorKind};
 use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
     scan_extent,
@@ -139,6 +139,13 @@ pub struct Engine {
     /// The database file's stamp taken when the current read began (before reading it).
     read_stamp: DbStamp,
     opened_with_snapshot: bool,
+    /// Level-0 files are uploaded with `PutMode::Create` (`If-None-Match: *`) so that an
+    /// existing TXID is never replaced; off once the store refuses conditional writes.
+    create_uploads: bool,
+    /// An upload found its TXID taken: the replica moved without us (our own earlier attempt
+    /// whose reply was lost, another writer, or a listing that lagged), so the next sync first
+    /// re-reads the replica's position and proves it again.
+    recover_needed: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -217,6 +224,8 @@ impl Engine {
             last_checkpoint_ms: now,
             read_stamp: (0, 0),
             opened_with_snapshot: false,
+            create_uploads: true,
+            recover_needed: false,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -359,8 +368,75 @@ impl Engine {
         Ok(sums)
     }
 
-    /// Finds the replica's newest file and proves how the local database relates to it.
+    /// The file right after `newest` that a listing did not show: a level-0 file of the next
+    /// TXID, or a level-9 snapshot ending there.
+    async fn probe_next(&self, newest: Option<&FileInfo>) -> Result<Option<FileInfo>, EngineError> {
+        let next = newest.map_or(1, |f| f.max_txid + 1);
+        for (level, min_txid) in [(0u8, next), (SNAPSHOT_LEVEL, 1)] {
+            let mut info = FileInfo {
+                level,
+                min_txid,
+                max_txid: next,
+                size: 0,
+                created_ms: 0,
+            };
+            match self.replica.store.head(&self.replica.key(&info)).await {
+                Ok(meta) => {
+                    info.size = meta.size;
+                    info.created_ms = meta.timestamp_ms;
+                    tracing::info!(file = %info, "found a file the listing did not show");
+                    return Ok(Some(info));
+                }
+                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::recover_position_once`], repeated while the WAL moved under the read: the
+    /// application may commit (even restart the WAL, when our read lock is on the database file
+    /// alone) while we read, and a proof or snapshot read across that is torn (found by
+    /// sluice-sim seed 162: a snapshot written while the application committed).
     async fn recover_position(&mut self) -> Result<Option<Prepared>, EngineError> {
+        const ATTEMPTS: u32 = 3;
+        for _ in 0..ATTEMPTS {
+            let before = self.wal_fingerprint()?;
+            let result = self.recover_position_once().await?;
+            let after = self.wal_fingerprint()?;
+            // Appended commits are harmless (frames are only appended within a generation and
+            // the read used the frames before them); a new generation, or a committed chain
+            // that no longer reaches as far, means frames we read were overwritten.
+            let intact = match (before, after) {
+                (None, None) => true,
+                (Some((s1, s2, end)), Some((t1, t2, end2))) => (s1, s2) == (t1, t2) && end2 >= end,
+                _ => false,
+            };
+            if intact {
+                return Ok(result);
+            }
+            tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed while recovering the position; reading again");
+        }
+        Err(EngineError::Database {
+            path: self.cfg.db_path.clone(),
+            message: format!(
+                "the WAL changed during each of {ATTEMPTS} attempts to read a consistent state; will retry"
+            ),
+        })
+    }
+
+    /// The WAL's generation and where its committed frames end. The same generation before and
+    /// after a read, with the committed frames reaching at least as far, means nothing the read
+    /// used was rewritten (within a generation committed frames are only appended).
+    fn wal_fingerprint(&self) -> Result<Option<(u32, u32, u64)>, EngineError> {
+        let (header, _) = self.wal_header()?;
+        let Some(h) = header else { return Ok(None) };
+        let c = self.scan(&mut WalScanner::new(h), u64::MAX)?;
+        Ok(Some((h.salt1, h.salt2, c.end_offset)))
+    }
+
+    /// Finds the replica's newest file and proves how the local database relates to it.
+    async fn recover_position_once(&mut self) -> Result<Option<Prepared>, EngineError> {
         let files = self.replica.list_all().await?;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
@@ -375,11 +451,16 @@ impl Engine {
             offset: c.end_offset,
             checksum: c.end_checksum,
         });
-        let Some(newest) = files
+        let mut newest = files
             .iter()
             .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.level)))
-            .cloned()
-        else {
+            .cloned();
+        // A listing may lag behind writes (some S3-compatible stores): look past it with HEADs,
+        // which see every acknowledged write, for the files a sync or a start would write next.
+        while let Some(next) = self.probe_next(newest.as_ref()).await? {
+            newest = Some(next);
+        }
+        let Some(newest) = newest else {
             // An empty replica: the first file is a full snapshot at TXID 1.
             tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
             return self
@@ -619,10 +700,42 @@ impl Engine {
                 .await;
             return Ok(info);
         }
-        let info = self
+        let mode = if p.level == 0 && self.create_uploads {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let written = self
             .replica
-            .write(p.level, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms)
-            .await?;
+            .write_mode(
+                p.level,
+                p.min_txid,
+                p.pos.txid,
+                p.bytes,
+                p.timestamp_ms,
+                mode,
+            )
+            .await;
+        let info = match written {
+            Ok(info) => info,
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
+                self.recover_needed = true;
+                return Err(EngineError::Replica {
+                    replica: self.replica.describe(),
+                    message: format!(
+                        "TXID {:016x} already exists (an earlier attempt whose reply was lost, another replicator, or a listing that lagged); re-reading the replica's position",
+                        p.pos.txid
+                    ),
+                });
+            }
+            Err(e) if mode == PutMode::Create && e.kind == StoreErrorKind::Permanent => {
+                // A store without conditional writes: carry on unprotected, and say so.
+                tracing::warn!(error = %e, replica = %self.replica.describe(), "the store refused a conditional write; uploading without If-None-Match from now on (a second writer could replace files)");
+                self.create_uploads = false;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.pos = p.pos;
         self.sums = p.sums;
         Ok(info)
@@ -636,6 +749,19 @@ impl Engine {
     /// overwritten between syncs are caught by the continuity checks instead.
     pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
         let mut outcome = SyncOutcome::default();
+        if self.recover_needed {
+            self.begin_read()?;
+            let prepared = self.recover_position().await;
+            let released = self.end_read();
+            let prepared = prepared?;
+            released?;
+            self.recover_needed = false;
+            if let Some(p) = prepared {
+                outcome.resynced = true;
+                outcome.shipped = Some(self.upload(p).await?);
+                return Ok(outcome);
+            }
+        }
         self.begin_read()?;
         let prepared = self.prepare_sync(&mut outcome);
         let released = self.end_read();
@@ -657,7 +783,18 @@ impl Engine {
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, wal_len) = self.wal_header()?;
         let plan = state::plan_sync(&self.pos, header, wal_len, self.read_stamp);
-        let mut tail_check: Option<(WalScanner, u64, (u32, u32))> = None;
+        tracing::trace!(
+            plan = plan.name(),
+            txid = self.pos.txid,
+            wal_len,
+            salt1 = header.map(|h| h.salt1),
+            pos_salt1 = self.pos.wal.map(|w| w.header.salt1),
+            pos_offset = self.pos.wal.map(|w| w.offset),
+            "sync"
+        );
+        // For an old tail read beside a new generation: the tail's scanner, where and with
+        // which checksum the tail ended, and the new generation's header.
+        let mut tail_check: Option<(WalScanner, u64, (u32, u32), WalHeader)> = None;
         let batch = match plan {
             SyncPlan::Idle => None,
             SyncPlan::Continue(mut sc) | SyncPlan::FromStart(mut sc) => {
@@ -720,12 +857,22 @@ impl Engine {
                 } else {
                     let tail_start = old;
                     let mut t = self.scan(&mut old, u64::MAX)?;
+                    tracing::trace!(
+                        old_offset = tail_start.offset(),
+                        old_end,
+                        written,
+                        new_end = n.end_offset,
+                        tail_end = t.end_offset,
+                        tail_pages = t.pages.len(),
+                        new_pages = n.pages.len(),
+                        "old tail then new"
+                    );
                     if planted::active(Bug::DropOldTail) {
                         t.pages.clear();
                     }
                     // Checked again once the pages are read: the new generation may grow over
                     // the old tail meanwhile.
-                    tail_check = Some((tail_start, t.end_offset, t.end_checksum));
+                    tail_check = Some((tail_start, t.end_offset, t.end_checksum, *new.header()));
                     let mut map = self.state_map(None)?;
                     // The old generation's tail happened before the new generation.
                     for c in [&t, &n] {
@@ -777,7 +924,17 @@ impl Engine {
         let (after, _) = self.wal_header()?;
         let salts = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2));
         let mut intact = salts(after) == salts(header);
-        if let Some((mut sc, end, sum)) = tail_check {
+        if let Some((mut sc, end, sum, new_header)) = tail_check {
+            // The new generation must still end before the old tail. Comparing the tail with
+            // itself is not enough: the application may commit between the checks above and
+            // the tail's own scan, overwriting the tail's start, and then both scans agree on
+            // a tail cut short (found by sluice-sim seed 185, a commit during an engine read).
+            let tail_start = sc.offset();
+            let written = scan_extent(WalScanner::new(new_header), |off, buf| {
+                self.files.read_wal(off, buf)
+            })
+            .map_err(|e| self.io_err(e))?;
+            intact &= written + new_header.frame_size() <= tail_start;
             let again = self.scan(&mut sc, u64::MAX)?;
             intact &= (again.end_offset, again.end_checksum) == (end, sum);
         }

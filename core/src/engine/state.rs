@@ -167,6 +167,19 @@ pub enum SyncPlan {
     Resync,
 }
 
+impl SyncPlan {
+    /// The plan's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncPlan::Idle => "idle",
+            SyncPlan::Continue(_) => "continue",
+            SyncPlan::FromStart(_) => "from-start",
+            SyncPlan::OldTailThenNew { .. } => "old-tail-then-new",
+            SyncPlan::Resync => "resync",
+        }
+    }
+}
+
 /// Decides how to find what changed, from the WAL header now on disk. `header` is `None` when the
 /// WAL is missing, shorter than a header, or its header is invalid (truncated, being rewritten).
 pub fn plan_sync(

@@ -269,6 +269,26 @@ fn summary(r: &Report) -> String {
     )
 }
 
+/// The lag (age of the oldest commit a restore lacked) at each checked restore, bucketed.
+fn lag_histogram(lags_ms: &[i64]) -> String {
+    const BOUNDS: [i64; 5] = [100, 250, 500, 1000, 2000];
+    let mut counts = [0usize; BOUNDS.len() + 1];
+    for &lag in lags_ms {
+        counts[BOUNDS.iter().position(|&b| lag < b).unwrap_or(BOUNDS.len())] += 1;
+    }
+    let mut parts: Vec<String> = BOUNDS
+        .iter()
+        .zip(counts)
+        .map(|(b, n)| format!("<{b} ms: {n}"))
+        .collect();
+    parts.push(format!(
+        ">={} ms: {}",
+        BOUNDS[BOUNDS.len() - 1],
+        counts[BOUNDS.len()]
+    ));
+    format!("lag at restores: {}", parts.join(", "))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The engine's own log, for diagnosing a failing seed: SLUICE_SIM_TRACE=debug (any
@@ -306,6 +326,7 @@ fn main() -> ExitCode {
                 }
             }
             println!("{}", summary(&r));
+            println!("{}", lag_histogram(&r.lags_ms));
             if r.passed() {
                 ExitCode::SUCCESS
             } else {

@@ -6,12 +6,22 @@
 use sluice_core::planted::{Bug, plant};
 use sluice_sim::run::run;
 
+/// Planting is process-global: the tests that plant take turns.
+static PLANTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn planting() -> std::sync::MutexGuard<'static, ()> {
+    PLANTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Seeds tried per bug before the test gives up: the stated bound.
 const SEEDS_MAX: u64 = 40;
 const TRANSACTIONS: u32 = 300;
 
 #[test]
 fn every_planted_bug_is_caught_within_the_bound() {
+    let _turn = planting();
     let mut missed = Vec::new();
     for bug in Bug::ALL {
         plant(Some(bug));
@@ -77,6 +87,7 @@ fn a_failing_plan_shrinks_to_a_few_steps() {
     use sluice_sim::plan::Scenario;
     use sluice_sim::run::run_scenario;
 
+    let _turn = planting();
     let mut problems = Vec::new();
     for bug in FOUND_BY_PLANS {
         plant(Some(bug));

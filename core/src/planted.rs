@@ -21,10 +21,12 @@ pub enum Bug {
     DropOldTail,
     /// Treat a WAL appearing over a database-file state as all new (the bug sluice-sim found).
     FromStartAlways,
+    /// Upload level-0 files with plain PUTs: a zombie writer can replace an acknowledged file.
+    UnconditionalUploads,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -33,6 +35,7 @@ impl Bug {
         Bug::RestorePlanOffByOne,
         Bug::DropOldTail,
         Bug::FromStartAlways,
+        Bug::UnconditionalUploads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Bug {
             Bug::RestorePlanOffByOne => "restore-plan-off-by-one",
             Bug::DropOldTail => "drop-old-tail",
             Bug::FromStartAlways => "from-start-always",
+            Bug::UnconditionalUploads => "unconditional-uploads",
         }
     }
 

@@ -40,6 +40,17 @@ struct Inner {
     fail_next_ambiguous: bool,
     /// When each key was last written (for listing lag).
     written_ms: std::collections::HashMap<String, i64>,
+    /// While `Some`, puts are held here instead of reaching the store (a writer stalled
+    /// between preparing an upload and sending it; replayed later as a zombie).
+    captured: Option<Vec<Captured>>,
+}
+
+/// A put held back by [`FaultyStore::capture`].
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub key: String,
+    pub data: Vec<u8>,
+    pub opts: PutOptions,
 }
 
 #[derive(Debug)]
@@ -64,6 +75,7 @@ impl<S> FaultyStore<S> {
             fail_next: 0,
             fail_next_ambiguous: false,
             written_ms: std::collections::HashMap::new(),
+            captured: None,
         };
         Self {
             inner,
@@ -87,6 +99,16 @@ impl<S> FaultyStore<S> {
         let mut s = self.lock();
         s.fail_next = requests;
         s.fail_next_ambiguous = ambiguous;
+    }
+
+    /// Starts holding puts back (they fail, as a stalled writer's would); `stop_capture` hands
+    /// them over.
+    pub fn start_capture(&self) {
+        self.lock().captured = Some(Vec::new());
+    }
+
+    pub fn stop_capture(&self) -> Vec<Captured> {
+        self.lock().captured.take().unwrap_or_default()
     }
 
     /// Nothing gets through in `[start_ms, end_ms)`.
@@ -185,6 +207,22 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        {
+            let mut s = self.lock();
+            if let Some(held) = s.captured.as_mut() {
+                held.push(Captured {
+                    key: key.to_string(),
+                    data,
+                    opts,
+                });
+                return Err(StoreError::new(
+                    StoreErrorKind::Transient,
+                    "put",
+                    key,
+                    "the writer stalled",
+                ));
+            }
+        }
         let fate = self.fate(true);
         if matches!(fate, Fate::FailBefore) {
             return Err(injected("put", key));

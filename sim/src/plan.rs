@@ -88,6 +88,9 @@ pub enum Step {
     PowerLoss,
     /// The host is replaced by an empty one that restores and carries on.
     ReplaceHost,
+    /// As `replace-host`, but the old host's engine stalled in the middle of an upload and
+    /// wakes this many ms later: a zombie whose stale upload still reaches the store.
+    ZombieReplaceHost(i64),
     /// Nothing reaches the store for this many ms from now.
     Partition(i64),
     /// The store's next `requests` requests fail; `ambiguous`: a mutating one is applied first.

@@ -50,6 +50,10 @@ pub struct Knobs {
     pub power_loss_rate: f64,
     /// Replacement of the host by a new empty one that restores and carries on.
     pub host_replace_rate: f64,
+    /// Share of host replacements after which the old engine's stalled upload still lands
+    /// (a zombie writer), and how long after the takeover.
+    pub zombie_rate: f64,
+    pub zombie_wake_ms: i64,
     pub engine_checkpoint_pages: u64,
     /// Level-1 compaction every this many ms (0: never); level 2 every fourth time.
     pub compact_interval_ms: i64,
@@ -115,6 +119,9 @@ impl Knobs {
             engine_crash_rate,
             power_loss_rate,
             host_replace_rate,
+            // Drawn apart (see `run_scenario`) so that adding them kept every other draw.
+            zombie_rate: 0.0,
+            zombie_wake_ms: 0,
             engine_checkpoint_pages,
             compact_interval_ms,
             snapshot_interval_ms,
@@ -135,6 +142,7 @@ impl Knobs {
             engine_crash_rate: 0.0,
             power_loss_rate: 0.0,
             host_replace_rate: 0.0,
+            zombie_rate: 0.0,
             store: StoreFaults::default(),
             partitions: Vec::new(),
             ..self.clone()
@@ -185,11 +193,18 @@ impl Report {
     }
 }
 
+#[derive(Clone)]
 struct Commit {
     time_ms: i64,
     hash: u64,
     /// The image itself, kept only with `SLUICE_SIM_KEEP_IMAGES=1` (for diagnosing failures).
     image: Option<Vec<u8>>,
+}
+
+/// The commits a replaced host made after commit `base`, which its successor restored.
+struct Abandoned {
+    base: usize,
+    commits: Vec<Commit>,
 }
 
 struct World {
@@ -219,6 +234,15 @@ struct World {
     compactions: u32,
     next_compaction: i64,
     next_snapshot: i64,
+    /// Draws for knobs added later (keeps the main stream, and so existing seeds, unchanged).
+    extra: ChaCha8Rng,
+    /// A replaced host's stalled uploads and when they land.
+    zombie: Option<(i64, Vec<crate::faulty::Captured>)>,
+    /// Commits lost with a replaced host: real states (they were committed), which a zombie's
+    /// upload may still put in the replica.
+    abandoned: Vec<Abandoned>,
+    /// The commit a new host restored, after the latest replacement.
+    replaced_at: Option<usize>,
 }
 
 /// DEBUG: frames of the WAL as (salt1, pgno, commit).
@@ -756,7 +780,11 @@ impl World {
             }
             Step::ReplaceHost => {
                 self.check_restore("host-replacement");
-                self.replace_host();
+                self.replace_host(None);
+            }
+            Step::ZombieReplaceHost(wake_ms) => {
+                self.check_restore("host-replacement");
+                self.replace_host(Some(wake_ms));
             }
             Step::Partition(ms) => {
                 let now = self.now();
@@ -780,6 +808,20 @@ impl World {
     /// The driver's duties after each step: restart the engine when due, sync when the
     /// interval has passed, compact and snapshot on schedule.
     fn drive(&mut self) {
+        if self
+            .zombie
+            .as_ref()
+            .is_some_and(|(at, _)| self.now() >= *at)
+            && let Some((_, held)) = self.zombie.take()
+        {
+            for c in held {
+                let r = self.rt.block_on(self.store.put(&c.key, c.data, c.opts));
+                match r {
+                    Ok(()) => self.log(format!("zombie put {} landed", c.key)),
+                    Err(e) => self.log(format!("zombie put {} refused: {e}", c.key)),
+                }
+            }
+        }
         if self.engine.is_none() {
             if self.now() >= self.engine_restart_at {
                 self.start_engine();
@@ -888,7 +930,23 @@ impl World {
     /// The host dies and a new, empty one takes over: it restores the latest state (as the
     /// sidecar's `restore -if-db-not-exists` does), then the application and the engine carry
     /// on from it. Commits after the restored one are lost with the old host.
-    fn replace_host(&mut self) {
+    fn replace_host(&mut self, zombie_wake_ms: Option<i64>) {
+        if let Some(wake) = zombie_wake_ms
+            && self.engine.is_some()
+        {
+            // The old engine prepares its next upload from the old disk and stalls sending it.
+            self.store.start_capture();
+            self.engine_sync();
+            let held = self.store.stop_capture();
+            if !held.is_empty() {
+                let at = self.now() + wake.max(0);
+                self.log(format!(
+                    "zombie stalled with {} upload(s), wakes at {at}",
+                    held.len()
+                ));
+                self.zombie = Some((at, held));
+            }
+        }
         vfs::with(|s| s.current = Proc::Engine);
         self.engine = None;
         vfs::with(|s| s.current = Proc::App);
@@ -930,7 +988,21 @@ impl World {
                 return;
             }
         };
-        let Some(k) = self.commit_of(self.digest_of(&image).digest()) else {
+        let digest = self.digest_of(&image).digest();
+        let k = match self.commit_of(digest) {
+            Some(k) => Some(k),
+            // A zombie's upload put a replaced host's commit on top, and this host acknowledged
+            // nothing since its takeover: the next host carries on from that commit.
+            None if self.is_abandoned(digest) && !self.acked_since_takeover() => {
+                let k = self.adopt_abandoned(digest);
+                self.log(format!(
+                    "host-replaced restores a replaced host's commit (a zombie's upload) at {k:?}"
+                ));
+                k
+            }
+            None => None,
+        };
+        let Some(k) = k else {
             self.fail(format!(
                 "host replacement: restored TXID {txid:016x} matches no committed state"
             ));
@@ -948,7 +1020,12 @@ impl World {
         });
         self.digest = self.digest_of(&image);
         let lost = self.commits.len() - k;
-        // The new host's history continues from commit k.
+        // The new host's history continues from commit k; the rest stay real states.
+        self.abandoned.push(Abandoned {
+            base: k,
+            commits: self.commits[k..].to_vec(),
+        });
+        self.replaced_at = Some(k);
         self.commits.truncate(k);
         self.acked = k;
         self.last_restored = k;
@@ -961,6 +1038,48 @@ impl World {
                 "host replacement: the restored database does not open: {e}"
             ));
         }
+    }
+
+    /// Whether this host has acknowledged a commit that changed the database since it took
+    /// over (commits that changed nothing leave the restored state as the acknowledged one).
+    fn acked_since_takeover(&self) -> bool {
+        let base = self.replaced_at.unwrap_or(0);
+        let base_hash = base
+            .checked_sub(1)
+            .and_then(|i| self.commits.get(i))
+            .map(|c| c.hash);
+        self.commits
+            .iter()
+            .take(self.acked)
+            .skip(base)
+            .any(|c| Some(c.hash) != base_hash)
+    }
+
+    fn is_abandoned(&self, digest: u64) -> bool {
+        self.abandoned
+            .iter()
+            .any(|a| a.commits.iter().any(|c| c.hash == digest))
+    }
+
+    /// Makes the replaced host's commit with `digest` (and those before it) the history again;
+    /// this host's commits since the shared base are lost in turn. Returns the commit's index.
+    fn adopt_abandoned(&mut self, digest: u64) -> Option<usize> {
+        let (a, j) = self.abandoned.iter().enumerate().find_map(|(a, seg)| {
+            seg.commits
+                .iter()
+                .position(|c| c.hash == digest)
+                .map(|j| (a, j))
+        })?;
+        let base = self.abandoned[a].base.min(self.commits.len());
+        let ours = self.commits[base..].to_vec();
+        let theirs = self.abandoned[a].commits[..=j].to_vec();
+        self.commits.truncate(base);
+        self.commits.extend(theirs);
+        self.abandoned.push(Abandoned {
+            base,
+            commits: ours,
+        });
+        Some(self.commits.len())
     }
 
     /// Restores from the store (no faults) into memory.
@@ -1062,7 +1181,23 @@ impl World {
                 return;
             }
         };
-        let Some(k) = self.commit_of(self.digest_of(&image).digest()) else {
+        let digest = self.digest_of(&image).digest();
+        let Some(k) = self.commit_of(digest) else {
+            if self.is_abandoned(digest) {
+                // A zombie's upload: a replaced host's commit, now at the top of the replica.
+                // Acceptable only while the new host has acknowledged nothing of its own.
+                if self.acked_since_takeover() {
+                    self.fail(format!(
+                        "{why}: restored TXID {txid:016x} is a replaced host's state (a zombie's upload), but the new host had acknowledged commits up to {}",
+                        self.acked
+                    ));
+                } else {
+                    self.log(format!(
+                        "check {why} txid={txid:016x} a replaced host's state (zombie upload); nothing acknowledged since the takeover"
+                    ));
+                }
+                return;
+            }
             if let Some(d) = self.diagnose(&image) {
                 self.log(d);
             }
@@ -1128,7 +1263,13 @@ pub fn run_scenario(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let transactions = scenario.transactions.unwrap_or(transactions);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let drawn = Knobs::draw(&mut rng, transactions);
+    let mut drawn = Knobs::draw(&mut rng, transactions);
+    // Knobs added later come from their own stream, so existing seeds keep their runs.
+    let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0001);
+    if extra.random_bool(0.5) {
+        drawn.zombie_rate = 0.5;
+    }
+    drawn.zombie_wake_ms = extra.random_range(0..3_000);
     let knobs = match scenario.knobs_for(&drawn) {
         Ok(k) => k,
         Err(e) => {
@@ -1191,6 +1332,10 @@ pub fn run_scenario(
         compactions: 0,
         next_compaction: start + knobs.compact_interval_ms,
         next_snapshot: start + knobs.snapshot_interval_ms,
+        extra,
+        zombie: None,
+        abandoned: Vec::new(),
+        replaced_at: None,
     };
     w.log(format!("seed {seed} knobs {knobs:?}"));
     if let Err(e) = w.open_app() {
@@ -1318,7 +1463,11 @@ fn random_events(w: &mut World, transactions: u32) {
             w.exec(&Step::PowerLoss);
         }
         if w.rng.random_bool(w.knobs.host_replace_rate) {
-            w.exec(&Step::ReplaceHost);
+            if w.extra.random_bool(w.knobs.zombie_rate) {
+                w.exec(&Step::ZombieReplaceHost(w.knobs.zombie_wake_ms));
+            } else {
+                w.exec(&Step::ReplaceHost);
+            }
         }
     }
 }
@@ -1383,6 +1532,12 @@ fn check_history(w: &mut World) {
         }
         walked += 1;
         image.update(&mut digest);
+        if w.commit_of(digest.digest()).is_none() && w.is_abandoned(digest.digest()) {
+            w.log(format!(
+                "history: TXID {t:016x} ({f}) is a replaced host's state (a zombie's upload)"
+            ));
+            continue;
+        }
         match w.commit_of(digest.digest()) {
             Some(k) if k >= prev_k => prev_k = k,
             Some(k) => {
@@ -1461,6 +1616,14 @@ fn check_point_in_time(w: &mut World) {
     let mut prev = 0usize;
     for (txid, ()) in picks {
         match w.restore(Target::Txid(txid)) {
+                        Ok((image, _))
+                if w.commit_of(w.digest_of(&image).digest()).is_none()
+                    && w.is_abandoned(w.digest_of(&image).digest()) =>
+            {
+                w.log(format!(
+                    "check pitr txid={txid:016x} a replaced host's state (zombie upload)"
+                ));
+            }
             Ok((image, got)) => match w.commit_of(w.digest_of(&image).digest()) {
                 Some(k) if k >= prev && got == txid => {
                     prev = k;

@@ -15,6 +15,20 @@ fn planting() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Planted bugs the seeded sweep catches within `SEEDS_MAX` seeds. `unconditional-uploads` needs
+/// a zombie writer landing an upload after a takeover, which random seeds make rarely; the
+/// property suite's plans find it (`FOUND_BY_PLANS`).
+const SEEDED: [Bug; 8] = [
+    Bug::SkipSaltCheck,
+    Bug::ShipUncommitted,
+    Bug::IgnoreAppTruncate,
+    Bug::AckBeforeUpload,
+    Bug::ReuseTxidAfterRestart,
+    Bug::RestorePlanOffByOne,
+    Bug::DropOldTail,
+    Bug::FromStartAlways,
+];
+
 /// Seeds tried per bug before the test gives up: the stated bound.
 const SEEDS_MAX: u64 = 40;
 const TRANSACTIONS: u32 = 300;
@@ -23,7 +37,7 @@ const TRANSACTIONS: u32 = 300;
 fn every_planted_bug_is_caught_within_the_bound() {
     let _turn = planting();
     let mut missed = Vec::new();
-    for bug in Bug::ALL {
+    for bug in SEEDED {
         plant(Some(bug));
         let caught = (0..SEEDS_MAX).find(|&seed| !run(seed, TRANSACTIONS).passed());
         plant(None);
@@ -65,7 +79,7 @@ mod common;
 /// Planted bugs the property suite finds within `PLAN_CASES` plans of seed 7 (from-start-always
 /// needs a checkpoint and a truncation while the engine is down in one order; the seeded
 /// sweep finds it).
-const FOUND_BY_PLANS: [Bug; 7] = [
+const FOUND_BY_PLANS: [Bug; 8] = [
     Bug::SkipSaltCheck,
     Bug::ShipUncommitted,
     Bug::IgnoreAppTruncate,
@@ -73,6 +87,7 @@ const FOUND_BY_PLANS: [Bug; 7] = [
     Bug::ReuseTxidAfterRestart,
     Bug::RestorePlanOffByOne,
     Bug::DropOldTail,
+    Bug::UnconditionalUploads,
 ];
 const PLAN_CASES: u32 = 500;
 /// The longest minimal plan a shrunk failure may have.

@@ -224,7 +224,7 @@ impl Engine {
             last_checkpoint_ms: now,
             read_stamp: (0, 0),
             opened_with_snapshot: false,
-            create_uploads: true,
+            create_uploads: !planted::active(Bug::UnconditionalUploads),
             recover_needed: false,
         };
         engine.begin_read()?;
@@ -233,14 +233,17 @@ impl Engine {
         let prepared = prepared?;
         released?;
         if let Some(p) = prepared {
+            // A snapshot only on an empty replica; otherwise every page went up as a level-0
+            // file and the driver's snapshot schedule decides as usual.
+            let snapshot = p.min_txid == 1;
             engine.upload(p).await?;
-            engine.opened_with_snapshot = true;
+            engine.opened_with_snapshot = snapshot;
         }
         Ok(engine)
     }
 
-    /// Whether opening shipped a full snapshot (empty replica, or continuity not provable), so
-    /// the driver need not write another one right away.
+    /// Whether opening shipped a snapshot (an empty replica), so the driver need not write
+    /// another one right away.
     pub fn opened_with_snapshot(&self) -> bool {
         self.opened_with_snapshot
     }
@@ -464,7 +467,7 @@ impl Engine {
             // An empty replica: the first file is a full snapshot at TXID 1.
             tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
             return self
-                .prepare_snapshot(&current, current_sums, current_wal, 0)
+                .prepare_full(&current, current_sums, current_wal, 0, 0)
                 .map(Some);
         };
         let (rh, post) = self.read_file_ends(&newest).await?;
@@ -540,10 +543,10 @@ impl Engine {
                 tracing::warn!(
                     replica = %self.replica.describe(),
                     txid = format_args!("{:016x}", newest.max_txid),
-                    "cannot prove the local database continues the replica; shipping a snapshot"
+                    "cannot prove the local database continues the replica; shipping every page"
                 );
                 return self
-                    .prepare_snapshot(&current, current_sums, current_wal, newest.max_txid)
+                    .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
                     .map(Some);
             }
         }
@@ -608,21 +611,30 @@ impl Engine {
 
     /// Ships a full snapshot of `map`. With an empty replica it is level-0 TXID 1 (as Litestream
     /// starts); otherwise a level-9 snapshot covering 1..=after+1.
-    fn prepare_snapshot(
+    /// Every page of the current state as one level-0 file at TXID `after + 1`: a snapshot
+    /// (`1..=1`) on an empty replica, otherwise an incremental file over the replica's newest
+    /// state (`after_checksum`), which holds every page, so it is right whatever that state was.
+    /// It stays at level 0, under the conditional PUT: a zombie writer of a replaced host and
+    /// this start cannot both claim the TXID (a level-9 snapshot `1..=N` and a level-0 `N`
+    /// could coexist, and the chain would fork; found by sluice-sim's zombie writer). The
+    /// driver's snapshots (level 9) follow on their schedule.
+    fn prepare_full(
         &self,
         map: &StateMap,
         sums: PageSums,
         wal: Option<WalPos>,
         after: u64,
+        after_checksum: u64,
     ) -> Result<Prepared, EngineError> {
         let txid = after + 1;
+        let min_txid = if after == 0 { 1 } else { txid };
         let (wal_offset, wal_size, salt1, salt2) =
             Self::wal_fields(wal.as_ref(), WAL_HEADER_SIZE as u64);
         let header = self.file_header(
             map.commit,
-            (1, txid),
+            (min_txid, txid),
             (wal_offset, wal_size, salt1, salt2),
-            0,
+            if after == 0 { 0 } else { after_checksum },
             sums.total(),
         );
         let mut enc = Encoder::new(Vec::new(), header)?;
@@ -634,8 +646,8 @@ impl Engine {
         }
         let (bytes, _) = enc.finish(None)?;
         Ok(Prepared {
-            level: if after == 0 { 0 } else { SNAPSHOT_LEVEL },
-            min_txid: 1,
+            level: 0,
+            min_txid,
             bytes,
             timestamp_ms: header.timestamp_ms,
             pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),

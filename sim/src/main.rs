@@ -320,20 +320,25 @@ fn main() -> ExitCode {
                 }
             };
             let r = setup.run(seed);
+            let mut text = String::new();
             if !quiet {
                 for line in &r.log {
-                    println!("{line}");
+                    text.push_str(line);
+                    text.push('\n');
                 }
             }
-            println!("{}", summary(&r));
-            println!("{}", lag_histogram(&r.lags_ms));
+            text.push_str(&format!("{}\n{}\n", summary(&r), lag_histogram(&r.lags_ms)));
+            for f in &r.failures {
+                text.push_str(&format!("FAILED: {f}\n"));
+            }
+            if !r.passed() {
+                text.push_str(&format!("replay: {}\n", r.replay_line()));
+            }
+            // A reader that stops early (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
             if r.passed() {
                 ExitCode::SUCCESS
             } else {
-                for f in &r.failures {
-                    println!("FAILED: {f}");
-                }
-                println!("replay: {}", r.replay_line());
                 ExitCode::FAILURE
             }
         }

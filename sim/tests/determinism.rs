@@ -7,6 +7,17 @@ use sluice_sim::run::run;
 const SMOKE_SEEDS: std::ops::Range<u64> = 0..12;
 const TRANSACTIONS: u32 = 250;
 
+/// A regression seed of 1,000 transactions passes every check.
+fn assert_passes(seed: u64) {
+    let r = run(seed, 1000);
+    assert!(
+        r.passed(),
+        "seed {seed}: {}\n  replay: {}",
+        r.failures.join("; "),
+        r.replay_line()
+    );
+}
+
 #[test]
 fn same_seed_same_event_log() {
     for seed in [3u64, 7, 11] {
@@ -34,13 +45,7 @@ fn different_seeds_differ() {
 #[test]
 fn wal_generations_skipped_between_syncs_are_caught() {
     for seed in [66u64, 195] {
-        let r = run(seed, 1000);
-        assert!(
-            r.passed(),
-            "seed {seed}: {}\n  replay: {}",
-            r.failures.join("; "),
-            r.replay_line()
-        );
+        assert_passes(seed);
     }
 }
 
@@ -50,13 +55,7 @@ fn wal_generations_skipped_between_syncs_are_caught() {
 /// existed. The engine now measures everything the new generation wrote.
 #[test]
 fn uncommitted_frames_of_a_new_generation_count_as_overwrites() {
-    let r = run(5, 1000);
-    assert!(
-        r.passed(),
-        "seed 5: {}\n  replay: {}",
-        r.failures.join("; "),
-        r.replay_line()
-    );
+    assert_passes(5);
 }
 
 /// Regression: seed 1239 found that a transaction of the new WAL generation that spilled and
@@ -65,13 +64,7 @@ fn uncommitted_frames_of_a_new_generation_count_as_overwrites() {
 /// generation's last valid frame not to carry the new generation's salts.
 #[test]
 fn rolled_back_frames_of_a_new_generation_count_as_overwrites() {
-    let r = run(1239, 1000);
-    assert!(
-        r.passed(),
-        "seed 1239: {}\n  replay: {}",
-        r.failures.join("; "),
-        r.replay_line()
-    );
+    assert_passes(1239);
 }
 
 #[test]
@@ -98,11 +91,5 @@ fn smoke_seeds_pass_every_check() {
 /// generation at the end of the read.
 #[test]
 fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
-    let r = run(185, 1000);
-    assert!(
-        r.passed(),
-        "seed 185: {}\n  replay: {}",
-        r.failures.join("; "),
-        r.replay_line()
-    );
+    assert_passes(185);
 }

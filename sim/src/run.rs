@@ -61,6 +61,10 @@ pub struct Knobs {
     pub compact_interval_ms: i64,
     /// A level-9 snapshot every this many ms (0: never).
     pub snapshot_interval_ms: i64,
+    /// Retention after each level-1 compaction and snapshot, as the driver runs it (0: off):
+    /// snapshots kept this long, level-0 files covered by level 1 kept `l0_retention_ms`.
+    pub snapshot_retention_ms: i64,
+    pub l0_retention_ms: i64,
     pub store: StoreFaults,
     pub partitions: Vec<(i64, i64)>,
 }
@@ -128,6 +132,8 @@ impl Knobs {
             engine_checkpoint_pages,
             compact_interval_ms,
             snapshot_interval_ms,
+            snapshot_retention_ms: 0,
+            l0_retention_ms: 0,
             store,
             partitions,
         }
@@ -759,6 +765,7 @@ impl World {
         };
         vfs::with(|s| s.current = Proc::Engine);
         let injected_before = self.store.injected();
+        tracing::trace!(commits = before, wal = ?wal_summary(), "engine sync begins");
         let r = self.rt.block_on(engine.sync());
         let txid = engine.position().txid;
         vfs::with(|s| s.current = Proc::App);
@@ -904,10 +911,44 @@ impl World {
                 self.disturbed_ms = self.now();
             }
             match r {
-                Ok(Some(f)) => self.log(format!("compact level {level} {f}")),
+                Ok(Some(f)) => {
+                    self.log(format!("compact level {level} {f}"));
+                    if level == 1 {
+                        self.retention();
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => self.log(format!("compact-error level {level} {e}")),
             }
+        }
+    }
+
+    /// Deletes what `plan_retention` says may go, through the faulty store (after a stale
+    /// listing too, as the driver would).
+    fn retention(&mut self) {
+        if self.knobs.snapshot_retention_ms <= 0 {
+            return;
+        }
+        let replica = Replica::new(self.store.clone(), Layout::File);
+        let Ok(files) = self.rt.block_on(replica.list_all()) else {
+            self.log("retention-error list");
+            return;
+        };
+        let doomed = compact::plan_retention(
+            &files,
+            self.now(),
+            self.knobs.snapshot_retention_ms,
+            self.knobs.l0_retention_ms,
+        );
+        let (mut deleted, mut failed) = (0, 0);
+        for f in doomed {
+            match self.rt.block_on(self.store.delete(&replica.key(&f))) {
+                Ok(()) => deleted += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        if deleted + failed > 0 {
+            self.log(format!("retention deleted={deleted} failed={failed}"));
         }
     }
 
@@ -923,7 +964,10 @@ impl World {
             .rt
             .block_on(compact::snapshot(&replica, txid, self.scratch.path()));
         match r {
-            Ok(f) => self.log(format!("snapshot {f}")),
+            Ok(f) => {
+                self.log(format!("snapshot {f}"));
+                self.retention();
+            }
             Err(e) => self.log(format!("snapshot-error {e}")),
         }
     }
@@ -1311,6 +1355,10 @@ pub fn run_scenario(
     }
     drawn.zombie_wake_ms = extra.random_range(0..3_000);
     drawn.two_connections = extra.random_bool(0.3);
+    if extra.random_bool(0.5) {
+        drawn.snapshot_retention_ms = extra.random_range(1_000..15_000);
+        drawn.l0_retention_ms = extra.random_range(200..5_000);
+    }
     let knobs = match scenario.knobs_for(&drawn) {
         Ok(k) => k,
         Err(e) => {
@@ -1531,21 +1579,50 @@ fn check_history(w: &mut World) {
     let mut digest = PageDigest::new(w.knobs.page_size as usize);
     let mut page = Vec::new();
     let (mut prev_k, mut prev_post, mut walked) = (0usize, None::<u64>, 0u32);
-    for t in 1..=max {
-        let file = files
+    let mut started = false;
+    let mut t = 1u64;
+    while t <= max {
+        // The level-0 file of this TXID; where retention deleted it, the compacted file that
+        // starts here; or a snapshot ending here (a resync, or where the walk can begin once
+        // retention removed the files before it).
+        let level0 = files
             .iter()
-            .find(|f| f.level == 0 && f.min_txid == t && f.max_txid == t)
-            .or_else(|| {
-                files
-                    .iter()
-                    .find(|f| f.level == 9 && f.min_txid == 1 && f.max_txid == t)
-            });
-        let Some(f) = file.cloned() else {
-            w.fail(format!(
-                "history: no level-0 file or snapshot ends at TXID {t:016x}"
-            ));
-            return;
+            .find(|f| f.level == 0 && f.min_txid == t && f.max_txid == t);
+        let compacted = files
+            .iter()
+            .filter(|f| (1..9).contains(&f.level) && f.min_txid == t)
+            .min_by_key(|f| f.max_txid);
+        let snapshot = files
+            .iter()
+            .find(|f| f.min_txid == 1 && f.max_txid == t && (f.level == 9 || t == 1));
+        // Failing those, a compacted file or snapshot covering this TXID: applied over the
+        // state before it, it gives the state at its end (its newest page versions win).
+        let covering = files
+            .iter()
+            .filter(|f| f.level >= 1 && f.min_txid <= t && t <= f.max_txid)
+            .min_by_key(|f| f.max_txid);
+        let file = if started {
+            level0.or(compacted).or(snapshot).or(covering)
+        } else {
+            snapshot
+                .or(level0.filter(|_| t == 1))
+                .or(compacted.filter(|_| t == 1))
         };
+        let Some(f) = file.cloned() else {
+            if started {
+                w.fail(format!(
+                    "history: no file continues the replica at TXID {t:016x}"
+                ));
+                return;
+            }
+            // Retention removed the history before the oldest snapshot it keeps.
+            t += 1;
+            continue;
+        };
+        started = true;
+        // A covering file starts before this TXID: its pre-apply checksum is of an older state.
+        let continues = f.min_txid == t || f.min_txid == 1;
+        t = f.max_txid + 1;
         let Ok(bytes) = w.rt.block_on(w.mem.get_range(&replica.key(&f), 0, f.size)) else {
             return;
         };
@@ -1561,7 +1638,8 @@ fn check_history(w: &mut World) {
             &mut page,
         ) {
             Ok((h, sums)) => {
-                if let (Some(pp), Some((pre, _)), false) = (prev_post, sums, h.is_snapshot())
+                if let (Some(pp), Some((pre, _)), false, true) =
+                    (prev_post, sums, h.is_snapshot(), continues)
                     && pre != pp
                 {
                     w.fail(format!(
@@ -1580,7 +1658,8 @@ fn check_history(w: &mut World) {
         image.update(&mut digest);
         if w.commit_of(digest.digest()).is_none() && w.is_abandoned(digest.digest()) {
             w.log(format!(
-                "history: TXID {t:016x} ({f}) is a replaced host's state (a zombie's upload)"
+                "history: TXID {:016x} ({f}) is a replaced host's state (a zombie's upload)",
+                f.max_txid
             ));
             continue;
         }
@@ -1588,7 +1667,8 @@ fn check_history(w: &mut World) {
             Some(k) if k >= prev_k => prev_k = k,
             Some(k) => {
                 w.fail(format!(
-                    "history: TXID {t:016x} is commit {k}, after commit {prev_k}: backwards"
+                    "history: TXID {:016x} is commit {k}, after commit {prev_k}: backwards",
+                    f.max_txid
                 ));
                 return;
             }
@@ -1597,7 +1677,8 @@ fn check_history(w: &mut World) {
                     w.log(d);
                 }
                 w.fail(format!(
-                    "history: TXID {t:016x} ({f}) is a state that was never committed"
+                    "history: TXID {:016x} ({f}) is a state that was never committed",
+                    f.max_txid
                 ));
                 return;
             }

@@ -93,3 +93,13 @@ fn smoke_seeds_pass_every_check() {
 fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
     assert_passes(185);
 }
+
+/// Regression: seed 3208 (the application writing through two connections) found that when a
+/// transaction restarts the WAL, spills and rolls back, the next transaction on the other
+/// connection rewrites the WAL header with the same salts but its own checkpoint sequence, so a
+/// new header checksum. The engine continued with the old checksum, validated no frame, and
+/// acknowledged commits it had not shipped. The engine now compares the whole header.
+#[test]
+fn a_header_rewritten_with_the_same_salts_is_a_new_chain() {
+    assert_passes(3208);
+}

@@ -412,7 +412,7 @@ impl Engine {
             // that no longer reaches as far, means frames we read were overwritten.
             let intact = match (before, after) {
                 (None, None) => true,
-                (Some((s1, s2, end)), Some((t1, t2, end2))) => (s1, s2) == (t1, t2) && end2 >= end,
+                (Some((h, end)), Some((h2, end2))) => h == h2 && end2 >= end,
                 _ => false,
             };
             if intact {
@@ -431,11 +431,11 @@ impl Engine {
     /// The WAL's generation and where its committed frames end. The same generation before and
     /// after a read, with the committed frames reaching at least as far, means nothing the read
     /// used was rewritten (within a generation committed frames are only appended).
-    fn wal_fingerprint(&self) -> Result<Option<(u32, u32, u64)>, EngineError> {
+    fn wal_fingerprint(&self) -> Result<Option<(WalHeader, u64)>, EngineError> {
         let (header, _) = self.wal_header()?;
         let Some(h) = header else { return Ok(None) };
         let c = self.scan(&mut WalScanner::new(h), u64::MAX)?;
-        Ok(Some((h.salt1, h.salt2, c.end_offset)))
+        Ok(Some((h, c.end_offset)))
     }
 
     /// Finds the replica's newest file and proves how the local database relates to it.
@@ -934,7 +934,8 @@ impl Engine {
         // so checking at the end covers the whole read. If anything moved, ship nothing now and
         // let the next sync take the path the new WAL calls for.
         let (after, _) = self.wal_header()?;
-        let salts = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2));
+        // The whole header: salts, and the checksum a rewritten header of the same salts changes.
+        let salts = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2, h.checksum));
         let mut intact = salts(after) == salts(header);
         if let Some((mut sc, end, sum, new_header)) = tail_check {
             // The new generation must still end before the old tail. Comparing the tail with

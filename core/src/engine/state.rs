@@ -2,7 +2,7 @@
 
 use crate::checksum::{DbChecksum, lock_pgno};
 use crate::planted::{self, Bug};
-use crate::wal::{WalHeader, WalScanner};
+use crate::wal::{WAL_HEADER_SIZE, WalHeader, WalScanner};
 
 /// Per-page checksums of the database state the replica holds at the current position. Eight
 /// bytes per page: a 10 GiB database of 4 KiB pages costs 20 MiB. The lock page's entry is zero.
@@ -217,7 +217,22 @@ pub fn plan_sync(
         (Some(w), Some(h)) => {
             let same_generation = (h.salt1, h.salt2) == (w.header.salt1, w.header.salt2)
                 || planted::active(Bug::SkipSaltCheck);
-            if same_generation && h.page_size == w.header.page_size {
+            // SQLite rewrites the header of a generation that has no committed frame yet when
+            // another connection writes the first frame: same salts, but that connection's
+            // checkpoint sequence, so a new header checksum from which the frames chain
+            // (found by sluice-sim seed 3208 with two application connections). Nothing we read
+            // can be in such a generation, so its frames are all new; past the header it cannot
+            // happen, and continuity is compared instead.
+            let rewritten = same_generation
+                && h.checksum != w.header.checksum
+                && !planted::active(Bug::SkipSaltCheck);
+            if rewritten {
+                if w.offset == WAL_HEADER_SIZE as u64 && h.page_size == w.header.page_size {
+                    SyncPlan::FromStart(WalScanner::new(h))
+                } else {
+                    SyncPlan::Resync
+                }
+            } else if same_generation && h.page_size == w.header.page_size {
                 if wal_len < w.offset {
                     SyncPlan::Resync
                 } else {
@@ -319,6 +334,25 @@ mod tests {
         assert!(
             matches!(plan, SyncPlan::Continue(s) if s.offset() == 5000 && s.checksum() == (5, 6))
         );
+    }
+
+    #[test]
+    fn a_header_rewritten_with_the_same_salts_starts_a_new_chain() {
+        let rewritten = WalHeader {
+            checkpoint_seq: 4,
+            checksum: (8, 9),
+            ..header(10, 7)
+        };
+        let empty = pos(10, WAL_HEADER_SIZE as u64);
+        assert!(matches!(
+            plan_sync(&empty, Some(rewritten), 9000, STAMP),
+            SyncPlan::FromStart(s) if s.offset() == WAL_HEADER_SIZE as u64 && s.checksum() == (8, 9)
+        ));
+        // Past the header it cannot happen; if it does, nothing is assumed.
+        assert!(matches!(
+            plan_sync(&pos(10, 5000), Some(rewritten), 9000, STAMP),
+            SyncPlan::Resync
+        ));
     }
 
     #[test]

@@ -519,6 +519,63 @@ fn restart_without_writes_resumes_without_a_snapshot() {
     assert_eq!(row_count(&out), 60);
 }
 
+/// The database changes while sluice is down and the WAL that held the changes is gone (the last
+/// connection checkpointed and deleted it): continuity cannot be proven, so the restart ships
+/// every page as one level-0 file over the replica's newest state (not a level-9 snapshot: a
+/// conditional PUT fences one key, see DESIGN.md invariant 4). Both sluice and Litestream
+/// restore the result byte for byte.
+#[test]
+fn changes_made_while_down_ship_every_page_at_level_0() {
+    let ws = Workspace::new("down");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 10);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice-0.log"));
+    wait_txid_settled(&replica, 0);
+    sluice.stop();
+
+    let app = open_db(&db);
+    insert(&app, 25);
+    drop(app);
+    assert!(!ws.path("app.db-wal").exists(), "the WAL should be gone");
+    let (l0, l9, txid) = (
+        level_files(&replica, 0),
+        level_files(&replica, 9),
+        replica_max_txid(&replica),
+    );
+
+    let sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice-1.log"));
+    wait_txid_settled(&replica, txid);
+    let log = sluice.stop();
+    assert!(log.contains("shipping every page"), "{log}");
+    let new_l0: Vec<_> = level_files(&replica, 0).difference(&l0).cloned().collect();
+    let expected = sluice_core::replica::file_name(txid + 1, txid + 1);
+    assert!(
+        new_l0.contains(&expected),
+        "new level-0 files {new_l0:?}, want {expected}"
+    );
+    assert_eq!(level_files(&replica, 9), l9, "no snapshot at start");
+
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 35);
+    if let Some(ls) = common::litestream_or_skip() {
+        let by_litestream = ws.path("litestream.db");
+        let (code, _, err) = common::run_litestream(
+            &ls,
+            &[&"restore", &"-o", &by_litestream, &file_url(&replica)],
+        );
+        assert_eq!(code, 0, "litestream restore failed: {err}");
+        assert_same_file(
+            &db,
+            &by_litestream,
+            PAGE_SIZE,
+            "litestream restore vs source",
+        );
+    }
+}
+
 /// sluice exited with the child's `expected` code after a final sync that shipped the rows
 /// written after the initial snapshot: the restore matches the source with all 15 rows.
 fn assert_exit_after_final_sync(

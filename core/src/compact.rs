@@ -224,7 +224,14 @@ async fn merge_and_write(
                 message: e.to_string(),
             })??;
     let info = replica
-        .write(level, header.min_txid, header.max_txid, bytes, timestamp_ms)
+        .write(
+            level,
+            header.min_txid,
+            header.max_txid,
+            bytes,
+            timestamp_ms,
+            crate::store::PutMode::Overwrite,
+        )
         .await
         .map_err(|e| CompactError::Restore(e.into()))?;
     Ok(info)

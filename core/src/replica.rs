@@ -149,28 +149,9 @@ impl Replica {
         Ok(all)
     }
 
+    /// Uploads one LTX file. `PutMode::Create` fails with `StoreErrorKind::AlreadyExists`
+    /// instead of replacing a file of the same name.
     pub async fn write(
-        &self,
-        level: u8,
-        min_txid: u64,
-        max_txid: u64,
-        data: Vec<u8>,
-        timestamp_ms: i64,
-    ) -> Result<FileInfo, StoreError> {
-        self.write_mode(
-            level,
-            min_txid,
-            max_txid,
-            data,
-            timestamp_ms,
-            PutMode::Overwrite,
-        )
-        .await
-    }
-
-    /// [`Self::write`] with a put mode: `PutMode::Create` fails with
-    /// `StoreErrorKind::AlreadyExists` instead of replacing a file of the same name.
-    pub async fn write_mode(
         &self,
         level: u8,
         min_txid: u64,

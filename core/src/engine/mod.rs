@@ -719,7 +719,7 @@ impl Engine {
         };
         let written = self
             .replica
-            .write_mode(
+            .write(
                 p.level,
                 p.min_txid,
                 p.pos.txid,

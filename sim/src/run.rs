@@ -482,6 +482,12 @@ impl World {
     /// from the pages the WAL hook saw committed (and recomputed whole every
     /// `FULL_DIGEST_EVERY` commits, at the first, and whenever the feed lost track).
     fn record_commit(&mut self) {
+        let now = self.now();
+        self.record_commit_at(now);
+    }
+
+    /// [`Self::record_commit`] for a commit made at `time_ms`.
+    fn record_commit_at(&mut self, time_ms: i64) {
         let keep = std::env::var_os("SLUICE_SIM_KEEP_IMAGES").is_some();
         let changes = oracle::lock(&self.feed).take();
         let incremental = match changes {
@@ -510,7 +516,6 @@ impl World {
             self.digest = full;
             image = keep.then_some(bytes);
         }
-        let time_ms = self.now();
         self.commits.push(Commit {
             time_ms,
             hash: self.digest.digest(),
@@ -626,7 +631,9 @@ impl World {
     ) {
         let ops = self.draw_ops(n_ops);
         let slot = Rc::new(RefCell::new(self.app.take()));
-        let outcome = Rc::new(RefCell::new(None::<rusqlite::Result<()>>));
+        // The transaction's outcome and the simulated time it committed at (store latency may
+        // move the clock before the engine's action returns).
+        let outcome = Rc::new(RefCell::new(None::<(rusqlite::Result<()>, i64)>));
         let (app, out) = (slot.clone(), outcome.clone());
         files::arm_interrupt(
             at_read,
@@ -649,7 +656,7 @@ impl World {
                         ok = r.is_ok(),
                         "interrupt: app committed"
                     );
-                    *out.borrow_mut() = Some(r);
+                    *out.borrow_mut() = Some((r, vfs::with(|s| s.now_ms)));
                 }
                 vfs::with(|s| s.current = was);
             }),
@@ -658,11 +665,11 @@ impl World {
         let fired = files::disarm_interrupt();
         self.app = slot.borrow_mut().take();
         match outcome.borrow_mut().take() {
-            Some(Ok(())) => {
+            Some((Ok(()), at)) => {
                 self.log(format!("app commit during-{what} read={at_read}"));
-                self.record_commit();
+                self.record_commit_at(at);
             }
-            Some(Err(e)) => self.log(format!("app txn-failed during-{what} {e}")),
+            Some((Err(e), _)) => self.log(format!("app txn-failed during-{what} {e}")),
             None => {
                 debug_assert!(!fired);
                 self.log(format!("app {what} read fewer than {at_read} times"));
@@ -1727,9 +1734,9 @@ impl restore::Image for Tracked {
 }
 
 /// Restores at up to four random level-0 TXIDs must each equal some committed state, never
-/// going backwards.
+/// going backwards; then restores by time (`check_timestamps`).
 ///
-/// Does not check: every TXID (the history walk does, file by file), or restores by timestamp.
+/// Does not check: every TXID (the history walk does, file by file).
 fn check_point_in_time(w: &mut World) {
     let replica = Replica::new(Arc::new(w.mem.clone()), Layout::File);
     let Ok(files) = w.rt.block_on(replica.list_level(0)) else {
@@ -1745,25 +1752,80 @@ fn check_point_in_time(w: &mut World) {
     }
     let mut prev = 0usize;
     for (txid, ()) in picks {
-        match w.restore(Target::Txid(txid)) {
-                        Ok((image, _))
-                if w.commit_of(w.digest_of(&image).digest()).is_none()
-                    && w.is_abandoned(w.digest_of(&image).digest()) =>
-            {
-                w.log(format!(
-                    "check pitr txid={txid:016x} a replaced host's state (zombie upload)"
-                ));
-            }
-            Ok((image, got)) => match w.commit_of(w.digest_of(&image).digest()) {
-                Some(k) if k >= prev && got == txid => {
-                    prev = k;
-                    w.log(format!("check pitr txid={txid:016x} commit={k}"));
-                }
-                Some(k) => w.fail(format!("point-in-time restore at {txid:016x} gave commit {k} (TXID {got:016x}) after commit {prev}")),
-                None => w.fail(format!("point-in-time restore at {txid:016x} matches no committed state")),
-            },
+        let (image, got) = match w.restore(Target::Txid(txid)) {
+            Ok(r) => r,
             // A TXID whose level-0 file the plan cannot reach alone is not an error here.
-            Err(e) => w.log(format!("check pitr txid={txid:016x} unavailable: {e}")),
+            Err(e) => {
+                w.log(format!("check pitr txid={txid:016x} unavailable: {e}"));
+                continue;
+            }
+        };
+        let digest = w.digest_of(&image).digest();
+        match w.commit_of(digest) {
+            Some(k) if k >= prev && got == txid => {
+                prev = k;
+                w.log(format!("check pitr txid={txid:016x} commit={k}"));
+            }
+            Some(k) => w.fail(format!(
+                "point-in-time restore at {txid:016x} gave commit {k} (TXID {got:016x}) after commit {prev}"
+            )),
+            None if w.is_abandoned(digest) => w.log(format!(
+                "check pitr txid={txid:016x} a replaced host's state (zombie upload)"
+            )),
+            None => w.fail(format!(
+                "point-in-time restore at {txid:016x} matches no committed state"
+            )),
+        }
+    }
+    check_timestamps(w, &files);
+}
+
+/// Restores to a moment (`Target::Before`, Litestream's `-timestamp`): just after a random
+/// level-0 file was written, the restore must reach the newest TXID of any file written before
+/// that moment and give a state committed before it.
+fn check_timestamps(w: &mut World, level0: &[sluice_core::replica::FileInfo]) {
+    let replica = Replica::new(Arc::new(w.mem.clone()), Layout::File);
+    let Ok(all) = w.rt.block_on(replica.list_all()) else {
+        return;
+    };
+    for _ in 0..2 {
+        let Some(f) = level0.get(w.rng.random_range(0..level0.len().max(1))) else {
+            return;
+        };
+        let at = f.created_ms + 1;
+        let expect = all
+            .iter()
+            .filter(|g| g.created_ms < at)
+            .map(|g| g.max_txid)
+            .max()
+            .unwrap_or(0);
+        match w.restore(Target::Before(at)) {
+            Ok((image, got)) => {
+                let digest = w.digest_of(&image).digest();
+                // The newest commit of this image made before the moment (later commits may
+                // leave the same image).
+                let before = w
+                    .commits
+                    .iter()
+                    .rposition(|c| c.hash == digest && c.time_ms < at)
+                    .map(|i| i + 1);
+                match (w.commit_of(digest), before) {
+                    (Some(_), Some(k)) if got == expect => {
+                        w.log(format!("check pitr before={at} txid={got:016x} commit={k}"));
+                    }
+                    (Some(k), _) => w.fail(format!(
+                        "restore before {at} gave TXID {got:016x} (commit {k}, committed at {}); expected TXID {expect:016x}, a state committed before",
+                        w.commits[k - 1].time_ms
+                    )),
+                    (None, _) if w.is_abandoned(digest) => w.log(format!(
+                        "check pitr before={at} a replaced host's state (zombie upload)"
+                    )),
+                    (None, _) => w.fail(format!(
+                        "restore before {at} (TXID {got:016x}) matches no committed state"
+                    )),
+                }
+            }
+            Err(e) => w.log(format!("check pitr before={at} unavailable: {e}")),
         }
     }
 }

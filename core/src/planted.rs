@@ -23,10 +23,17 @@ pub enum Bug {
     FromStartAlways,
     /// Upload level-0 files with plain PUTs: a zombie writer can replace an acknowledged file.
     UnconditionalUploads,
+    /// Trust a position recovery even if the WAL moved under it (sluice-sim seed 162).
+    SkipRecoveryRecheck,
+    /// After reading an old WAL tail, check the tail against itself only (seed 185).
+    SkipTailRemeasure,
+    /// Take a WAL header with the same salts as the same generation, whatever its checksum
+    /// (seed 3208).
+    SaltsOnlyGeneration,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 12] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -36,6 +43,9 @@ impl Bug {
         Bug::DropOldTail,
         Bug::FromStartAlways,
         Bug::UnconditionalUploads,
+        Bug::SkipRecoveryRecheck,
+        Bug::SkipTailRemeasure,
+        Bug::SaltsOnlyGeneration,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +59,9 @@ impl Bug {
             Bug::DropOldTail => "drop-old-tail",
             Bug::FromStartAlways => "from-start-always",
             Bug::UnconditionalUploads => "unconditional-uploads",
+            Bug::SkipRecoveryRecheck => "skip-recovery-recheck",
+            Bug::SkipTailRemeasure => "skip-tail-remeasure",
+            Bug::SaltsOnlyGeneration => "salts-only-generation",
         }
     }
 

@@ -88,10 +88,13 @@ fn smoke_seeds_pass_every_check() {
 /// new generation, an application commit landing in the middle of the read could grow the new
 /// generation over the tail's start; the tail's re-scan then agreed with its own (short) first
 /// scan and a state that never existed was shipped. The engine now also re-measures the new
-/// generation at the end of the read.
+/// generation at the end of the read. The generator has changed since; seeds 521 and 654 hit the
+/// race now (`planted.rs` proves 521 still fails without the fix: `skip-tail-remeasure`).
 #[test]
 fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
-    assert_passes(185);
+    for seed in [521, 654] {
+        assert_passes(seed);
+    }
 }
 
 /// Regression: seed 3208 (the application writing through two connections) found that when a

@@ -225,7 +225,8 @@ pub fn plan_sync(
             // happen, and continuity is compared instead.
             let rewritten = same_generation
                 && h.checksum != w.header.checksum
-                && !planted::active(Bug::SkipSaltCheck);
+                && !planted::active(Bug::SkipSaltCheck)
+                && !planted::active(Bug::SaltsOnlyGeneration);
             if rewritten {
                 if w.offset == WAL_HEADER_SIZE as u64 && h.page_size == w.header.page_size {
                     SyncPlan::FromStart(WalScanner::new(h))

@@ -412,6 +412,15 @@ impl MemStore {
     }
 }
 
+fn mem_not_found(op: &'static str, key: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::NotFound,
+        op,
+        format!("mem://{key}"),
+        "no such object",
+    )
+}
+
 #[async_trait]
 impl ObjectStore for MemStore {
     fn describe(&self) -> String {
@@ -438,14 +447,7 @@ impl ObjectStore for MemStore {
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let objects = self.lock();
-        let (data, _, _) = objects.get(key).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::NotFound,
-                "get",
-                format!("mem://{key}"),
-                "no such object",
-            )
-        })?;
+        let (data, _, _) = objects.get(key).ok_or_else(|| mem_not_found("get", key))?;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(data.len());
@@ -457,14 +459,7 @@ impl ObjectStore for MemStore {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let objects = self.lock();
-        let (data, ts, _) = objects.get(key).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::NotFound,
-                "head",
-                format!("mem://{key}"),
-                "no such object",
-            )
-        })?;
+        let (data, ts, _) = objects.get(key).ok_or_else(|| mem_not_found("head", key))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: data.len() as u64,
@@ -496,14 +491,7 @@ impl ObjectStore for MemStore {
 
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         let objects = self.lock();
-        let (data, _, version) = objects.get(key).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::NotFound,
-                "get",
-                format!("mem://{key}"),
-                "no such object",
-            )
-        })?;
+        let (data, _, version) = objects.get(key).ok_or_else(|| mem_not_found("get", key))?;
         Ok((data.clone(), version.to_string()))
     }
 

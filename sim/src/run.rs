@@ -126,7 +126,7 @@ impl Knobs {
             engine_crash_rate,
             power_loss_rate,
             host_replace_rate,
-            // Drawn apart (see `run_scenario`) so that adding them kept every other draw.
+            // Drawn by `draw_later`.
             zombie_rate: 0.0,
             zombie_wake_ms: 0,
             engine_checkpoint_pages,
@@ -141,6 +141,22 @@ impl Knobs {
 }
 
 impl Knobs {
+    /// The knobs added after the first generator, drawn from a stream of their own (`rng`, which
+    /// the run then keeps using for their events). The main stream, and so the workload and
+    /// every older knob of a seed, stays as it was; a seed's run still changes wherever a new
+    /// knob is on, which is why regressions are pinned as scenario files and planted bugs.
+    pub fn draw_later(&mut self, rng: &mut ChaCha8Rng) {
+        if rng.random_bool(0.5) {
+            self.zombie_rate = 0.5;
+        }
+        self.zombie_wake_ms = rng.random_range(0..3_000);
+        self.two_connections = rng.random_bool(0.3);
+        if rng.random_bool(0.5) {
+            self.snapshot_retention_ms = rng.random_range(1_000..15_000);
+            self.l0_retention_ms = rng.random_range(200..5_000);
+        }
+    }
+
     /// These knobs with every randomly firing fault site off (a plan says what happens).
     pub fn calm(&self) -> Self {
         Self {
@@ -245,7 +261,7 @@ struct World {
     compactions: u32,
     next_compaction: i64,
     next_snapshot: i64,
-    /// Draws for knobs added later (keeps the main stream, and so existing seeds, unchanged).
+    /// The stream `Knobs::draw_later` drew from, for those knobs' events.
     extra: ChaCha8Rng,
     /// A replaced host's stalled uploads and when they land.
     zombie: Option<(i64, Vec<crate::faulty::Captured>)>,
@@ -256,7 +272,23 @@ struct World {
     replaced_at: Option<usize>,
 }
 
-/// DEBUG: frames of the WAL as (salt1, pgno, commit).
+/// Why a simulated restore gave no image.
+enum NoImage {
+    /// Nothing was ever replicated.
+    ReplicaEmpty,
+    Failed(String),
+}
+
+impl std::fmt::Display for NoImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoImage::ReplicaEmpty => f.write_str("the replica is empty"),
+            NoImage::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The WAL's first frames as (salt-1, page number, commit size), for trace logs.
 fn wal_summary() -> Vec<(u32, u32, u32)> {
     vfs::with(|s| {
         let name = format!("{DB}-wal");
@@ -1043,7 +1075,7 @@ impl World {
             Ok(r) => r,
             // Nothing was ever replicated (the store was unreachable since the start): the new
             // host starts a new database, as `restore -if-replica-exists` lets it.
-            Err(e) if e.contains("no backups") => {
+            Err(NoImage::ReplicaEmpty) => {
                 if self.acked > 0 {
                     self.fail(format!(
                         "host replacement: replica empty but {} commits were acknowledged",
@@ -1169,24 +1201,28 @@ impl World {
     }
 
     /// Restores from the store (no faults) into memory.
-    fn restore(&mut self, target: Target) -> Result<(Vec<u8>, u64), String> {
+    fn restore(&mut self, target: Target) -> Result<(Vec<u8>, u64), NoImage> {
+        let failed = |e: &dyn std::fmt::Display| NoImage::Failed(e.to_string());
         let replica = Replica::new(Arc::new(self.mem.clone()), Layout::File);
         let rt = &self.rt;
-        let files = rt.block_on(replica.list_all()).map_err(|e| e.to_string())?;
-        let plan = restore::plan("sim", &files, target).map_err(|e| e.to_string())?;
+        let files = rt.block_on(replica.list_all()).map_err(|e| failed(&e))?;
+        let plan = restore::plan("sim", &files, target).map_err(|e| match e {
+            restore::RestoreError::ReplicaEmpty { .. } => NoImage::ReplicaEmpty,
+            e => failed(&e),
+        })?;
         let mut fetched = Vec::with_capacity(plan.len());
         for f in plan {
             let bytes = rt
                 .block_on(self.mem.get_range(&replica.key(&f), 0, f.size))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(&e))?;
             fetched.push(Ok(Fetched::in_memory(f, bytes)));
         }
         let mut image = Vec::new();
         let report =
             restore::apply_plan(&mut image, std::path::Path::new("memory"), fetched, |_| {})
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(&e))?;
         if !report.checksum_verified {
-            return Err("restore could not verify the database checksum".into());
+            return Err(failed(&"restore could not verify the database checksum"));
         }
         Ok((image, report.txid))
     }
@@ -1258,7 +1294,7 @@ impl World {
         }
         let (image, txid) = match self.restore(Target::Latest) {
             Ok(r) => r,
-            Err(e) if e.contains("no backups") => {
+            Err(NoImage::ReplicaEmpty) => {
                 if self.acked > 0 {
                     self.fail(format!(
                         "{why}: replica empty but {} commits were acknowledged",
@@ -1355,17 +1391,8 @@ pub fn run_scenario(
     let transactions = scenario.transactions.unwrap_or(transactions);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut drawn = Knobs::draw(&mut rng, transactions);
-    // Knobs added later come from their own stream, so existing seeds keep their runs.
     let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0001);
-    if extra.random_bool(0.5) {
-        drawn.zombie_rate = 0.5;
-    }
-    drawn.zombie_wake_ms = extra.random_range(0..3_000);
-    drawn.two_connections = extra.random_bool(0.3);
-    if extra.random_bool(0.5) {
-        drawn.snapshot_retention_ms = extra.random_range(1_000..15_000);
-        drawn.l0_retention_ms = extra.random_range(200..5_000);
-    }
+    drawn.draw_later(&mut extra);
     let knobs = match scenario.knobs_for(&drawn) {
         Ok(k) => k,
         Err(e) => {

@@ -106,8 +106,8 @@ pub struct SyncOutcome {
 }
 
 /// A file ready to upload, and the replica's state once it is acknowledged.
+/// Always a level-0 file: the engine writes nothing else (see `prepare_full`).
 struct Prepared {
-    level: u8,
     min_txid: u64,
     bytes: Vec<u8>,
     timestamp_ms: i64,
@@ -612,8 +612,8 @@ impl Engine {
     /// Ships a full snapshot of `map`. With an empty replica it is level-0 TXID 1 (as Litestream
     /// starts); otherwise a level-9 snapshot covering 1..=after+1.
     /// Every page of the current state as one level-0 file at TXID `after + 1`: a snapshot
-    /// (`1..=1`) on an empty replica, otherwise an incremental file over the replica's newest
-    /// state (`after_checksum`), which holds every page, so it is right whatever that state was.
+    /// (`1..=1`, `after_checksum` 0) on an empty replica, otherwise an incremental file over the
+    /// replica's newest state (`after_checksum`), which holds every page, so it is right whatever that state was.
     /// It stays at level 0, under the conditional PUT: a zombie writer of a replaced host and
     /// this start cannot both claim the TXID (a level-9 snapshot `1..=N` and a level-0 `N`
     /// could coexist, and the chain would fork; found by sluice-sim's zombie writer). The
@@ -634,7 +634,7 @@ impl Engine {
             map.commit,
             (min_txid, txid),
             (wal_offset, wal_size, salt1, salt2),
-            if after == 0 { 0 } else { after_checksum },
+            after_checksum,
             sums.total(),
         );
         let mut enc = Encoder::new(Vec::new(), header)?;
@@ -646,7 +646,6 @@ impl Engine {
         }
         let (bytes, _) = enc.finish(None)?;
         Ok(Prepared {
-            level: 0,
             min_txid,
             bytes,
             timestamp_ms: header.timestamp_ms,
@@ -689,7 +688,7 @@ impl Engine {
     async fn upload(&mut self, p: Prepared) -> Result<FileInfo, EngineError> {
         if planted::active(Bug::AckBeforeUpload) {
             let info = FileInfo {
-                level: p.level,
+                level: 0,
                 min_txid: p.min_txid,
                 max_txid: p.pos.txid,
                 size: p.bytes.len() as u64,
@@ -712,21 +711,14 @@ impl Engine {
                 .await;
             return Ok(info);
         }
-        let mode = if p.level == 0 && self.create_uploads {
+        let mode = if self.create_uploads {
             PutMode::Create
         } else {
             PutMode::Overwrite
         };
         let written = self
             .replica
-            .write(
-                p.level,
-                p.min_txid,
-                p.pos.txid,
-                p.bytes,
-                p.timestamp_ms,
-                mode,
-            )
+            .write(0, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms, mode)
             .await;
         let info = match written {
             Ok(info) => info,
@@ -1043,7 +1035,6 @@ impl Engine {
         }
         let (bytes, _) = enc.finish(None)?;
         Ok(Prepared {
-            level: 0,
             min_txid: txid,
             bytes,
             timestamp_ms: header.timestamp_ms,

@@ -237,14 +237,32 @@ async fn merge_and_write(
     Ok(info)
 }
 
-/// Compacts level `level - 1` into `level` up to `up_to_txid`. Returns the new file, or `None`
-/// when there is nothing contiguous to compact.
+/// What one compaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// The file written, or `None` when there was nothing contiguous to compact.
+    pub file: Option<FileInfo>,
+    /// The newest TXID the level reaches now (its listing, the caller's knowledge, the file):
+    /// after a restart the scheduler learns from it what the level already holds.
+    pub level_max_txid: u64,
+}
+
+/// Compacts level `level - 1` into `level` up to `up_to_txid`.
+///
+/// `known_max_txid` is the newest TXID the caller knows the destination reaches (its own last
+/// output): a listing that lags writes must not make it compact the same TXIDs twice, forking
+/// the level into overlapping chains (found by sluice-sim with a 2 s listing lag and a 1.3 s
+/// compaction interval). Where the source has no file right after the destination's newest one
+/// (retention removed the files below a snapshot), the run resumes at the first source file
+/// whose preceding state a snapshot holds, so the level does not stall for good (found by
+/// sluice-sim).
 pub async fn compact_level(
     replica: &Replica,
     level: u8,
     up_to_txid: u64,
+    known_max_txid: u64,
     scratch: &Path,
-) -> Result<Option<FileInfo>, CompactError> {
+) -> Result<Compacted, CompactError> {
     let dst_max = replica
         .list_level(level)
         .await
@@ -252,32 +270,68 @@ pub async fn compact_level(
         .iter()
         .map(|f| f.max_txid)
         .max()
-        .unwrap_or(0);
-    let mut src: Vec<FileInfo> = replica
+        .unwrap_or(0)
+        .max(known_max_txid);
+    let src: Vec<FileInfo> = replica
         .list_level(level - 1)
         .await
         .map_err(RestoreError::from)?
         .into_iter()
         .filter(|f| f.min_txid > dst_max && f.max_txid <= up_to_txid)
         .collect();
-    src.truncate(COMPACTION_INPUTS_MAX);
-    // Only a contiguous run starting right after the destination's newest file.
+    let starts_at = |t: u64| src.iter().any(|f| f.min_txid == t);
     let mut next = dst_max + 1;
+    if !starts_at(next) && !src.is_empty() {
+        // The first source file whose preceding state a snapshot holds: the gap before it is
+        // the snapshot's (restores read the snapshot, then this level's files).
+        let snapshot_max = replica
+            .list_level(SNAPSHOT_LEVEL)
+            .await
+            .map_err(RestoreError::from)?
+            .iter()
+            .map(|f| f.max_txid)
+            .max();
+        let resume = src
+            .iter()
+            .map(|f| f.min_txid)
+            .find(|&min| snapshot_max.is_some_and(|m| m + 1 >= min));
+        if let Some(min) = resume {
+            tracing::info!(
+                level,
+                after = format_args!("{dst_max:016x}"),
+                resume = format_args!("{min:016x}"),
+                "compaction resumes after a gap in its input that a snapshot covers"
+            );
+            next = min;
+        }
+    }
+    // Only a contiguous run starting at `next`.
     let mut run = Vec::new();
-    for f in src {
-        if f.min_txid != next && !(next == 1 && f.min_txid == 1) {
+    let start = next;
+    for f in src
+        .into_iter()
+        .filter(|f| f.min_txid >= start || start == 1)
+    {
+        if run.len() == COMPACTION_INPUTS_MAX
+            || (f.min_txid != next && !(next == 1 && f.min_txid == 1))
+        {
             break;
         }
         next = f.max_txid + 1;
         run.push(f);
     }
     if run.is_empty() {
-        return Ok(None);
+        return Ok(Compacted {
+            file: None,
+            level_max_txid: dst_max,
+        });
     }
     let min_txid = run[0].min_txid;
-    merge_and_write(replica, run, level, min_txid, scratch)
-        .await
-        .map(Some)
+    let file = merge_and_write(replica, run, level, min_txid, scratch).await?;
+    Ok(Compacted {
+        level_max_txid: file.max_txid.max(dst_max),
+        file: Some(file),
+    })
 }
 
 /// Writes a level-9 snapshot covering `1..=up_to_txid` by merging the restore plan.

@@ -50,6 +50,7 @@ impl<S: ObjectStore + ?Sized> CountingStore<S> {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     fn describe(&self) -> String {
         self.inner.describe()

@@ -10,7 +10,7 @@ use crate::cli::{ConfigArgs, IntegrityCheck, ReplicateArgs, restore_into_place};
 use crate::config::{Config, config_path};
 use crate::engine::{Clock, SystemClock};
 use crate::jobs::{config_from_args, jobs_from_config};
-use crate::lease::{FencedStore, Holder, LEASE_TTL_MS, Lease, LeaseError};
+use crate::lease::{FencedStore, Holder, LEASE_TTL_MS, Lease};
 use crate::replica::SNAPSHOT_LEVEL;
 use crate::replicate::{self, JobStatus, SharedStatus};
 use crate::restore::{self, RestoreError, Target};
@@ -78,12 +78,19 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         }
     }
 
+    // Bound before any lease is taken: a wrong address fails the start with nothing to undo.
+    let listener = match &config.addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(normalize_addr(addr))
+                .await
+                .with_context(|| format!("cannot listen on addr {addr}"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(SystemClock);
     let mut jobs = jobs;
-    let fence = Fence::take(&mut jobs, clock.now_ms()).await?;
-    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::channel::<LeaseError>(1);
-    let fence = fence.start(lost_tx);
+    take_leases(&mut jobs, clock.now_ms()).await?;
     let mut statuses = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for mut job in jobs {
@@ -105,10 +112,7 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         tracing::info!(db = %job.engine.db_path.display(), replica = %job.replica.describe(), "replicating");
         tasks.spawn(replicate::run(job, clock.clone(), status, stop_rx.clone()));
     }
-    if let Some(addr) = &config.addr {
-        let listener = tokio::net::TcpListener::bind(normalize_addr(addr))
-            .await
-            .with_context(|| format!("cannot listen on addr {addr}"))?;
+    if let Some(listener) = listener {
         tokio::spawn(crate::metrics::serve(listener, statuses.clone()));
     }
 
@@ -124,6 +128,9 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let _ = stop_tx.send(true);
     } else {
+        // Exit policy: a job that stops for good (a lost lease, an incompatible replica) is
+        // logged and shown in metrics and status, and the other jobs replicate on; once every
+        // job has stopped, the process stops its child and exits with 1.
         loop {
             tokio::select! {
                 _ = sigterm.recv() => { forward(&child, "TERM"); if child.is_none() { break; } }
@@ -133,24 +140,26 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
                     tracing::info!(code = status, "child process exited");
                     break;
                 }
-                Some(res) = tasks.join_next() => {
-                    // A job ended on its own: a permanent error.
-                    let err = match res {
-                        Ok(Ok(())) => anyhow!("a replication job stopped unexpectedly"),
-                        Ok(Err(e)) => anyhow!(e),
-                        Err(e) => anyhow!(e),
-                    };
-                    let _ = stop_tx.send(true);
-                    forward(&child, "TERM");
-                    fence.release().await;
-                    return Err(err);
-                }
-                Some(lost) = lost_rx.recv() => {
-                    // Another replicator owns the replica now: stop before anything interleaves.
-                    let _ = stop_tx.send(true);
-                    forward(&child, "TERM");
-                    fence.release().await;
-                    return Err(anyhow!(lost));
+                res = tasks.join_next() => {
+                    match res {
+                        Some(Ok(Ok(()))) => {
+                            tracing::error!("a replication job ended without being asked to");
+                        }
+                        Some(Ok(Err(stopped))) => {
+                            tracing::error!(error = %stopped, "replication job stopped; the others carry on");
+                        }
+                        Some(Err(e)) => tracing::error!(error = %e, "replication job failed"),
+                        None => {}
+                    }
+                    exit_code = 1;
+                    if tasks.is_empty() {
+                        tracing::error!("every replication job has stopped; exiting");
+                        forward(&child, "TERM");
+                        if let Some(c) = child.as_mut() {
+                            let _ = c.wait().await;
+                        }
+                        return Ok(1);
+                    }
                 }
             }
         }
@@ -169,8 +178,6 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
             Err(e) => return Err(anyhow!(e)),
         }
     }
-    // Held through the final syncs; given up only now.
-    fence.release().await;
     Ok(exit_code)
 }
 
@@ -185,95 +192,40 @@ fn lease_ttl_ms() -> Result<i64> {
     }
 }
 
-/// The leases of one `sluice replicate`: one per replica whose store can fence writers.
-struct Fence {
-    leases: Vec<Lease>,
-}
-
-/// The leases being renewed in the background.
-struct RunningFence {
-    stop: watch::Sender<bool>,
-    renewers: Vec<tokio::task::JoinHandle<Lease>>,
-}
-
-impl Fence {
-    /// Takes every replica's lease and wraps its store so it writes only while the lease
-    /// holds. Refuses (releasing what it took) if another replicator holds one.
-    async fn take(jobs: &mut [replicate::Job], now_ms: i64) -> Result<Fence> {
-        let ttl_ms = lease_ttl_ms()?;
-        let mut fence = Fence { leases: Vec::new() };
-        for job in jobs.iter_mut() {
-            let store = job.replica.store.clone();
-            if !store.supports_conditional_writes() {
-                continue;
+/// Takes the lease of every replica whose store can fence writers, hands it to its job (whose
+/// scheduler renews and finally releases it) and wraps the job's store so it writes only while
+/// the lease holds. Refuses (releasing what it took) if another replicator holds one.
+async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64) -> Result<()> {
+    let ttl_ms = lease_ttl_ms()?;
+    for i in 0..jobs.len() {
+        let job = &mut jobs[i];
+        let store = job.replica.store.clone();
+        if !store.supports_conditional_writes() {
+            continue;
+        }
+        let holder = Holder::here(&job.engine.db_path);
+        match Lease::take(store.clone(), holder, now_ms, ttl_ms).await {
+            Ok(Some(lease)) => {
+                job.replica.store = Arc::new(FencedStore::new(
+                    store,
+                    lease.state(),
+                    Arc::new(SystemClock),
+                ));
+                job.lease = Some(lease);
             }
-            let holder = Holder::here(&job.engine.db_path);
-            match Lease::acquire(store.clone(), holder, now_ms, ttl_ms).await {
-                Ok(lease) => {
-                    job.replica.store = Arc::new(FencedStore::new(store, lease.state()));
-                    fence.leases.push(lease);
-                }
-                // The server refused the conditional write itself (some S3-compatible services
-                // answer If-None-Match with 501): replicate, unfenced, as Litestream does.
-                Err(LeaseError::Store(e)) => {
-                    tracing::warn!(db = %job.engine.db_path.display(), error = %e, "cannot take the replica's lease; replicating without writer fencing");
-                }
-                Err(e) => {
-                    for lease in fence.leases {
+            Ok(None) => {}
+            Err(e) => {
+                let db = job.engine.db_path.display().to_string();
+                for job in jobs.iter_mut() {
+                    if let Some(lease) = job.lease.take() {
                         let _ = lease.release(now_ms).await;
                     }
-                    bail!("database {}: {e}", job.engine.db_path.display());
                 }
-            }
-        }
-        Ok(fence)
-    }
-
-    /// Renews every lease each third of its time; reports a lost lease on `lost`.
-    fn start(self, lost: tokio::sync::mpsc::Sender<LeaseError>) -> RunningFence {
-        let (stop, stop_rx) = watch::channel(false);
-        let renewers = self
-            .leases
-            .into_iter()
-            .map(|mut lease| {
-                let (lost, mut stop_rx) = (lost.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    let every = std::time::Duration::from_millis(
-                        u64::try_from(lease.ttl_ms() / 3).unwrap_or(10_000),
-                    );
-                    loop {
-                        tokio::select! {
-                            _ = stop_rx.changed() => return lease,
-                            () = tokio::time::sleep(every) => {}
-                        }
-                        match lease.renew(SystemClock.now_ms()).await {
-                            Ok(()) => {}
-                            Err(e @ LeaseError::Lost { .. }) => {
-                                let _ = lost.send(e).await;
-                                return lease;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot renew the replica lease; will retry"),
-                        }
-                    }
-                })
-            })
-            .collect();
-        RunningFence { stop, renewers }
-    }
-}
-
-impl RunningFence {
-    /// Stops renewing and gives every lease up.
-    async fn release(self) {
-        let _ = self.stop.send(true);
-        for renewer in self.renewers {
-            if let Ok(lease) = renewer.await
-                && let Err(e) = lease.release(SystemClock.now_ms()).await
-            {
-                tracing::warn!(error = %e, "cannot release the replica lease; it expires on its own");
+                bail!("database {db}: {e}");
             }
         }
     }
+    Ok(())
 }
 
 /// Litestream accepts `:9090`; so do we.

@@ -27,6 +27,7 @@ pub fn jobs_from_config(config: &Config, scratch: &std::path::Path) -> Result<Ve
                 replica,
                 schedule: schedule(config, db, r),
                 scratch: scratch.join(format!("{}-{i}", jobs.len())),
+                lease: None,
             });
         }
     }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Clock;
 use crate::store::{
     DynStore, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError, StoreErrorKind,
 };
@@ -220,6 +221,26 @@ impl Lease {
         Err(LeaseError::Contended { replica })
     }
 
+    /// Takes the lease for a replicator that is starting. `Ok(None)`: the server refused the
+    /// conditional write itself (some S3-compatible services answer If-None-Match with 501), so
+    /// the replicator runs unfenced, as Litestream does, with a warning. A transient failure is
+    /// an error: a replicator must not run unfenced because of one lost request.
+    pub async fn take(
+        store: DynStore,
+        holder: Holder,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, LeaseError> {
+        match Lease::acquire(store.clone(), holder, now_ms, ttl_ms).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(LeaseError::Store(e)) if e.kind == StoreErrorKind::Permanent => {
+                tracing::warn!(replica = %store.describe(), error = %e, "cannot take the replica's lease; replicating without writer fencing");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The state [`FencedStore`] checks; shared with the renewals.
     pub fn state(&self) -> Arc<Mutex<LeaseState>> {
         self.state.clone()
@@ -332,19 +353,32 @@ fn decode(bytes: &[u8]) -> Option<LeaseBody> {
 
 /// A store that writes only while its lease is held: uploads and deletes fail once the lease
 /// is lost (`Permanent`) or its time is up without a renewal (`Transient`); reads pass through.
-#[derive(Debug)]
 pub struct FencedStore {
     inner: DynStore,
     state: Arc<Mutex<LeaseState>>,
-    now_ms: fn() -> i64,
+    /// The clock the lease's time is judged by (simulated time in the simulator).
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for FencedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FencedStore")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FencedStore {
-    pub fn new(inner: DynStore, state: Arc<Mutex<LeaseState>>) -> FencedStore {
+    pub fn new(
+        inner: DynStore,
+        state: Arc<Mutex<LeaseState>>,
+        clock: Arc<dyn Clock>,
+    ) -> FencedStore {
         FencedStore {
             inner,
             state,
-            now_ms: || chrono::Utc::now().timestamp_millis(),
+            clock,
         }
     }
 
@@ -357,13 +391,13 @@ impl FencedStore {
         let location = format!("{}/{key}", self.inner.describe());
         if let Some(holder) = s.lost_to {
             return Err(StoreError::new(
-                StoreErrorKind::Permanent,
+                StoreErrorKind::Fenced,
                 op,
                 location,
                 format!("not writing: the replica's lease was taken over by {holder}"),
             ));
         }
-        if (self.now_ms)() >= s.valid_until_ms {
+        if self.clock.now_ms() >= s.valid_until_ms {
             return Err(StoreError::new(
                 StoreErrorKind::Transient,
                 op,
@@ -376,6 +410,7 @@ impl FencedStore {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ObjectStore for FencedStore {
     fn describe(&self) -> String {
         self.inner.describe()
@@ -514,7 +549,11 @@ mod tests {
             valid_until_ms: i64::MAX,
             lost_to: None,
         }));
-        let fenced = FencedStore::new(inner.clone(), state.clone());
+        let fenced = FencedStore::new(
+            inner.clone(),
+            state.clone(),
+            Arc::new(crate::engine::SystemClock),
+        );
         fenced
             .put("0000/a", vec![1], PutOptions::default())
             .await
@@ -524,7 +563,7 @@ mod tests {
             .put("0000/b", vec![1], PutOptions::default())
             .await
             .expect_err("lost");
-        assert_eq!(err.kind, StoreErrorKind::Permanent);
+        assert_eq!(err.kind, StoreErrorKind::Fenced);
         assert!(err.to_string().contains("pid 9 on h"), "{err}");
         assert!(fenced.delete("0000/a").await.is_err());
         assert_eq!(fenced.list("").await.expect("reads still work").len(), 1);

@@ -17,6 +17,7 @@ pub mod replica;
 pub mod replicate;
 pub mod restore;
 pub mod s3;
+pub mod scheduler;
 pub mod store;
 pub mod url;
 pub mod wal;

@@ -10,7 +10,12 @@ const REQUEST_BYTES_MAX: usize = 8192;
 
 pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, &str); 5] = [
+    let metrics: [(&str, &str, &str); 6] = [
+        (
+            "sluice_job_up",
+            "gauge",
+            "1 while the job replicates; 0 once a permanent error stopped it (see the log).",
+        ),
         (
             "sluice_replication_lag_seconds",
             "gauge",
@@ -39,6 +44,7 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
             let value = match name {
                 "sluice_replication_lag_seconds" => s.lag_ms(now_ms) as f64 / 1000.0,
                 "sluice_replicated_txid" => s.replicated_txid as f64,
+                "sluice_job_up" => f64::from(u8::from(s.stopped.is_none())),
                 "sluice_syncs_total" => s.syncs as f64,
                 "sluice_sync_errors_total" => s.sync_errors as f64,
                 _ => s.resyncs as f64,
@@ -123,9 +129,26 @@ mod tests {
             requests,
             ..JobStatus::default()
         };
-        let text = render(&[Arc::new(std::sync::Mutex::new(status))], 3_500);
+        let stopped = JobStatus {
+            database: "/e.db".into(),
+            replica: "mem://".into(),
+            stopped: Some("renew-lease: taken over".into()),
+            ..JobStatus::default()
+        };
+        let text = render(
+            &[
+                Arc::new(std::sync::Mutex::new(status)),
+                Arc::new(std::sync::Mutex::new(stopped)),
+            ],
+            3_500,
+        );
         assert!(
             text.contains("sluice_replication_lag_seconds{db=\"/d.db\",replica=\"mem://\"} 2.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_job_up{db=\"/d.db\",replica=\"mem://\"} 1")
+                && text.contains("sluice_job_up{db=\"/e.db\",replica=\"mem://\"} 0"),
             "{text}"
         );
         assert!(

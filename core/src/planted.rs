@@ -1,4 +1,4 @@
-//! Deliberate engine bugs for proving the simulator catches them (cargo feature
+//! Deliberate engine and driver bugs for proving the simulator catches them (cargo feature
 //! `planted-bugs`, off by default). Without the feature `active` is always false and the
 //! checks compile away.
 
@@ -30,10 +30,19 @@ pub enum Bug {
     /// Take a WAL header with the same salts as the same generation, whatever its checksum
     /// (seed 3208).
     SaltsOnlyGeneration,
+    /// The scheduler's sync retries back off to `backoff_max_ms` without jitter (the old
+    /// driver's rule): after an outage commits wait up to 30 s with the store up.
+    UnboundedBackoff,
+    /// A clean shutdown skips the final sync.
+    NoFinalSync,
+    /// A failed compaction counts as a run: it is not retried until new writes arrive.
+    CompactionNeverRetried,
+    /// The scheduler never renews the lease: writes stop once it runs out.
+    LeaseNotRenewed,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 16] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -46,6 +55,10 @@ impl Bug {
         Bug::SkipRecoveryRecheck,
         Bug::SkipTailRemeasure,
         Bug::SaltsOnlyGeneration,
+        Bug::UnboundedBackoff,
+        Bug::NoFinalSync,
+        Bug::CompactionNeverRetried,
+        Bug::LeaseNotRenewed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +75,10 @@ impl Bug {
             Bug::SkipRecoveryRecheck => "skip-recovery-recheck",
             Bug::SkipTailRemeasure => "skip-tail-remeasure",
             Bug::SaltsOnlyGeneration => "salts-only-generation",
+            Bug::UnboundedBackoff => "unbounded-backoff",
+            Bug::NoFinalSync => "no-final-sync",
+            Bug::CompactionNeverRetried => "compaction-never-retried",
+            Bug::LeaseNotRenewed => "lease-not-renewed",
         }
     }
 

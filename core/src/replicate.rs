@@ -1,11 +1,14 @@
-//! The async driver: runs one [`Engine`] per (database, replica) pair on a schedule.
+//! The driver: performs what the [`Scheduler`] decides for one (database, replica) job.
 //!
-//! Sync timing: the driver polls the WAL's size and modification time every
-//! `monitor_interval_ms` (a `stat`, no reads) and is woken at once by file notifications
-//! (inotify) on the database's directory. When it changed, it syncs at once if the previous
-//! upload is at least `sync_interval_ms` old, otherwise when that interval ends. So sparse writes
-//! replicate within one poll, sustained writes cost at most one PUT per interval, and no commit
-//! waits longer than the interval plus one upload. Nothing is listed while idle.
+//! [`Driver`] owns the job's engine, lease and scheduler and turns each [`Action`] into calls of
+//! the engine, compaction, retention and the lease, classifying their errors into an
+//! [`Outcome`]. It holds no timing rule of its own. [`run`] is the production loop around it
+//! (wall clock, tokio sleeps, file notifications); the simulator runs the same `Driver` on
+//! simulated time, so every decision `sluice replicate` makes runs under simulation.
+//!
+//! Sync timing: the loop stats the WAL every `monitor_interval_ms` (no reads) and is woken at
+//! once by file notifications (inotify) on the database's directory; the scheduler syncs when
+//! the stamp changed, at most once per `sync_interval_ms`. Nothing is listed while idle.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,40 +17,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::compact;
-use crate::engine::{Clock, Engine, EngineConfig, EngineError, OsFiles};
-use crate::replica::{LEVEL_MAX, Replica, SNAPSHOT_LEVEL};
-
-/// When things happen. Defaults are Litestream's.
-#[derive(Clone, Debug)]
-pub struct Schedule {
-    pub sync_interval_ms: i64,
-    pub monitor_interval_ms: i64,
-    /// Compaction interval for levels 1, 2, ...
-    pub levels_ms: Vec<i64>,
-    pub snapshot_interval_ms: i64,
-    pub snapshot_retention_ms: i64,
-    pub l0_retention_ms: i64,
-    pub retention_enabled: bool,
-    /// Upper bound of the retry backoff after a failed sync.
-    pub backoff_max_ms: i64,
-    pub shutdown_sync_timeout_ms: i64,
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Self {
-            sync_interval_ms: 1000,
-            monitor_interval_ms: 1000,
-            levels_ms: vec![30_000, 300_000, 3_600_000],
-            snapshot_interval_ms: 24 * 3_600_000,
-            snapshot_retention_ms: 24 * 3_600_000,
-            l0_retention_ms: 300_000,
-            retention_enabled: true,
-            backoff_max_ms: 30_000,
-            shutdown_sync_timeout_ms: 30_000,
-        }
-    }
-}
+use crate::engine::{Clock, Engine, EngineConfig, EngineError, LocalDb, OsDb};
+use crate::lease::{Lease, LeaseError};
+use crate::replica::{FileInfo, Replica};
+pub use crate::scheduler::Schedule;
+use crate::scheduler::{Action, Failure, Next, Outcome, Scheduler};
 
 /// Live figures for `status` and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -62,6 +36,8 @@ pub struct JobStatus {
     pub sync_errors: u64,
     pub resyncs: u64,
     pub last_error: Option<String>,
+    /// Set once the job stopped for good (a permanent error); the process replicates on.
+    pub stopped: Option<String>,
     /// Object-store requests per operation, counted by the job's `CountingStore`.
     #[serde(skip)]
     pub requests: std::sync::Arc<crate::counting::RequestCounts>,
@@ -83,23 +59,8 @@ pub struct Job {
     pub replica: Replica,
     pub schedule: Schedule,
     pub scratch: PathBuf,
-}
-
-fn align_next(now_ms: i64, interval_ms: i64) -> i64 {
-    (now_ms / interval_ms + 1) * interval_ms
-}
-
-fn wal_stamp(db: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let w = std::fs::metadata(PathBuf::from(wal)).ok();
-    let d = std::fs::metadata(db).ok()?;
-    Some((
-        w.as_ref().map_or(0, std::fs::Metadata::len),
-        w.and_then(|m| m.modified().ok())
-            .unwrap_or(std::time::UNIX_EPOCH),
-        d.len(),
-    ))
+    /// The replica's lease, when its store fences writers (taken before the job starts).
+    pub lease: Option<Lease>,
 }
 
 fn update(status: &SharedStatus, f: impl FnOnce(&mut JobStatus)) {
@@ -109,204 +70,408 @@ fn update(status: &SharedStatus, f: impl FnOnce(&mut JobStatus)) {
     f(&mut s);
 }
 
+/// An action's error, classified for the scheduler.
+fn failure(permanent: bool, message: String) -> (Failure, String) {
+    if permanent {
+        (Failure::Permanent(message.clone()), message)
+    } else {
+        (Failure::Transient, message)
+    }
+}
+
+fn engine_failure(e: &EngineError) -> (Failure, String) {
+    failure(e.is_permanent(), e.to_string())
+}
+
+/// A job's engine, lease and scheduler, and the code that performs the scheduler's actions.
+pub struct Driver {
+    cfg: EngineConfig,
+    replica: Replica,
+    scratch: PathBuf,
+    local: Arc<dyn LocalDb>,
+    clock: Arc<dyn Clock>,
+    engine: Option<Engine>,
+    lease: Option<Lease>,
+    sched: Scheduler,
+    status: SharedStatus,
+    /// The last file a sync shipped (for the simulator's event log).
+    last_shipped: Option<(FileInfo, bool)>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("db", &self.cfg.db_path)
+            .field("sched", &self.sched)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// A job at `now_ms`, its engine not open yet (the scheduler's first action opens it).
+    /// `seed` drives the retry jitter.
+    pub fn new(
+        job: Job,
+        local: Arc<dyn LocalDb>,
+        clock: Arc<dyn Clock>,
+        status: SharedStatus,
+        seed: u64,
+    ) -> Driver {
+        let now = clock.now_ms();
+        let mut sched = Scheduler::new(job.schedule, seed, now);
+        if let Some(l) = &job.lease {
+            sched = sched.with_lease(l.ttl_ms(), now);
+        }
+        Driver {
+            cfg: job.engine,
+            replica: job.replica,
+            scratch: job.scratch,
+            local,
+            clock,
+            engine: None,
+            lease: job.lease,
+            sched,
+            status,
+            last_shipped: None,
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    pub fn scheduler_mut(&mut self) -> &mut Scheduler {
+        &mut self.sched
+    }
+
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.as_ref()
+    }
+
+    /// The file the last sync shipped, and whether it was a resync (taken: read once).
+    pub fn take_shipped(&mut self) -> Option<(FileInfo, bool)> {
+        self.last_shipped.take()
+    }
+
+    /// Hands the job's lease over (a host that stalls: the simulator's zombie keeps it).
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    /// Reports the database's current stamp to the scheduler.
+    pub fn observe(&mut self) {
+        let now = self.clock.now_ms();
+        let stamp = self.local.stamp();
+        self.sched.observe_stamp(now, stamp);
+    }
+
+    /// What to do next, now.
+    pub fn poll(&mut self) -> Next {
+        let now = self.clock.now_ms();
+        self.sched.next(now)
+    }
+
+    /// Performs `action` and hands its outcome to the scheduler; returns the outcome and, for
+    /// a failure, its message.
+    pub async fn run_action(&mut self, action: Action) -> (Outcome, Option<String>) {
+        let (outcome, error) = match self.perform(action).await {
+            Ok(o) => (o, None),
+            Err((f, message)) => (Outcome::Failed(f), Some(message)),
+        };
+        let now = self.clock.now_ms();
+        self.sched.done(now, action, outcome.clone());
+        let pending = self.sched.pending_since_ms();
+        let stopped = self.sched.stopped_by().map(str::to_string);
+        update(&self.status, |s| {
+            s.pending_since_ms = pending;
+            if stopped.is_some() {
+                s.stopped = stopped;
+            }
+        });
+        (outcome, error)
+    }
+
+    async fn perform(&mut self, action: Action) -> Result<Outcome, (Failure, String)> {
+        let now = self.clock.now_ms();
+        match action {
+            Action::Open => self.open().await,
+            Action::Sync => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return Err(failure(true, "sync before the engine opened".into()));
+                };
+                match engine.sync().await {
+                    Ok(out) => {
+                        let txid = engine.position().txid;
+                        let shipped = out.shipped.is_some();
+                        if let Some(f) = out.shipped {
+                            self.last_shipped = Some((f, out.resynced));
+                        }
+                        update(&self.status, |st| {
+                            st.replicated_txid = txid;
+                            st.last_sync_ms = Some(now);
+                            st.syncs += 1;
+                            st.resyncs += u64::from(out.resynced);
+                            st.last_error = None;
+                        });
+                        Ok(Outcome::Synced {
+                            txid,
+                            shipped,
+                            more: out.more,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(db = %self.cfg.db_path.display(), error = %e, "sync failed; will retry");
+                        update(&self.status, |st| {
+                            st.sync_errors += 1;
+                            st.last_error = Some(e.to_string());
+                        });
+                        Err(engine_failure(&e))
+                    }
+                }
+            }
+            Action::Compact {
+                level,
+                up_to_txid,
+                known_max_txid,
+            } => {
+                let r = compact::compact_level(
+                    &self.replica,
+                    level,
+                    up_to_txid,
+                    known_max_txid,
+                    &self.scratch,
+                )
+                .await;
+                match r {
+                    Ok(c) => Ok(Outcome::Compacted {
+                        produced: c.file.map(|f| f.max_txid),
+                        level_max_txid: c.level_max_txid,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(level, error = %e, "compaction failed; will retry");
+                        Err(failure(false, e.to_string()))
+                    }
+                }
+            }
+            Action::Snapshot { up_to_txid } => {
+                match compact::snapshot(&self.replica, up_to_txid, &self.scratch).await {
+                    Ok(info) => {
+                        tracing::info!(file = %info, "snapshot written");
+                        Ok(Outcome::Snapshotted)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot failed; will retry");
+                        Err(failure(false, e.to_string()))
+                    }
+                }
+            }
+            Action::Retention => self.retention(now).await,
+            Action::RenewLease => {
+                let Some(lease) = self.lease.as_mut() else {
+                    return Ok(Outcome::Renewed);
+                };
+                match lease.renew(now).await {
+                    Ok(()) => Ok(Outcome::Renewed),
+                    Err(e @ LeaseError::Lost { .. }) => {
+                        tracing::error!(error = %e, "lost the replica's lease");
+                        Err(failure(true, e.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the replica lease; will retry");
+                        Err(failure(false, e.to_string()))
+                    }
+                }
+            }
+            Action::ReleaseLease => {
+                if let Some(lease) = self.lease.take()
+                    && let Err(e) = lease.release(now).await
+                {
+                    tracing::warn!(error = %e, "cannot release the replica lease; it expires on its own");
+                }
+                Ok(Outcome::Released)
+            }
+        }
+    }
+
+    async fn open(&mut self) -> Result<Outcome, (Failure, String)> {
+        let db = self.cfg.db_path.clone();
+        let opened = match self.local.open() {
+            Ok(files) => {
+                Engine::open(
+                    self.cfg.clone(),
+                    files,
+                    self.replica.clone(),
+                    self.clock.clone(),
+                )
+                .await
+            }
+            Err(error) => Err(EngineError::Io { path: db, error }),
+        };
+        let engine = match opened {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(db = %self.cfg.db_path.display(), error = %e, "cannot start replicating; will retry");
+                update(&self.status, |s| s.last_error = Some(e.to_string()));
+                return Err(engine_failure(&e));
+            }
+        };
+        let txid = engine.position().txid;
+        let shipped_full = engine.opened_with_snapshot();
+        // When the newest full file was written: the snapshot schedule continues from it. One
+        // listing, at start; if it fails, a snapshot is due now.
+        let newest_full_ms = if shipped_full {
+            None
+        } else {
+            self.replica.list_all().await.ok().and_then(|files| {
+                files
+                    .iter()
+                    .filter(|f| f.min_txid == 1)
+                    .map(|f| f.created_ms)
+                    .max()
+            })
+        };
+        let now = self.clock.now_ms();
+        update(&self.status, |st| {
+            st.replicated_txid = txid;
+            st.last_sync_ms = Some(now);
+            st.last_error = None;
+        });
+        self.engine = Some(engine);
+        Ok(Outcome::Opened {
+            txid,
+            shipped_full,
+            newest_full_ms,
+        })
+    }
+
+    async fn retention(&mut self, now: i64) -> Result<Outcome, (Failure, String)> {
+        let s = self.sched.schedule();
+        let files = match self.replica.list_all().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot list replica");
+                return Err(failure(false, e.to_string()));
+            }
+        };
+        let mut failed = None;
+        for f in compact::plan_retention(&files, now, s.snapshot_retention_ms, s.l0_retention_ms) {
+            if let Err(e) = self.replica.store.delete(&self.replica.key(&f)).await {
+                tracing::warn!(file = %f, error = %e, "retention: delete failed");
+                failed = Some(e.to_string());
+            }
+        }
+        match failed {
+            Some(e) => Err(failure(false, e)),
+            None => Ok(Outcome::Retained),
+        }
+    }
+
+    /// Releases the engine's read lock (the job is over).
+    pub fn close(&mut self) -> Result<(), EngineError> {
+        match self.engine.take() {
+            Some(e) => e.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A job stopped for good by a permanent error.
+#[derive(Debug, thiserror::Error)]
+#[error("database {db}: replication to {replica} stopped: {reason}")]
+pub struct JobStopped {
+    pub db: String,
+    pub replica: String,
+    pub reason: String,
+}
+
+/// The seed of a production job's retry jitter: different per process and job.
+fn jitter_seed(db: &std::path::Path) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = crate::checksum::Hasher::new();
+    h.update(db.as_os_str().as_encoded_bytes());
+    h.update(&nanos.to_be_bytes());
+    h.update(&std::process::id().to_be_bytes());
+    h.finish_flagged()
+}
+
 /// Runs a job until `shutdown` turns true, then makes a final sync (bounded by
-/// `shutdown_sync_timeout_ms`).
+/// `shutdown_sync_timeout_ms`) and releases the lease. Ends early with [`JobStopped`] when a
+/// permanent error stops the job.
 pub async fn run(
     job: Job,
     clock: Arc<dyn Clock>,
     status: SharedStatus,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), EngineError> {
+) -> Result<(), JobStopped> {
     let db_path = job.engine.db_path.clone();
-    let mut backoff_ms = 100i64;
-    // Opening can fail transiently (replica unreachable): retry until told to stop.
-    let mut engine = loop {
-        let files = Arc::new(OsFiles::open(&db_path).map_err(|error| EngineError::Io {
-            path: db_path.clone(),
-            error,
-        })?);
-        match Engine::open(
-            job.engine.clone(),
-            files,
-            job.replica.clone(),
-            clock.clone(),
-        )
-        .await
-        {
-            Ok(e) => break e,
-            Err(EngineError::Store(e))
-                if !matches!(e.kind, crate::store::StoreErrorKind::Permanent) =>
-            {
-                tracing::warn!(error = %e, retry_ms = backoff_ms, "cannot reach replica; retrying");
-                update(&status, |s| s.last_error = Some(e.to_string()));
-            }
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            _ = shutdown.changed() => {
-                return Err(EngineError::Replica {
-                    replica: job.replica.describe(),
-                    message: "stopped before the replica could be reached; nothing was replicated".into(),
-                });
-            }
-            () = tokio::time::sleep(Duration::from_millis(u64::try_from(backoff_ms).unwrap_or(100))) => {}
-        }
-        backoff_ms = (backoff_ms * 2).min(job.schedule.backoff_max_ms);
-    };
-    let s = &job.schedule;
-    let now = clock.now_ms();
-    update(&status, |st| {
-        st.replicated_txid = engine.position().txid;
-        st.last_sync_ms = Some(now);
+    let replica = job.replica.describe();
+    let local: Arc<dyn LocalDb> = Arc::new(OsDb {
+        path: db_path.clone(),
     });
-    let mut last_upload_ms = i64::MIN / 2;
-    let mut pending_since: Option<i64> = Some(now);
-    let mut last_stamp = None;
-    let mut retry_at_ms = i64::MIN;
-    backoff_ms = 100;
-    let mut next_level: Vec<i64> = s.levels_ms.iter().map(|&i| align_next(now, i)).collect();
-    // A snapshot shipped while opening counts: the whole database is not uploaded twice.
-    let (mut next_snapshot, mut snapshot_txid) = if engine.opened_with_snapshot() {
-        (now + s.snapshot_interval_ms, engine.position().txid)
-    } else {
-        (
-            newest_snapshot_due(&job.replica, s.snapshot_interval_ms, now).await,
-            0u64,
-        )
-    };
-    // Per level: the TXID when it last ran, and whether it produced a file its next level has
-    // not consumed yet.
-    let mut ran_at_txid = vec![0u64; s.levels_ms.len()];
-    let mut produced = vec![false; s.levels_ms.len()];
+    let seed = jitter_seed(&db_path);
+    let mut d = Driver::new(job, local, clock.clone(), status.clone(), seed);
     let wake = Arc::new(tokio::sync::Notify::new());
     let _watcher = watch_database(&db_path, wake.clone());
+    let mut stopping = false;
     loop {
-        // Sleep until the next thing that is due, a file notification, or the monitor
-        // interval (the fallback where notifications do not work, e.g. network filesystems).
-        let now = clock.now_ms();
-        let mut due = now + s.monitor_interval_ms;
-        if pending_since.is_some() {
-            due = due.min((last_upload_ms + s.sync_interval_ms).max(retry_at_ms));
+        if !stopping && *shutdown.borrow() {
+            stopping = true;
+            d.scheduler_mut().shutdown(clock.now_ms());
         }
-        due = next_level
-            .iter()
-            .fold(due.min(next_snapshot), |d, n| d.min(*n));
-        let sleep_ms =
-            u64::try_from((due - now).clamp(1, s.monitor_interval_ms.max(1))).unwrap_or(1);
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
-        }
-        let now = clock.now_ms();
-        let stamp = wal_stamp(&db_path);
-        if stamp != last_stamp {
-            last_stamp = stamp;
-            pending_since.get_or_insert(now);
-        }
-        if let Some(since) = pending_since
-            && now - last_upload_ms >= s.sync_interval_ms
-            && now >= retry_at_ms
-        {
-            match engine.sync().await {
-                Ok(out) => {
-                    backoff_ms = 100;
-                    if out.shipped.is_some() {
-                        last_upload_ms = now;
-                    }
-                    pending_since = out.more.then_some(since);
-                    update(&status, |st| {
-                        st.replicated_txid = engine.position().txid;
-                        st.last_sync_ms = Some(now);
-                        st.syncs += 1;
-                        st.resyncs += u64::from(out.resynced);
-                        st.last_error = None;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(db = %db_path.display(), error = %e, retry_ms = backoff_ms, "sync failed; will retry");
-                    retry_at_ms = now + backoff_ms;
-                    backoff_ms = (backoff_ms * 2).min(s.backoff_max_ms);
-                    update(&status, |st| {
-                        st.sync_errors += 1;
-                        st.last_error = Some(e.to_string());
-                    });
-                }
-            }
-            update(&status, |st| st.pending_since_ms = pending_since);
-        }
-        let txid = engine.position().txid;
-        for (i, due) in next_level.iter_mut().enumerate() {
-            if now >= *due {
-                *due = align_next(now, s.levels_ms[i]);
-                let level = u8::try_from(i + 1)
-                    .unwrap_or(LEVEL_MAX - 1)
-                    .min(SNAPSHOT_LEVEL - 1);
-                // No LIST while idle: a level runs only when something new can reach it.
-                let fresh = if i == 0 {
-                    txid != ran_at_txid[0]
-                } else {
-                    produced[i - 1]
+        match d.poll() {
+            Next::Run(action) => {
+                // While stopping, no action outlives the final sync's deadline (a release
+                // after it gets one more timeout of its own).
+                let timeout_ms = match d.scheduler().stop_deadline_ms() {
+                    Some(deadline) => (deadline - clock.now_ms()).max(1),
+                    None if stopping => d.scheduler().schedule().shutdown_sync_timeout_ms,
+                    None => i64::MAX / 4,
                 };
-                if !fresh {
-                    continue;
-                }
-                ran_at_txid[i] = txid;
-                match compact::compact_level(&job.replica, level, txid, &job.scratch).await {
-                    Ok(Some(_)) => {
-                        produced[i] = true;
-                        if i > 0 {
-                            produced[i - 1] = false;
-                        }
-                        // Level-0 files become deletable once level 1 covers them.
-                        if level == 1 && s.retention_enabled {
-                            enforce_retention(&job.replica, s, now).await;
-                        }
-                    }
-                    Ok(None) => {
-                        if i > 0 {
-                            produced[i - 1] = false;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(level, error = %e, "compaction failed; will retry next interval")
-                    }
+                let limit = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(30_000));
+                if tokio::time::timeout(limit, d.run_action(action))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(db = %db_path.display(), %action, "timed out while stopping");
+                    break;
                 }
             }
-        }
-        if now >= next_snapshot && txid != snapshot_txid {
-            next_snapshot = now + s.snapshot_interval_ms;
-            snapshot_txid = txid;
-            match compact::snapshot(&job.replica, txid, &job.scratch).await {
-                Ok(info) => tracing::info!(file = %info, "snapshot written"),
-                Err(e) => tracing::warn!(error = %e, "snapshot failed; will retry next interval"),
+            Next::Sleep { until_ms } => {
+                let sleep_ms = u64::try_from(until_ms - clock.now_ms()).unwrap_or(1).max(1);
+                tokio::select! {
+                    _ = shutdown.changed(), if !stopping => {}
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                }
+                d.observe();
             }
-            if s.retention_enabled {
-                enforce_retention(&job.replica, s, now).await;
-            }
+            Next::Exit => break,
         }
     }
-    // Final sync, bounded.
-    let timeout =
-        Duration::from_millis(u64::try_from(s.shutdown_sync_timeout_ms).unwrap_or(30_000));
-    match tokio::time::timeout(timeout, async {
-        loop {
-            let out = engine.sync().await?;
-            if !out.more {
-                return Ok::<_, EngineError>(());
-            }
-        }
-    })
-    .await
-    {
-        Ok(Ok(())) => {
-            tracing::info!(db = %db_path.display(), txid = format_args!("{:016x}", engine.position().txid), "final sync done")
-        }
-        Ok(Err(e)) => tracing::warn!(db = %db_path.display(), error = %e, "final sync failed"),
-        Err(_) => tracing::warn!(db = %db_path.display(), "final sync timed out"),
+    let txid = d.scheduler().txid();
+    update(&status, |st| st.replicated_txid = txid);
+    let opened = d.engine().is_some();
+    if stopping && opened && d.scheduler().drained() {
+        tracing::info!(db = %db_path.display(), txid = format_args!("{txid:016x}"), "final sync done");
+    } else if stopping && opened {
+        tracing::warn!(db = %db_path.display(), "final sync did not finish; what is left ships at the next start");
     }
-    update(&status, |st| st.replicated_txid = engine.position().txid);
-    engine.close()
+    if let Err(e) = d.close() {
+        tracing::warn!(db = %db_path.display(), error = %e, "cannot release the read lock");
+    }
+    if let Some(reason) = d.scheduler().stopped_by() {
+        return Err(JobStopped {
+            db: db_path.display().to_string(),
+            replica,
+            reason: reason.to_string(),
+        });
+    }
+    if !opened {
+        tracing::warn!(db = %db_path.display(), "stopped before the replica could be reached; nothing was replicated");
+    }
+    Ok(())
 }
 
 /// Watches the database's directory so a write to the database or its WAL wakes the driver at
@@ -343,33 +508,4 @@ fn watch_database(
         return None;
     }
     Some(watcher)
-}
-
-/// When the next snapshot is due: an interval after the newest file covering TXID 1 at any level
-/// (the level-0 file an empty replica starts with is a full snapshot too). One listing, at start.
-async fn newest_snapshot_due(replica: &Replica, interval_ms: i64, now: i64) -> i64 {
-    match replica.list_all().await {
-        Ok(files) => files
-            .iter()
-            .filter(|f| f.min_txid == 1)
-            .map(|f| f.created_ms + interval_ms)
-            .max()
-            .unwrap_or(now),
-        Err(_) => now,
-    }
-}
-
-async fn enforce_retention(replica: &Replica, s: &Schedule, now: i64) {
-    let files = match replica.list_all().await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "retention: cannot list replica");
-            return;
-        }
-    };
-    for f in compact::plan_retention(&files, now, s.snapshot_retention_ms, s.l0_retention_ms) {
-        if let Err(e) = replica.store.delete(&replica.key(&f)).await {
-            tracing::warn!(file = %f, error = %e, "retention: delete failed");
-        }
-    }
 }

@@ -36,6 +36,9 @@ pub enum StoreErrorKind {
     Permanent,
     /// A conditional write found the object changed (or gone) since it was read.
     Precondition,
+    /// The write was refused because this replicator lost the replica's lease: another
+    /// replicator owns it now. Never retried.
+    Fenced,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -201,6 +201,7 @@ fn injected(op: &'static str, key: &str) -> StoreError {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     fn describe(&self) -> String {
         format!("faulty+{}", self.inner.describe())
@@ -281,5 +282,41 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
                 Err(injected("delete", key))
             }
         }
+    }
+
+    fn supports_conditional_writes(&self) -> bool {
+        self.inner.supports_conditional_writes()
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        match self.fate(false) {
+            Fate::Ok => self.inner.get_versioned(key).await,
+            _ => Err(injected("get", key)),
+        }
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        let fate = self.fate(true);
+        if matches!(fate, Fate::FailBefore) {
+            return Err(injected("put", key));
+        }
+        let version = self
+            .inner
+            .put_if_version(key, data, timestamp_ms, version)
+            .await?;
+        match fate {
+            Fate::Ok => Ok(version),
+            _ => Err(injected("put", key)),
+        }
+    }
+
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
     }
 }

@@ -4,7 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sluice_core::engine::{Clock, DbFiles};
+use sluice_core::engine::{Clock, DbFiles, LocalDb};
+use sluice_core::scheduler::Stamp;
 
 use crate::vfs;
 
@@ -113,5 +114,30 @@ pub struct SimClock;
 impl Clock for SimClock {
     fn now_ms(&self) -> i64 {
         vfs::with(|s| s.now_ms)
+    }
+}
+
+/// The simulated database as a job sees it: its files on the simulated disk, stamped by the
+/// disk's write versions (the simulated modification times).
+#[derive(Debug, Clone)]
+pub struct SimDb {
+    pub db: String,
+}
+
+impl LocalDb for SimDb {
+    fn open(&self) -> io::Result<std::sync::Arc<dyn DbFiles>> {
+        Ok(std::sync::Arc::new(SimFiles::new(&self.db)))
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        let wal = format!("{}-wal", self.db);
+        vfs::with(|s| {
+            let db_len = s.disk.len(&self.db)?;
+            Some([
+                s.disk.len(&wal).unwrap_or(0) as u64,
+                s.disk.version(&wal),
+                db_len as u64,
+            ])
+        })
     }
 }

@@ -77,10 +77,13 @@ pub enum Step {
     Reconnect,
     /// The engine syncs now.
     Sync,
-    /// Level-1 compaction (and level 2 every fourth time).
+    /// A level-1 compaction now, outside the schedule (its outcome reaches the scheduler).
     Compact,
-    /// A level-9 snapshot.
+    /// A level-9 snapshot now, outside the schedule.
     Snapshot,
+    /// The replicator is stopped cleanly (SIGTERM: a final sync, the lease released) and
+    /// starts again later; with the store reachable the replica then holds every commit.
+    GracefulStop,
     /// The engine process dies (SIGKILL); the checker restores.
     EngineCrash,
     /// Power loss: every process dies, unsynced writes persist, vanish or tear; the checker

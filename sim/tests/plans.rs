@@ -2,25 +2,38 @@
 //! must pass every check; a failing plan shrinks to the fewest, simplest steps and is printed
 //! as a scenario file to replay with `sluice-sim run --seed N --scenario FILE`.
 //!
-//! `PROPTEST_CASES` sets how many plans run (default 256 here; the nightly run raises it).
+//! `PROPTEST_CASES` sets how many plans run (default 256 here; the nightly run raises it) and
+//! `PROPTEST_RNG_SEED` which plans (default [`RNG_SEED_DEFAULT`]): the suite is deterministic,
+//! and a failure prints the seed that replays it.
 
 mod common;
 
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use sluice_sim::plan::Scenario;
 use sluice_sim::run::run_scenario;
 
+/// The plans CI runs unless `PROPTEST_RNG_SEED` says otherwise.
+const RNG_SEED_DEFAULT: u64 = 20_261_201;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
+    env_u64("PROPTEST_CASES").map_or(256, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn rng_seed() -> u64 {
+    env_u64("PROPTEST_RNG_SEED").unwrap_or(RNG_SEED_DEFAULT)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
         max_shrink_iters: 2_000,
+        rng_seed: RngSeed::Fixed(rng_seed()),
+        failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
@@ -32,8 +45,10 @@ proptest! {
         let r = run_scenario(seed, 0, &Scenario::plan(steps.clone()), None);
         prop_assert!(
             r.passed(),
-            "{}\nreplay: save the steps below as plan.yaml, then cargo run --release -p sluice-sim -- run --seed {seed} --scenario plan.yaml\n{}",
+            "{}\nreplay: save the steps below as plan.yaml, then cargo run --release -p sluice-sim -- run --seed {seed} --scenario plan.yaml\n(the suite: PROPTEST_RNG_SEED={} PROPTEST_CASES={} cargo test -p sluice-sim --test plans)\n{}",
             r.failures.join("; "),
+            rng_seed(),
+            cases(),
             Scenario::steps_yaml(&steps)
         );
     }

@@ -34,7 +34,7 @@ use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
     scan_extent,
 };
-pub use source::{DbFiles, OsFiles};
+pub use source::{DbFiles, LocalDb, OsDb, OsFiles};
 pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
 
 /// The clock seam. Real time in production, simulated time in the simulator.
@@ -65,8 +65,26 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("replica {replica}: {message}")]
     Replica { replica: String, message: String },
+    /// The replica cannot continue this database (its pages are of another size).
+    #[error("replica {replica}: {message}")]
+    Incompatible { replica: String, message: String },
     #[error("encoding LTX: {0}")]
     Ltx(#[from] LtxError),
+}
+
+impl EngineError {
+    /// Whether retrying cannot help: a lost lease, a replica of another page size, a file the
+    /// engine cannot encode. Everything else (outages, a busy or missing database, races with
+    /// the application, a TXID taken) is retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.kind == StoreErrorKind::Fenced,
+            EngineError::Incompatible { .. } | EngineError::Ltx(_) => true,
+            EngineError::Database { .. } | EngineError::Io { .. } | EngineError::Replica { .. } => {
+                false
+            }
+        }
+    }
 }
 
 /// Engine settings. Every limit is named.
@@ -472,7 +490,7 @@ impl Engine {
         };
         let (rh, post) = self.read_file_ends(&newest).await?;
         if rh.page_size != self.page_size {
-            return Err(EngineError::Replica {
+            return Err(EngineError::Incompatible {
                 replica: self.replica.describe(),
                 message: format!(
                     "holds pages of {} bytes but the database uses {}",

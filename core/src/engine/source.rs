@@ -123,3 +123,45 @@ impl DbFiles for OsFiles {
         &self.db_path
     }
 }
+
+/// Where a job finds its database: the files the engine reads (opened at each engine start,
+/// so a database that appears later is picked up) and a cheap stamp of them that changes when
+/// the application writes. The scheduler syncs only after the stamp changed.
+pub trait LocalDb: Send + Sync {
+    /// Opens the database's files for one engine's life.
+    fn open(&self) -> io::Result<std::sync::Arc<dyn DbFiles>>;
+    /// The WAL's size and modification time and the database's size, `None` if the database
+    /// is missing. Two equal stamps mean nothing was written in between.
+    fn stamp(&self) -> Option<crate::scheduler::Stamp>;
+}
+
+/// The real database on the local filesystem.
+#[derive(Debug, Clone)]
+pub struct OsDb {
+    pub path: PathBuf,
+}
+
+impl LocalDb for OsDb {
+    fn open(&self) -> io::Result<std::sync::Arc<dyn DbFiles>> {
+        Ok(std::sync::Arc::new(OsFiles::open(&self.path)?))
+    }
+
+    fn stamp(&self) -> Option<crate::scheduler::Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |m: &std::fs::Metadata| {
+            u64::try_from(m.mtime())
+                .unwrap_or(0)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(u64::try_from(m.mtime_nsec()).unwrap_or(0))
+        };
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let w = std::fs::metadata(PathBuf::from(wal)).ok();
+        let d = std::fs::metadata(&self.path).ok()?;
+        Some([
+            w.as_ref().map_or(0, std::fs::Metadata::len),
+            w.as_ref().map_or(0, ns),
+            d.len(),
+        ])
+    }
+}

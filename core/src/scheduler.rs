@@ -1,0 +1,995 @@
+//! The replication scheduler: every timing rule of one job, as a plain value with no I/O.
+//!
+//! In the style of raft-rs's `Ready`/`advance`: the caller asks [`Scheduler::next`] what to do
+//! at `now_ms`, performs the [`Action`] it returns, and hands the [`Outcome`] back to
+//! [`Scheduler::done`]; on [`Next::Sleep`] it waits until then, or until a file notification,
+//! and reports the database's stamp with [`Scheduler::observe_stamp`]. `sluice replicate`
+//! (`replicate::run`, on the wall clock) and the simulator (on simulated time) drive the same
+//! value, so every rule here runs under simulation.
+//!
+//! The rules:
+//! - **Open** the engine first; a transient failure is retried with full jitter, capped at the
+//!   sync interval (everything is pending, so the recovery point objective applies).
+//! - **Sync** when the stamp changed and the previous upload is at least `sync_interval_ms`
+//!   old: sparse writes ship at once, sustained writes cost at most one PUT per interval.
+//! - **Retries** back off with full jitter from [`RETRY_BASE_MS`]. A sync's backoff is capped at
+//!   the sync interval while commits are pending, so once the store answers again the next
+//!   commit ships within one sync interval plus one upload (the stated bound, checked by the
+//!   simulator after every heal). Compaction, snapshot, retention and lease retries are capped at
+//!   `backoff_max_ms` and never wait longer than their own interval.
+//! - **Compaction** of level `n` runs every `levels_ms[n - 1]`, aligned to the interval, when
+//!   something new can reach it (no LIST while idle); a failed one is retried, idle or not.
+//! - **Snapshots** every `snapshot_interval_ms` after the newest full file, when the TXID moved;
+//!   **retention** after each level-1 compaction that produced a file and after each snapshot.
+//! - **Lease**: renewed every third of its time; a lost lease stops the job.
+//! - **Shutdown**: a final sync until nothing is pending, bounded by
+//!   `shutdown_sync_timeout_ms`, then the lease is released.
+//! - **Errors**: transient ones are retried; a permanent one stops this job only (the caller
+//!   keeps the other databases replicating).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::planted::{self, Bug};
+use crate::replica::SNAPSHOT_LEVEL;
+
+/// The first retry waits up to this long; each further failure doubles the cap.
+pub const RETRY_BASE_MS: i64 = 100;
+
+/// When things happen. Defaults are Litestream's.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub sync_interval_ms: i64,
+    pub monitor_interval_ms: i64,
+    /// Compaction interval for levels 1, 2, ...
+    pub levels_ms: Vec<i64>,
+    pub snapshot_interval_ms: i64,
+    pub snapshot_retention_ms: i64,
+    pub l0_retention_ms: i64,
+    pub retention_enabled: bool,
+    /// Upper bound of the retry backoff of compaction, snapshots, retention and the lease.
+    pub backoff_max_ms: i64,
+    pub shutdown_sync_timeout_ms: i64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            sync_interval_ms: 1000,
+            monitor_interval_ms: 1000,
+            levels_ms: vec![30_000, 300_000, 3_600_000],
+            snapshot_interval_ms: 24 * 3_600_000,
+            snapshot_retention_ms: 24 * 3_600_000,
+            l0_retention_ms: 300_000,
+            retention_enabled: true,
+            backoff_max_ms: 30_000,
+            shutdown_sync_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What the caller must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open the engine: recover the replica's position (it may ship a full level-0 file).
+    Open,
+    /// Ship what changed since the last sync.
+    Sync,
+    /// Compact level `level - 1` into `level`, up to `up_to_txid`; `known_max_txid` is the
+    /// newest TXID this job knows the destination reaches (a lagging listing may not show it).
+    Compact {
+        level: u8,
+        up_to_txid: u64,
+        known_max_txid: u64,
+    },
+    /// Write a level-9 snapshot of `1..=up_to_txid`.
+    Snapshot {
+        up_to_txid: u64,
+    },
+    /// Delete what retention allows.
+    Retention,
+    RenewLease,
+    ReleaseLease,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Open => f.write_str("open"),
+            Action::Sync => f.write_str("sync"),
+            Action::Compact {
+                level, up_to_txid, ..
+            } => write!(f, "compact level {level} to {up_to_txid:016x}"),
+            Action::Snapshot { up_to_txid } => write!(f, "snapshot to {up_to_txid:016x}"),
+            Action::Retention => f.write_str("retention"),
+            Action::RenewLease => f.write_str("renew-lease"),
+            Action::ReleaseLease => f.write_str("release-lease"),
+        }
+    }
+}
+
+/// The scheduler's answer to "what now?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Run(Action),
+    /// Nothing is due before `until_ms` (a file notification may wake the caller earlier).
+    Sleep {
+        until_ms: i64,
+    },
+    /// The job is over: shut down cleanly, or stopped by a permanent error
+    /// ([`Scheduler::stopped_by`]).
+    Exit,
+}
+
+/// What an action did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The engine is open at `txid`. `newest_full_ms`: when the newest file covering TXID 1
+    /// was written (the snapshot schedule starts from it); `shipped_full`: opening shipped one.
+    Opened {
+        txid: u64,
+        shipped_full: bool,
+        newest_full_ms: Option<i64>,
+    },
+    /// A sync finished at `txid`; `more`: a backlog remains beyond one file's limit.
+    Synced {
+        txid: u64,
+        shipped: bool,
+        more: bool,
+    },
+    /// A compaction ran; `produced`: the newest TXID of the file it wrote, if it wrote one
+    /// (short of `up_to_txid` when the inputs were capped: the level runs again);
+    /// `level_max_txid`: the newest TXID the level reaches (what a restarted job learns).
+    Compacted {
+        produced: Option<u64>,
+        level_max_txid: u64,
+    },
+    Snapshotted,
+    Retained,
+    Renewed,
+    Released,
+    Failed(Failure),
+}
+
+/// Why an action failed, as far as scheduling cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying (an outage, a busy database, a race with the application).
+    Transient,
+    /// Not worth retrying: this job stops, with this reason.
+    Permanent(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Opening,
+    Running,
+    /// Final syncs until nothing is pending or the deadline passes.
+    Draining {
+        deadline_ms: i64,
+    },
+    /// The final sync is over, or the job stopped; the lease goes next.
+    Releasing,
+    Stopped,
+}
+
+/// One retry timer with its consecutive failures.
+#[derive(Clone, Copy, Debug, Default)]
+struct Retry {
+    at_ms: i64,
+    failures: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LeaseTimer {
+    ttl_ms: i64,
+    renew_at_ms: i64,
+    retry: Retry,
+}
+
+#[derive(Clone, Debug)]
+struct Level {
+    due_ms: i64,
+    /// The newest TXID this level is known to reach (its outputs so far).
+    newest: u64,
+    /// The source's newest TXID when a run last found nothing to compact: no LIST again until
+    /// the source grows past it.
+    idle_at_source: u64,
+    retry: Retry,
+}
+
+/// The schedule of one (database, replica) job.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    s: Schedule,
+    rng: ChaCha8Rng,
+    phase: Phase,
+    open: Retry,
+    txid: u64,
+    stamp: Option<Stamp>,
+    /// When unshipped changes were first seen, if any are pending.
+    pending_since_ms: Option<i64>,
+    last_upload_ms: i64,
+    sync: Retry,
+    levels: Vec<Level>,
+    snapshot_due_ms: i64,
+    snapshot_txid: u64,
+    snapshot_retry: Retry,
+    retention_due: bool,
+    retention_retry: Retry,
+    lease: Option<LeaseTimer>,
+    stopped_by: Option<String>,
+    opened: bool,
+    /// The final sync left nothing pending.
+    drained: bool,
+}
+
+/// What the caller observed of the database and its WAL (sizes, modification times, or the
+/// simulated disk's versions): a change means commits may be pending.
+pub type Stamp = [u64; 3];
+
+fn align_next(now_ms: i64, interval_ms: i64) -> i64 {
+    (now_ms / interval_ms.max(1) + 1) * interval_ms.max(1)
+}
+
+impl Scheduler {
+    /// A job starting at `now_ms`. `seed` drives the retry jitter (the simulator passes its
+    /// own; production a random one, so that databases do not retry in lockstep).
+    pub fn new(schedule: Schedule, seed: u64, now_ms: i64) -> Scheduler {
+        let levels = schedule
+            .levels_ms
+            .iter()
+            .map(|&interval| Level {
+                due_ms: align_next(now_ms, interval),
+                newest: 0,
+                idle_at_source: 0,
+                retry: Retry::default(),
+            })
+            .collect();
+        Scheduler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            phase: Phase::Opening,
+            open: Retry {
+                at_ms: now_ms,
+                failures: 0,
+            },
+            txid: 0,
+            stamp: None,
+            pending_since_ms: None,
+            last_upload_ms: i64::MIN / 2,
+            sync: Retry::default(),
+            levels,
+            snapshot_due_ms: i64::MAX,
+            snapshot_txid: 0,
+            snapshot_retry: Retry::default(),
+            retention_due: false,
+            retention_retry: Retry::default(),
+            lease: None,
+            stopped_by: None,
+            opened: false,
+            drained: false,
+            s: schedule,
+        }
+    }
+
+    /// The job holds a lease of `ttl_ms`, taken at `taken_ms`: renew it on schedule.
+    pub fn with_lease(mut self, ttl_ms: i64, taken_ms: i64) -> Scheduler {
+        self.lease = Some(LeaseTimer {
+            ttl_ms,
+            renew_at_ms: taken_ms + ttl_ms / 3,
+            retry: Retry::default(),
+        });
+        self
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.s
+    }
+
+    /// The replica's TXID as far as the scheduler knows.
+    pub fn txid(&self) -> u64 {
+        self.txid
+    }
+
+    /// When unshipped changes were first seen, if any are pending.
+    pub fn pending_since_ms(&self) -> Option<i64> {
+        self.pending_since_ms
+    }
+
+    /// The permanent error that stopped the job, if one did.
+    pub fn stopped_by(&self) -> Option<&str> {
+        self.stopped_by.as_deref()
+    }
+
+    /// Whether the engine opened (the job got past its first successful open).
+    pub fn is_open(&self) -> bool {
+        self.opened
+    }
+
+    /// Whether the job holds a lease it renews.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// While stopping: when the final sync gives up.
+    pub fn stop_deadline_ms(&self) -> Option<i64> {
+        match self.phase {
+            Phase::Draining { deadline_ms } => Some(deadline_ms),
+            _ => None,
+        }
+    }
+
+    /// Whether the final sync left nothing pending (meaningful once [`Next::Exit`]).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// The database's stamp at `now_ms`: a change marks commits pending.
+    pub fn observe_stamp(&mut self, now_ms: i64, stamp: Option<Stamp>) {
+        if stamp != self.stamp {
+            self.stamp = stamp;
+            self.pending_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// Marks changes pending as of `now_ms` whatever the stamp says (a caller that knows).
+    pub fn mark_pending(&mut self, now_ms: i64) {
+        self.pending_since_ms.get_or_insert(now_ms);
+    }
+
+    /// Asks the job to stop: a final sync (if the engine is open), then the lease goes.
+    pub fn shutdown(&mut self, now_ms: i64) {
+        self.phase = match self.phase {
+            Phase::Opening => Phase::Releasing,
+            Phase::Running if planted::active(Bug::NoFinalSync) => Phase::Releasing,
+            Phase::Running => {
+                // The final sync runs whatever the stamp said last.
+                self.pending_since_ms.get_or_insert(now_ms);
+                self.sync.at_ms = now_ms;
+                Phase::Draining {
+                    deadline_ms: now_ms + self.s.shutdown_sync_timeout_ms,
+                }
+            }
+            ref p => p.clone(),
+        };
+    }
+
+    /// A delay with full jitter: uniform in `1..=min(cap, base * 2^failures)`.
+    fn backoff(&mut self, failures: u32, cap_ms: i64) -> i64 {
+        let exp = RETRY_BASE_MS.saturating_mul(1i64 << failures.min(30));
+        if planted::active(Bug::UnboundedBackoff) {
+            // The old rule: no jitter, capped only by `backoff_max_ms`.
+            return exp.min(self.s.backoff_max_ms);
+        }
+        let cap = exp.min(cap_ms).max(1);
+        self.rng.random_range(1..=cap)
+    }
+
+    fn failed(&mut self, which: fn(&mut Scheduler) -> &mut Retry, now_ms: i64, cap_ms: i64) {
+        let failures = which(self).failures;
+        let delay = self.backoff(failures, cap_ms);
+        let r = which(self);
+        r.failures = failures.saturating_add(1);
+        r.at_ms = now_ms + delay;
+    }
+
+    fn stop(&mut self, why: String) {
+        self.stopped_by = Some(why);
+        self.phase = Phase::Releasing;
+    }
+
+    /// The next thing to do at `now_ms`.
+    pub fn next(&mut self, now_ms: i64) -> Next {
+        if let Some(l) = &self.lease
+            && !matches!(self.phase, Phase::Stopped | Phase::Releasing)
+            && now_ms >= l.renew_at_ms.max(l.retry.at_ms)
+            && !planted::active(Bug::LeaseNotRenewed)
+        {
+            return Next::Run(Action::RenewLease);
+        }
+        let lease_due = self
+            .lease
+            .filter(|_| !planted::active(Bug::LeaseNotRenewed))
+            .map_or(i64::MAX, |l| l.renew_at_ms.max(l.retry.at_ms));
+        let sleep = |until_ms: i64| Next::Sleep {
+            until_ms: until_ms.min(lease_due).max(now_ms + 1),
+        };
+        match self.phase {
+            Phase::Stopped => Next::Exit,
+            Phase::Releasing => {
+                if self.lease.is_some() {
+                    Next::Run(Action::ReleaseLease)
+                } else {
+                    self.phase = Phase::Stopped;
+                    Next::Exit
+                }
+            }
+            Phase::Opening => {
+                if now_ms >= self.open.at_ms {
+                    Next::Run(Action::Open)
+                } else {
+                    sleep(self.open.at_ms)
+                }
+            }
+            Phase::Draining { deadline_ms } => {
+                if now_ms >= deadline_ms {
+                    tracing::warn!("final sync timed out");
+                    self.phase = Phase::Releasing;
+                    return self.next(now_ms);
+                }
+                if self.pending_since_ms.is_none() {
+                    self.drained = true;
+                    self.phase = Phase::Releasing;
+                    return self.next(now_ms);
+                }
+                if now_ms >= self.sync.at_ms {
+                    Next::Run(Action::Sync)
+                } else {
+                    sleep(self.sync.at_ms.min(deadline_ms))
+                }
+            }
+            Phase::Running => self.next_running(now_ms, lease_due),
+        }
+    }
+
+    fn sync_due_ms(&self) -> Option<i64> {
+        self.pending_since_ms?;
+        Some(
+            self.last_upload_ms
+                .saturating_add(self.s.sync_interval_ms)
+                .max(self.sync.at_ms),
+        )
+    }
+
+    /// The newest TXID the source of level `i + 1` reaches: the replica for level 1, the
+    /// level below otherwise.
+    fn source_newest(&self, i: usize) -> u64 {
+        match i.checked_sub(1) {
+            None => self.txid,
+            Some(below) => self.levels[below].newest,
+        }
+    }
+
+    fn next_running(&mut self, now_ms: i64, lease_due: i64) -> Next {
+        let mut wake = now_ms + self.s.monitor_interval_ms.max(1);
+        if let Some(due) = self.sync_due_ms() {
+            if now_ms >= due {
+                return Next::Run(Action::Sync);
+            }
+            wake = wake.min(due);
+        }
+        for i in 0..self.levels.len() {
+            let level = u8::try_from(i + 1)
+                .unwrap_or(SNAPSHOT_LEVEL - 1)
+                .min(SNAPSHOT_LEVEL - 1);
+            let source = self.source_newest(i);
+            let l = &self.levels[i];
+            // No LIST while idle: a level runs only when something new can reach it.
+            if source <= l.newest.max(l.idle_at_source) {
+                continue;
+            }
+            let due = l.due_ms.max(l.retry.at_ms);
+            if now_ms >= due {
+                return Next::Run(Action::Compact {
+                    level,
+                    up_to_txid: source,
+                    known_max_txid: l.newest,
+                });
+            }
+            wake = wake.min(due);
+        }
+        if self.txid != self.snapshot_txid && self.txid > 0 {
+            let due = self.snapshot_due_ms.max(self.snapshot_retry.at_ms);
+            if now_ms >= due {
+                return Next::Run(Action::Snapshot {
+                    up_to_txid: self.txid,
+                });
+            }
+            wake = wake.min(due);
+        }
+        if self.retention_due {
+            if now_ms >= self.retention_retry.at_ms {
+                return Next::Run(Action::Retention);
+            }
+            wake = wake.min(self.retention_retry.at_ms);
+        }
+        Next::Sleep {
+            until_ms: wake.min(lease_due).max(now_ms + 1),
+        }
+    }
+
+    /// Absorbs the outcome of `action`, performed at (or finished by) `now_ms`. Outcomes of
+    /// actions the caller chose on its own (the simulator's forced syncs) are absorbed alike.
+    pub fn done(&mut self, now_ms: i64, action: Action, outcome: Outcome) {
+        if let Outcome::Failed(Failure::Permanent(why)) = &outcome {
+            match action {
+                // Nothing left to renew or release: the lease is someone else's now.
+                Action::RenewLease => self.lease = None,
+                Action::ReleaseLease => {
+                    self.lease = None;
+                    self.phase = Phase::Stopped;
+                }
+                _ => {}
+            }
+            if self.stopped_by.is_none() {
+                self.stop(format!("{action}: {why}"));
+            }
+            return;
+        }
+        let failed = outcome == Outcome::Failed(Failure::Transient);
+        match action {
+            Action::Open => {
+                if failed {
+                    let cap = self.s.sync_interval_ms;
+                    self.failed(|s| &mut s.open, now_ms, cap);
+                } else if let Outcome::Opened {
+                    txid,
+                    shipped_full,
+                    newest_full_ms,
+                } = outcome
+                {
+                    self.open = Retry::default();
+                    self.opened = true;
+                    self.txid = txid;
+                    // Whatever was committed while nobody watched is pending.
+                    self.pending_since_ms = Some(now_ms);
+                    self.sync.at_ms = now_ms;
+                    // A full file shipped while opening counts: the whole database is not
+                    // uploaded twice.
+                    if shipped_full {
+                        self.snapshot_txid = txid;
+                        self.snapshot_due_ms = now_ms + self.s.snapshot_interval_ms;
+                    } else {
+                        self.snapshot_due_ms = newest_full_ms
+                            .map_or(now_ms, |t| t.saturating_add(self.s.snapshot_interval_ms));
+                    }
+                    self.phase = Phase::Running;
+                }
+            }
+            Action::Sync => {
+                if failed {
+                    // Capped at the sync interval: commits are pending (the RPO bound).
+                    let cap = self.s.sync_interval_ms;
+                    self.failed(|s| &mut s.sync, now_ms, cap);
+                } else if let Outcome::Synced {
+                    txid,
+                    shipped,
+                    more,
+                } = outcome
+                {
+                    self.sync = Retry::default();
+                    self.txid = txid;
+                    if shipped {
+                        self.last_upload_ms = now_ms;
+                    }
+                    if !more {
+                        self.pending_since_ms = None;
+                    }
+                }
+            }
+            Action::Compact {
+                level, up_to_txid, ..
+            } => {
+                let i = usize::from(level.max(1) - 1);
+                let Some(interval) = self.s.levels_ms.get(i).copied() else {
+                    return;
+                };
+                if failed {
+                    let cap = self.s.backoff_max_ms.min(interval);
+                    let failures = self.levels[i].retry.failures;
+                    let delay = self.backoff(failures, cap);
+                    let l = &mut self.levels[i];
+                    l.retry.failures = failures.saturating_add(1);
+                    l.retry.at_ms = now_ms + delay;
+                    if planted::active(Bug::CompactionNeverRetried) {
+                        // The old rule: the attempt counts as a run, failed or not.
+                        l.retry = Retry::default();
+                        l.due_ms = align_next(now_ms, interval);
+                        l.idle_at_source = up_to_txid;
+                    }
+                    return;
+                }
+                let Outcome::Compacted {
+                    produced,
+                    level_max_txid,
+                } = outcome
+                else {
+                    return;
+                };
+                let l = &mut self.levels[i];
+                l.retry = Retry::default();
+                l.due_ms = align_next(now_ms, interval);
+                // A capped run covers less than asked: the rest is still new.
+                l.newest = l.newest.max(level_max_txid);
+                if produced.is_none() {
+                    l.idle_at_source = up_to_txid;
+                }
+                // Level-0 files become deletable once level 1 covers them.
+                if produced.is_some() && level == 1 && self.s.retention_enabled {
+                    self.retention_due = true;
+                }
+            }
+            Action::Snapshot { up_to_txid } => {
+                if failed {
+                    let cap = self.s.backoff_max_ms.min(self.s.snapshot_interval_ms);
+                    self.failed(|s| &mut s.snapshot_retry, now_ms, cap);
+                } else {
+                    self.snapshot_retry = Retry::default();
+                    self.snapshot_txid = up_to_txid;
+                    self.snapshot_due_ms = now_ms + self.s.snapshot_interval_ms;
+                    if self.s.retention_enabled {
+                        self.retention_due = true;
+                    }
+                }
+            }
+            Action::Retention => {
+                if failed {
+                    let cap = self.s.backoff_max_ms;
+                    self.failed(|s| &mut s.retention_retry, now_ms, cap);
+                } else {
+                    self.retention_retry = Retry::default();
+                    self.retention_due = false;
+                }
+            }
+            Action::RenewLease => {
+                let Some(mut l) = self.lease else { return };
+                if failed {
+                    // Well inside the lease, and no later than a sync would retry: once the
+                    // lease has run out, uploads wait on it.
+                    let cap = (l.ttl_ms / 6).min(self.s.sync_interval_ms).max(1);
+                    let failures = l.retry.failures;
+                    let delay = self.backoff(failures, cap);
+                    l.retry.failures = failures.saturating_add(1);
+                    l.retry.at_ms = now_ms + delay;
+                } else {
+                    l.retry = Retry::default();
+                    l.renew_at_ms = now_ms + l.ttl_ms / 3;
+                }
+                self.lease = Some(l);
+            }
+            Action::ReleaseLease => {
+                // Released, or not (it then expires on its own): either way the job is over.
+                self.lease = None;
+                self.phase = Phase::Stopped;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Schedule {
+        Schedule {
+            sync_interval_ms: 1_000,
+            monitor_interval_ms: 1_000,
+            levels_ms: vec![10_000, 40_000],
+            snapshot_interval_ms: 100_000,
+            ..Schedule::default()
+        }
+    }
+
+    fn opened(s: &mut Scheduler, now: i64, txid: u64) {
+        assert_eq!(s.next(now), Next::Run(Action::Open));
+        s.done(
+            now,
+            Action::Open,
+            Outcome::Opened {
+                txid,
+                shipped_full: true,
+                newest_full_ms: Some(now),
+            },
+        );
+    }
+
+    fn synced(s: &mut Scheduler, now: i64, txid: u64) {
+        assert_eq!(s.next(now), Next::Run(Action::Sync), "at {now}");
+        s.done(
+            now,
+            Action::Sync,
+            Outcome::Synced {
+                txid,
+                shipped: true,
+                more: false,
+            },
+        );
+    }
+
+    #[test]
+    fn syncs_once_per_interval_and_only_after_a_change() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        // Nothing changed: sleep until the monitor interval, no sync.
+        assert_eq!(s.next(10), Next::Sleep { until_ms: 1_010 });
+        s.observe_stamp(500, Some([1, 1, 1]));
+        // Changed, but the last upload is younger than the interval.
+        assert_eq!(s.next(500), Next::Sleep { until_ms: 1_000 });
+        synced(&mut s, 1_000, 2);
+        s.observe_stamp(1_200, Some([1, 1, 1]));
+        assert!(matches!(s.next(1_200), Next::Sleep { .. }), "same stamp");
+    }
+
+    #[test]
+    fn sync_retries_are_capped_at_the_interval_whatever_the_outage() {
+        let no_levels = Schedule {
+            levels_ms: Vec::new(),
+            ..schedule()
+        };
+        let mut s = Scheduler::new(no_levels, 7, 0);
+        opened(&mut s, 0, 1);
+        let mut now = 0;
+        for _ in 0..40 {
+            assert_eq!(s.next(now), Next::Run(Action::Sync));
+            s.done(now, Action::Sync, Outcome::Failed(Failure::Transient));
+            let Next::Sleep { until_ms } = s.next(now) else {
+                panic!("a failed sync must wait");
+            };
+            assert!(
+                until_ms > now && until_ms <= now + 1_000,
+                "retry {until_ms} after a failure at {now}"
+            );
+            now = until_ms;
+        }
+    }
+
+    #[test]
+    fn retries_are_jittered_per_seed() {
+        let delays = |seed: u64| {
+            let mut s = Scheduler::new(schedule(), seed, 0);
+            opened(&mut s, 0, 1);
+            (0..6)
+                .map(|_| {
+                    s.done(0, Action::Sync, Outcome::Failed(Failure::Transient));
+                    match s.next(0) {
+                        Next::Sleep { until_ms } => until_ms,
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(delays(3), delays(3), "the seed decides");
+        assert_ne!(delays(3), delays(4), "two jobs do not retry in lockstep");
+    }
+
+    #[test]
+    fn open_retries_are_capped_at_the_interval_and_permanent_errors_stop_the_job() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        let mut now = 0;
+        for _ in 0..20 {
+            assert_eq!(s.next(now), Next::Run(Action::Open));
+            s.done(now, Action::Open, Outcome::Failed(Failure::Transient));
+            let Next::Sleep { until_ms } = s.next(now) else {
+                panic!("must wait");
+            };
+            assert!(until_ms <= now + 1_000);
+            now = until_ms;
+        }
+        s.done(
+            now,
+            Action::Open,
+            Outcome::Failed(Failure::Permanent("page size".into())),
+        );
+        assert_eq!(s.next(now), Next::Exit);
+        assert_eq!(s.stopped_by(), Some("open: page size"));
+    }
+
+    #[test]
+    fn a_failed_compaction_is_retried_while_idle() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 5);
+        let compact = Action::Compact {
+            level: 1,
+            up_to_txid: 5,
+            known_max_txid: 0,
+        };
+        assert_eq!(s.next(10_000), Next::Run(compact));
+        s.done(10_000, compact, Outcome::Failed(Failure::Transient));
+        // No new writes; the level is retried before its next interval ends.
+        let mut now = 10_000;
+        let retried = loop {
+            match s.next(now) {
+                Next::Run(a @ Action::Compact { .. }) => break Some((now, a)),
+                Next::Run(a) => panic!("{a}"),
+                Next::Sleep { until_ms } if until_ms <= 20_000 => now = until_ms,
+                _ => break None,
+            }
+        };
+        let (at, a) = retried.expect("retried while idle");
+        assert!(at < 20_000 && a == compact);
+        // A capped run: level 1 reaches 3 of 5 and runs again at its next interval.
+        s.done(
+            at,
+            compact,
+            Outcome::Compacted {
+                produced: Some(3),
+                level_max_txid: 3,
+            },
+        );
+        // Then retention, and level 2 (from level 1's 3) at its own interval.
+        assert_eq!(s.next(at), Next::Run(Action::Retention));
+        s.done(at, Action::Retention, Outcome::Retained);
+        let again = Action::Compact {
+            level: 1,
+            up_to_txid: 5,
+            known_max_txid: 3,
+        };
+        assert_eq!(s.next(20_000), Next::Run(again));
+        s.done(
+            20_000,
+            again,
+            Outcome::Compacted {
+                produced: Some(5),
+                level_max_txid: 5,
+            },
+        );
+        s.done(20_000, Action::Retention, Outcome::Retained);
+        assert_eq!(
+            s.next(40_000),
+            Next::Run(Action::Compact {
+                level: 2,
+                up_to_txid: 5,
+                known_max_txid: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn idle_levels_and_snapshots_do_nothing() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 3);
+        synced(&mut s, 0, 3);
+        let c = Action::Compact {
+            level: 1,
+            up_to_txid: 3,
+            known_max_txid: 0,
+        };
+        assert_eq!(s.next(10_000), Next::Run(c));
+        s.done(
+            10_000,
+            c,
+            Outcome::Compacted {
+                produced: None,
+                level_max_txid: 0,
+            },
+        );
+        for t in (10_001..400_000).step_by(997) {
+            assert!(matches!(s.next(t), Next::Sleep { .. }), "at {t}");
+        }
+    }
+
+    #[test]
+    fn snapshots_follow_the_newest_full_file() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        assert_eq!(s.next(0), Next::Run(Action::Open));
+        s.done(
+            0,
+            Action::Open,
+            Outcome::Opened {
+                txid: 9,
+                shipped_full: false,
+                newest_full_ms: Some(-50_000),
+            },
+        );
+        synced(&mut s, 0, 9);
+        let snap = Action::Snapshot { up_to_txid: 9 };
+        let mut now = 1;
+        while now < 50_000 {
+            match s.next(now) {
+                Next::Run(a @ Action::Compact { .. }) => {
+                    s.done(
+                        now,
+                        a,
+                        Outcome::Compacted {
+                            produced: None,
+                            level_max_txid: 0,
+                        },
+                    );
+                }
+                Next::Run(a) => panic!("{a} at {now}"),
+                Next::Sleep { until_ms } => now = until_ms,
+                Next::Exit => panic!("exit"),
+            }
+        }
+        assert_eq!(s.next(50_000), Next::Run(snap));
+        s.done(50_000, snap, Outcome::Failed(Failure::Transient));
+        let Next::Sleep { until_ms } = s.next(50_000) else {
+            panic!("retry waits")
+        };
+        assert!(until_ms <= 50_000 + 30_000);
+    }
+
+    #[test]
+    fn lease_is_renewed_every_third_and_retried_on_failure() {
+        let mut s = Scheduler::new(schedule(), 1, 0).with_lease(9_000, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        assert_eq!(s.next(2_999).clone(), Next::Sleep { until_ms: 3_000 });
+        assert_eq!(s.next(3_000), Next::Run(Action::RenewLease));
+        s.done(
+            3_000,
+            Action::RenewLease,
+            Outcome::Failed(Failure::Transient),
+        );
+        let Next::Sleep { until_ms } = s.next(3_000) else {
+            panic!()
+        };
+        assert!(until_ms <= 3_000 + 1_500, "retried well inside the lease");
+        assert_eq!(s.next(until_ms), Next::Run(Action::RenewLease));
+        s.done(until_ms, Action::RenewLease, Outcome::Renewed);
+        let at = until_ms + 3_000;
+        assert_eq!(s.next(at), Next::Run(Action::RenewLease));
+        s.done(
+            at,
+            Action::RenewLease,
+            Outcome::Failed(Failure::Permanent("taken over by pid 9".into())),
+        );
+        // Lost: no renewal again, nothing to release, the job ends.
+        assert_eq!(s.next(at), Next::Exit);
+        assert!(s.stopped_by().is_some_and(|w| w.contains("pid 9")));
+    }
+
+    #[test]
+    fn shutdown_syncs_until_nothing_is_pending_then_releases() {
+        let mut s = Scheduler::new(schedule(), 1, 0).with_lease(30_000, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        // The last upload was just now, and the stamp is unchanged: the final sync runs anyway.
+        s.shutdown(100);
+        assert_eq!(s.next(100), Next::Run(Action::Sync));
+        s.done(
+            100,
+            Action::Sync,
+            Outcome::Synced {
+                txid: 2,
+                shipped: true,
+                more: true,
+            },
+        );
+        assert_eq!(s.next(101), Next::Run(Action::Sync), "a backlog remains");
+        s.done(
+            101,
+            Action::Sync,
+            Outcome::Synced {
+                txid: 3,
+                shipped: true,
+                more: false,
+            },
+        );
+        assert_eq!(s.next(102), Next::Run(Action::ReleaseLease));
+        s.done(102, Action::ReleaseLease, Outcome::Released);
+        assert_eq!(s.next(103), Next::Exit);
+        assert!(s.drained());
+    }
+
+    #[test]
+    fn shutdown_gives_up_at_the_deadline() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        s.shutdown(0);
+        let mut now = 0;
+        loop {
+            match s.next(now) {
+                Next::Run(Action::Sync) => {
+                    s.done(now, Action::Sync, Outcome::Failed(Failure::Transient));
+                }
+                Next::Sleep { until_ms } => now = until_ms,
+                Next::Exit => break,
+                Next::Run(a) => panic!("{a}"),
+            }
+            assert!(now <= 30_000 + 1_000, "past the deadline: {now}");
+        }
+        assert!(!s.drained());
+    }
+
+    #[test]
+    fn shutdown_before_the_engine_opened_exits() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        s.done(0, Action::Open, Outcome::Failed(Failure::Transient));
+        s.shutdown(1);
+        assert_eq!(s.next(1), Next::Exit);
+        assert!(!s.is_open());
+    }
+}

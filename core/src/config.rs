@@ -314,10 +314,8 @@ impl Config {
                     db.path
                 )));
             }
-            for (j, r) in db.replicas.iter_mut().enumerate() {
+            for r in &mut db.replicas {
                 r.settings.inherit(&defaults);
-                crate::url::ReplicaTarget::from_config(r)
-                    .map_err(|e| invalid(format!("dbs[{i}] ({}) replica {j}: {e}", db.path)))?;
             }
         }
         let mut seen = std::collections::HashSet::new();

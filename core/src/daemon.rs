@@ -6,11 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::watch;
 
-use crate::cli::{ConfigArgs, IntegrityCheck, ReplicateArgs, restore_into_place};
+use crate::args::{ConfigArgs, IntegrityCheck, ReplicateArgs};
 use crate::config::{Config, config_path};
 use crate::engine::{Clock, SystemClock};
 use crate::jobs::{config_from_args, jobs_from_config};
 use crate::lease::{FencedStore, Holder, LEASE_TTL_MS, Lease};
+use crate::place::restore_into_place;
 use crate::replica::SNAPSHOT_LEVEL;
 use crate::replicate::{self, JobStatus, SharedStatus};
 use crate::restore::{self, RestoreError, Target};
@@ -24,7 +25,9 @@ fn load_config(flag: Option<&Path>, no_expand: bool) -> Result<Config> {
             path.display()
         );
     }
-    Ok(Config::load(&path, !no_expand)?)
+    let config = Config::load(&path, !no_expand)?;
+    crate::url::check_targets(&path, &config)?;
+    Ok(config)
 }
 
 pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {

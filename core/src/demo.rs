@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{DemoArgs, IntegrityCheck, restore_into_place};
+use crate::args::{DemoArgs, IntegrityCheck};
 use crate::engine::{Engine, EngineConfig, OsFiles, SystemClock};
+use crate::place::restore_into_place;
 use crate::replica::{Layout, Replica};
 use crate::restore::{self, Target};
 use crate::store::DirStore;

@@ -1,5 +1,6 @@
 //! sluice-core: the replication engine, the replica formats and the `sluice` CLI's library.
 
+pub mod args;
 pub mod checksum;
 pub mod cli;
 pub mod compact;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod lease;
 pub mod ltx;
 pub mod metrics;
+pub mod place;
 pub mod planted;
 pub mod replica;
 pub mod replicate;

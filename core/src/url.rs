@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{ReplicaConfig, ReplicaSettings, expand_path};
+use crate::config::{Config, ConfigError, ReplicaConfig, ReplicaSettings, expand_path};
 use crate::replica::{Layout, Replica};
 use crate::s3::{S3Config, S3Store, resolve_credentials};
 use crate::store::DirStore;
@@ -340,6 +340,21 @@ fn parse_s3(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
         force_path_style,
         skip_verify,
     })
+}
+
+/// Checks that every replica of `config` (loaded from `path`) names a target sluice can open,
+/// naming the first that does not. Part of loading a configuration: nothing starts on a
+/// configuration with one bad entry.
+pub fn check_targets(path: &std::path::Path, config: &Config) -> Result<(), ConfigError> {
+    for (i, db) in config.dbs.iter().enumerate() {
+        for (j, r) in db.replicas.iter().enumerate() {
+            ReplicaTarget::from_config(r).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("dbs[{i}] ({}) replica {j}: {e}", db.path),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod disk;
 pub mod faulty;
 pub mod files;
+pub mod knobs;
 pub mod oracle;
 pub mod plan;
 pub mod run;

@@ -1,0 +1,521 @@
+//! The replicator's hosts: production's driver started (lease first), woken when its scheduler
+//! asks, stopped cleanly, crashed, powered off and replaced, and the zombie a replaced host can
+//! leave behind.
+
+use super::*;
+
+impl World {
+    pub(super) fn engine_config(&self) -> EngineConfig {
+        let mut cfg = EngineConfig::new(DB);
+        cfg.vfs = vfs::VFS_NAME.to_str().ok().map(str::to_string);
+        cfg.busy_timeout_ms = 0;
+        cfg.checkpoint = CheckpointPolicy {
+            min_pages: self.knobs.engine_checkpoint_pages.max(1),
+            truncate_pages: 4 * self.knobs.engine_checkpoint_pages.max(1000),
+            interval_ms: if self.knobs.engine_checkpoint_pages == 0 {
+                i64::MAX / 4
+            } else {
+                5_000
+            },
+        };
+        cfg
+    }
+
+    /// The schedule the knobs describe, for production's scheduler.
+    pub(super) fn schedule(&self) -> Schedule {
+        let k = &self.knobs;
+        Schedule {
+            sync_interval_ms: k.sync_interval_ms,
+            monitor_interval_ms: k.sync_interval_ms.max(1),
+            levels_ms: if k.compact_interval_ms > 0 {
+                vec![k.compact_interval_ms, 4 * k.compact_interval_ms]
+            } else {
+                Vec::new()
+            },
+            snapshot_interval_ms: if k.snapshot_interval_ms > 0 {
+                k.snapshot_interval_ms
+            } else {
+                i64::MAX / 4
+            },
+            snapshot_retention_ms: k.snapshot_retention_ms,
+            l0_retention_ms: k.l0_retention_ms,
+            retention_enabled: k.snapshot_retention_ms > 0,
+            ..Schedule::default()
+        }
+    }
+
+    pub(super) fn engine_open(&self) -> bool {
+        self.host
+            .as_ref()
+            .is_some_and(|h| h.driver.engine().is_some())
+    }
+
+    /// Starts the replicator process as `sluice replicate` does: take the replica's lease
+    /// (production's `Lease::acquire` and `FencedStore`), then a driver whose scheduler opens
+    /// the engine first. A lease held by another host refuses the start, as it does in
+    /// production; the orchestrator restarts the process a little later.
+    pub(super) fn spawn_host(&mut self) {
+        let now = self.now();
+        self.disturbed_ms = now;
+        self.hosts_started += 1;
+        let raw: DynStore = self.store.clone();
+        let mut store = raw.clone();
+        let mut lease = None;
+        if self.knobs.lease_ttl_ms > 0 {
+            let holder = Holder {
+                host: format!("sim-host-{}", self.hosts_started),
+                pid_namespace: String::new(),
+                pid: 1,
+                database: DB.into(),
+                nonce: self.hosts_started,
+            };
+            vfs::with(|s| s.current = Proc::Engine);
+            let taken = self.rt.block_on(Lease::take(
+                raw.clone(),
+                holder,
+                now,
+                self.knobs.lease_ttl_ms,
+            ));
+            vfs::with(|s| s.current = Proc::App);
+            match taken {
+                Ok(Some(l)) => {
+                    store = Arc::new(FencedStore::new(raw, l.state(), Arc::new(SimClock)));
+                    lease = Some(l);
+                }
+                Ok(None) => self.fail("the simulated store refused conditional writes"),
+                Err(e) => {
+                    let held = matches!(e, LeaseError::Held { .. });
+                    let delay = self.rng.random_range(100..1_000);
+                    self.host_start_at = self.now() + delay;
+                    self.log(format!(
+                        "host start-refused{} restart-in={delay}ms: {e}",
+                        if held { " lease-held" } else { "" }
+                    ));
+                    return;
+                }
+            }
+        }
+        let job = Job {
+            engine: self.engine_config(),
+            replica: Replica::new(store.clone(), Layout::File),
+            schedule: self.schedule(),
+            scratch: self.scratch.path().to_path_buf(),
+            lease,
+        };
+        let status = Arc::new(std::sync::Mutex::new(JobStatus::default()));
+        let seed = self.rng.random();
+        let driver = Driver::new(
+            job,
+            Arc::new(SimDb { db: DB.into() }),
+            Arc::new(SimClock),
+            status,
+            seed,
+        );
+        self.log(format!("host start {}", self.hosts_started));
+        self.host = Some(Host {
+            driver,
+            store,
+            wake_at: now,
+            generation: self.hosts_started,
+        });
+    }
+
+    /// Starts the replicator if it is down, and runs its first action if that is the open.
+    pub(super) fn start_engine(&mut self) {
+        if self.host.is_none() {
+            self.spawn_host();
+        }
+        if let Some(h) = self.host.as_mut()
+            && h.driver.poll() == Next::Run(Action::Open)
+        {
+            self.act(Action::Open);
+        }
+    }
+
+    /// Performs one of the host's actions through production's driver, and logs it.
+    pub(super) fn act(&mut self, action: Action) {
+        let before = self.commits.len();
+        let injected_before = self.store.injected();
+        let Some(h) = self.host.as_mut() else { return };
+        vfs::with(|s| s.current = Proc::Engine);
+        tracing::trace!(commits = before, %action, wal = ?wal_summary(), "action begins");
+        let (outcome, error) = self.rt.block_on(h.driver.run_action(action));
+        let shipped = h.driver.take_shipped();
+        let txid = h.driver.scheduler().txid();
+        vfs::with(|s| s.current = Proc::App);
+        if self.store.injected() != injected_before || action == Action::Open {
+            self.disturbed_ms = self.now();
+        }
+        match &outcome {
+            Outcome::Synced { more, .. } => {
+                if !more {
+                    self.acked = before;
+                }
+                match shipped {
+                    Some((f, resynced)) => self.log(format!(
+                        "engine ship {f} txid={txid:016x}{}",
+                        if resynced { " resync" } else { "" }
+                    )),
+                    None => self.log(format!("act {action}: nothing to ship")),
+                }
+            }
+            Outcome::Opened { txid, .. } => self.log(format!("engine start txid={txid:016x}")),
+            Outcome::Failed(f) => self.log(format!(
+                "act {action} failed ({f:?}): {}",
+                error.unwrap_or_default()
+            )),
+            other => self.log(format!("act {action}: {other:?}")),
+        }
+    }
+
+    /// A sync the simulator forces (a plan's step, or one in the middle of a transaction).
+    pub(super) fn engine_sync(&mut self) {
+        if self.engine_open() {
+            self.act(Action::Sync);
+        }
+    }
+
+    /// The replicator's duties at this instant, as its scheduler decides them: observe the
+    /// database, then run every action that is due now. A driver that exits (a permanent
+    /// error, or a lost lease) is a process that stopped: the orchestrator restarts it.
+    pub(super) fn host_wake(&mut self) {
+        let Some(h) = self.host.as_mut() else { return };
+        h.driver.observe();
+        for _ in 0..ACTIONS_PER_WAKE_MAX {
+            let Some(h) = self.host.as_mut() else { return };
+            match h.driver.poll() {
+                Next::Run(action) => self.act(action),
+                Next::Sleep { until_ms } => {
+                    h.wake_at = until_ms;
+                    return;
+                }
+                Next::Exit => {
+                    let why = h
+                        .driver
+                        .scheduler()
+                        .stopped_by()
+                        .unwrap_or("exit")
+                        .to_string();
+                    self.stop_host();
+                    let delay = self.rng.random_range(100..1_000);
+                    self.host_start_at = self.now() + delay;
+                    self.log(format!("host exited restart-in={delay}ms: {why}"));
+                    return;
+                }
+            }
+        }
+        self.fail(format!(
+            "the scheduler asked for more than {ACTIONS_PER_WAKE_MAX} actions at one instant"
+        ));
+    }
+
+    /// Ends the replicator process (its SQLite connection closes; nothing is released).
+    pub(super) fn stop_host(&mut self) {
+        vfs::with(|s| s.current = Proc::Engine);
+        self.host = None;
+        vfs::with(|s| s.current = Proc::App);
+    }
+
+    /// A clean stop (SIGTERM): production's final sync and lease release, on simulated time,
+    /// until the driver exits. With the store reachable throughout, every commit is then in the
+    /// replica (checked); the replicator starts again later.
+    pub(super) fn graceful_stop(&mut self) {
+        if !self.engine_open() {
+            return;
+        }
+        let start = self.now();
+        let injected_before = self.store.injected();
+        let commits = self.commits.len();
+        if let Some(h) = self.host.as_mut() {
+            h.driver.scheduler_mut().shutdown(start);
+        }
+        self.log("host graceful-stop");
+        let mut drained = false;
+        for _ in 0..10_000 {
+            let Some(h) = self.host.as_mut() else { break };
+            match h.driver.poll() {
+                Next::Run(action) => self.act(action),
+                Next::Sleep { until_ms } => vfs::with(|s| s.now_ms = s.now_ms.max(until_ms)),
+                Next::Exit => {
+                    drained = h.driver.scheduler().drained();
+                    break;
+                }
+            }
+        }
+        self.stop_host();
+        let delay = self.rng.random_range(100..2_000);
+        self.host_start_at = self.now() + delay;
+        self.log(format!(
+            "host stopped drained={drained} restart-in={delay}ms"
+        ));
+        let quiet = self.store.injected() == injected_before
+            && !self.partitioned_between(start, self.now() + 1);
+        self.check_restore("graceful-stop");
+        if quiet && self.last_restored < commits {
+            self.fail(format!(
+                "a graceful stop with the store reachable left the replica at commit {} of {commits}",
+                self.last_restored
+            ));
+        }
+    }
+
+    /// The acknowledged commits, counting the commits after them that changed nothing (a
+    /// transaction whose statements matched no row writes no frame: there is nothing to ship
+    /// and the scheduler, seeing no change, rightly does not sync).
+    pub(super) fn acked_effective(&self) -> usize {
+        let Some(base) = self.acked.checked_sub(1).and_then(|i| self.commits.get(i)) else {
+            return self.acked;
+        };
+        self.acked
+            + self.commits[self.acked..]
+                .iter()
+                .take_while(|c| c.hash == base.hash)
+                .count()
+    }
+
+    /// Whether a partition overlaps `[a, b)`.
+    pub(super) fn partitioned_between(&self, a: i64, b: i64) -> bool {
+        self.partitions.iter().any(|&(s, e)| s < b && a < e)
+    }
+
+    /// A replaced host's stalled uploads land (past its lease check, the gap `lease.rs`
+    /// documents: only the conditional PUT stands in their way). If the new host has taken the
+    /// lease over since, the zombie's renewal must learn that it lost the lease, and its fenced
+    /// store must refuse to write from then on.
+    pub(super) fn zombie_wakes(&mut self) {
+        let Some(z) = self.zombie.take() else { return };
+        for c in z.held {
+            let r = self.rt.block_on(self.store.put(&c.key, c.data, c.opts));
+            match r {
+                Ok(()) => self.log(format!("zombie put {} landed", c.key)),
+                Err(e) => self.log(format!("zombie put {} refused: {e}", c.key)),
+            }
+        }
+        let taken_over = self
+            .host
+            .as_ref()
+            .is_some_and(|h| h.driver.scheduler().holds_lease());
+        let Some(mut lease) = z.lease else { return };
+        if !taken_over {
+            return;
+        }
+        let now = self.now();
+        match self.rt.block_on(lease.renew(now)) {
+            Err(LeaseError::Lost { holder, .. }) => {
+                let probe = self.rt.block_on(z.store.delete("0000/zombie-probe.ltx"));
+                match probe {
+                    Err(e) if e.kind == StoreErrorKind::Fenced => {
+                        self.log(format!(
+                            "zombie lease lost to {holder}; its writes are refused"
+                        ));
+                    }
+                    other => self.fail(format!(
+                        "a zombie that lost its lease could still write: {other:?}"
+                    )),
+                }
+            }
+            // The store failed the request: the zombie learns nothing yet, and dies.
+            Err(LeaseError::Store(e)) => self.log(format!("zombie renewal failed: {e}")),
+            Ok(()) => self.fail(
+                "a zombie renewed its lease after the new host had taken it over".to_string(),
+            ),
+            Err(e) => self.fail(format!("a zombie's renewal: {e}")),
+        }
+    }
+
+    pub(super) fn crash_engine(&mut self) {
+        vfs::with(|s| s.crash(Proc::Engine));
+        self.stop_host();
+        let delay = self.rng.random_range(100..3000);
+        self.host_start_at = self.now() + delay;
+        self.log(format!("engine crash restart-in={delay}ms"));
+    }
+
+    pub(super) fn power_loss(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+        let r = vfs::with(|s| s.power_loss(&mut rng));
+        self.close_app();
+        self.stop_host();
+        self.host_start_at = self.now() + self.rng.random_range(100..2000);
+        self.log(format!(
+            "power-loss persisted={} dropped={} torn={} vanished={}",
+            r.persisted, r.dropped, r.torn, r.vanished_files
+        ));
+        if let Err(e) = self.open_app() {
+            self.fail(format!("app cannot reopen after power loss: {e}"));
+            return;
+        }
+        // SQLite's own contract with synchronous=FULL: every commit survives a power loss.
+        oracle::lock(&self.feed).reset();
+        let expect = self.commits.last().map(|c| c.hash);
+        let now = self.app_digest();
+        if let Some(d) = now.clone() {
+            self.digest = d;
+        }
+        if now.map(|d| d.digest()) != expect {
+            self.fail("after a power loss the database is not the last committed state (simulator or VFS bug)");
+        }
+    }
+
+    /// The host dies and a new, empty one takes over: it restores the latest state (as the
+    /// sidecar's `restore -if-db-not-exists` does), then the application and the engine carry
+    /// on from it. Commits after the restored one are lost with the old host.
+    pub(super) fn replace_host(&mut self, zombie_wake_ms: Option<i64>) {
+        if let Some(wake) = zombie_wake_ms
+            && self.engine_open()
+        {
+            // The old engine prepares its next upload from the old disk and stalls sending it
+            // (past its lease check: the capture sits below the fenced store).
+            self.store.start_capture();
+            self.engine_sync();
+            let held = self.store.stop_capture();
+            if !held.is_empty() {
+                let at = self.now() + wake.max(0);
+                self.log(format!(
+                    "zombie stalled with {} upload(s), wakes at {at}",
+                    held.len()
+                ));
+                let Some(h) = self.host.as_mut() else { return };
+                let lease = h.driver.take_lease();
+                let store = h.store.clone();
+                self.zombie = Some(Zombie {
+                    wake_at: at,
+                    held,
+                    lease,
+                    store,
+                });
+            }
+        }
+        self.stop_host();
+        self.close_app();
+        vfs::with(vfs::VfsState::replace_host);
+        oracle::lock(&self.feed).reset();
+        let (image, txid) = match self.restore(Target::Latest) {
+            Ok(r) => r,
+            // Nothing was ever replicated (the store was unreachable since the start): the new
+            // host starts a new database, as `restore -if-replica-exists` lets it.
+            Err(NoImage::ReplicaEmpty) => {
+                if self.acked > 0 {
+                    self.fail(format!(
+                        "host replacement: replica empty but {} commits were acknowledged",
+                        self.acked
+                    ));
+                    return;
+                }
+                self.commits.clear();
+                self.digest = PageDigest::new(self.knobs.page_size as usize);
+                self.last_restored = 0;
+                self.host_start_at = self.now();
+                self.log("host-replaced replica empty: new database");
+                if let Err(e) = self.open_app() {
+                    self.fail(format!(
+                        "host replacement: cannot create a new database: {e}"
+                    ));
+                    return;
+                }
+                if let Err(e) = self.app_exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)") {
+                    self.fail(format!("host replacement: cannot create the table: {e}"));
+                    return;
+                }
+                self.record_commit();
+                return;
+            }
+            Err(e) => {
+                self.fail(format!("host replacement: restore failed: {e}"));
+                return;
+            }
+        };
+        let digest = self.digest_of(&image).digest();
+        let k = match self.commit_of(digest) {
+            Some(k) => Some(k),
+            // A zombie's upload put a replaced host's commit on top, and this host acknowledged
+            // nothing since its takeover: the next host carries on from that commit.
+            None if self.is_abandoned(digest) && !self.acked_since_takeover() => {
+                let k = self.adopt_abandoned(digest);
+                self.log(format!(
+                    "host-replaced restores a replaced host's commit (a zombie's upload) at {k:?}"
+                ));
+                k
+            }
+            None => None,
+        };
+        let Some(k) = k else {
+            self.fail(format!(
+                "host replacement: restored TXID {txid:016x} matches no committed state"
+            ));
+            return;
+        };
+        if k < self.acked {
+            self.fail(format!(
+                "host replacement: restored commit {k} but {} were acknowledged",
+                self.acked
+            ));
+        }
+        vfs::with(|s| {
+            s.disk.write(DB, 0, &image);
+            s.disk.sync(DB);
+        });
+        self.digest = self.digest_of(&image);
+        let lost = self.commits.len() - k;
+        // The new host's history continues from commit k; the rest stay real states.
+        self.abandoned.push(Abandoned {
+            base: k,
+            commits: self.commits[k..].to_vec(),
+        });
+        self.replaced_at = Some(k);
+        self.commits.truncate(k);
+        self.acked = k;
+        self.last_restored = k;
+        self.host_start_at = self.now();
+        self.log(format!(
+            "host-replaced restored txid={txid:016x} commit={k} lost={lost}"
+        ));
+        if let Err(e) = self.open_app() {
+            self.fail(format!(
+                "host replacement: the restored database does not open: {e}"
+            ));
+        }
+    }
+
+    /// Whether this host has acknowledged a commit that changed the database since it took
+    /// over (commits that changed nothing leave the restored state as the acknowledged one).
+    pub(super) fn acked_since_takeover(&self) -> bool {
+        let base = self.replaced_at.unwrap_or(0);
+        let base_hash = base
+            .checked_sub(1)
+            .and_then(|i| self.commits.get(i))
+            .map(|c| c.hash);
+        self.commits
+            .iter()
+            .take(self.acked)
+            .skip(base)
+            .any(|c| Some(c.hash) != base_hash)
+    }
+
+    pub(super) fn is_abandoned(&self, digest: u64) -> bool {
+        self.abandoned
+            .iter()
+            .any(|a| a.commits.iter().any(|c| c.hash == digest))
+    }
+
+    /// Makes the replaced host's commit with `digest` (and those before it) the history again;
+    /// this host's commits since the shared base are lost in turn. Returns the commit's index.
+    pub(super) fn adopt_abandoned(&mut self, digest: u64) -> Option<usize> {
+        let (a, j) = self.abandoned.iter().enumerate().find_map(|(a, seg)| {
+            seg.commits
+                .iter()
+                .position(|c| c.hash == digest)
+                .map(|j| (a, j))
+        })?;
+        let base = self.abandoned[a].base.min(self.commits.len());
+        let ours = self.commits[base..].to_vec();
+        let theirs = self.abandoned[a].commits[..=j].to_vec();
+        self.commits.truncate(base);
+        self.commits.extend(theirs);
+        self.abandoned.push(Abandoned {
+            base,
+            commits: ours,
+        });
+        Some(self.commits.len())
+    }
+}

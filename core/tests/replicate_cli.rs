@@ -597,3 +597,62 @@ fn assert_exit_after_final_sync(
     assert_replica_matches(db, replica, &out);
     assert_eq!(row_count(&out), 15);
 }
+
+/// Exit policy: a permanent error stops one database's job, not the process. One database's
+/// replica holds pages of another size (it was written from another database); that job stops
+/// with a clear error while the other database keeps replicating, and the process, asked to
+/// stop, exits 1 because a job had stopped.
+#[test]
+fn a_job_stopped_by_a_permanent_error_leaves_the_others_replicating() {
+    let ws = Workspace::new("job-stops");
+    let (good, bad, other) = (ws.path("good.db"), ws.path("bad.db"), ws.path("other.db"));
+    let (good_replica, bad_replica) = (ws.dir("replica-good"), ws.dir("replica-bad"));
+    create_db(&good, "wal", 5);
+    create_db(&bad, "wal", 5);
+    // The bad replica gets pages of 1,024 bytes from another database first.
+    let conn = open_db(&other);
+    conn.pragma_update(None, "page_size", 1024)
+        .expect("page_size");
+    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v); INSERT INTO t VALUES (1);")
+        .expect("create other");
+    drop(conn);
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &other, &file_url(&bad_replica)]);
+    assert_eq!(code, 0, "seeding the other replica failed: {err}");
+
+    let cfg = ws.path("sluice.yml");
+    let text = format!(
+        "dbs:\n  - path: {}\n    monitor-interval: 5ms\n    replicas:\n      - url: {}\n        sync-interval: 50ms\n  - path: {}\n    monitor-interval: 5ms\n    replicas:\n      - url: {}\n        sync-interval: 50ms\n",
+        good.display(),
+        file_url(&good_replica),
+        bad.display(),
+        file_url(&bad_replica)
+    );
+    std::fs::write(&cfg, text).expect("write the config");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    sluice.wait_log("replication job stopped; the others carry on");
+    let log = sluice.log();
+    assert!(
+        log.contains("holds pages of 1024 bytes") && log.contains("bad.db"),
+        "the stop must say why and for which database:\n{log}"
+    );
+    // The other database still replicates after the stop.
+    let before = wait_txid_settled(&good_replica, 0);
+    let conn = open_db(&good);
+    insert(&conn, 10);
+    drop(conn);
+    let after = wait_txid_settled(&good_replica, before);
+    assert!(after > before, "the good database stopped replicating");
+    assert!(
+        sluice.child.try_wait().expect("poll").is_none(),
+        "the process exited:\n{}",
+        sluice.log()
+    );
+    sluice.signal("TERM");
+    assert_eq!(
+        sluice.wait_exit(),
+        1,
+        "a job had stopped: exit 1; log:\n{}",
+        sluice.log()
+    );
+    assert_replica_matches(&good, &good_replica, &ws.path("restored.db"));
+}

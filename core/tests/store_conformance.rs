@@ -1,6 +1,9 @@
 //! One conformance suite for the object-store seam (`store::ObjectStore`), run against every
-//! implementation: the in-memory store, the directory store (the file replica), and the S3
-//! store against two real S3-compatible servers, s3s-fs and moto.
+//! implementation: the in-memory store, the directory store (the file replica), the S3 store
+//! against two real S3-compatible servers, s3s-fs and moto, and the wrappers production puts in
+//! front of a store (`CountingStore`, `FencedStore` with its lease held), which must keep the
+//! contract of what they wrap. (The simulator's `FaultyStore` forwards every method too, a lint
+//! enforces it, but it lives in sluice-sim and is not run here.)
 //!
 //! Each case is one function over a [`Backend`]; the `backend_tests!` macro instantiates every
 //! case for every backend, so a failure names both (`s3s::list_pages_past_1000_keys`).
@@ -47,6 +50,48 @@ fn mem() -> Option<Backend> {
         store: Arc::new(store),
         atomic_create: true,
         reopen: Some(Box::new(move || Arc::new(again.clone()))),
+        _dir: None,
+    })
+}
+
+/// `CountingStore` over the in-memory store: counting must change nothing.
+fn counting() -> Option<Backend> {
+    let inner = MemStore::new();
+    let wrap = |inner: MemStore| -> DynStore {
+        Arc::new(sluice_core::counting::CountingStore::new(
+            Arc::new(inner),
+            Arc::new(sluice_core::counting::RequestCounts::default()),
+        ))
+    };
+    let again = inner.clone();
+    Some(Backend {
+        store: wrap(inner),
+        atomic_create: true,
+        reopen: Some(Box::new(move || wrap(again.clone()))),
+        _dir: None,
+    })
+}
+
+/// `FencedStore` over the in-memory store, its lease held: fencing must change nothing while
+/// the lease holds.
+fn fenced() -> Option<Backend> {
+    let inner = MemStore::new();
+    let wrap = |inner: MemStore| -> DynStore {
+        let held = sluice_core::lease::LeaseState {
+            valid_until_ms: i64::MAX,
+            lost_to: None,
+        };
+        Arc::new(sluice_core::lease::FencedStore::new(
+            Arc::new(inner),
+            Arc::new(std::sync::Mutex::new(held)),
+            Arc::new(sluice_core::engine::SystemClock),
+        ))
+    };
+    let again = inner.clone();
+    Some(Backend {
+        store: wrap(inner),
+        atomic_create: true,
+        reopen: Some(Box::new(move || wrap(again.clone()))),
         _dir: None,
     })
 }
@@ -493,6 +538,8 @@ macro_rules! backend_tests {
 }
 
 backend_tests!(mem);
+backend_tests!(counting);
+backend_tests!(fenced);
 backend_tests!(dir);
 backend_tests!(s3s);
 backend_tests!(moto);

@@ -88,8 +88,9 @@ fn smoke_seeds_pass_every_check() {
 /// new generation, an application commit landing in the middle of the read could grow the new
 /// generation over the tail's start; the tail's re-scan then agreed with its own (short) first
 /// scan and a state that never existed was shipped. The engine now also re-measures the new
-/// generation at the end of the read. The generator has changed since; seeds 521 and 654 hit the
-/// race now (`planted.rs` proves 521 still fails without the fix: `skip-tail-remeasure`).
+/// generation at the end of the read. The generator has changed since (seeds 521 and 654 hit the
+/// race before the simulator ran production's driver; seed 5 does now: `planted.rs` proves it
+/// fails without the fix, `skip-tail-remeasure`).
 #[test]
 fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
     for seed in [521, 654] {
@@ -101,7 +102,9 @@ fn a_commit_growing_the_new_generation_over_the_old_tail_is_caught() {
 /// transaction restarts the WAL, spills and rolls back, the next transaction on the other
 /// connection rewrites the WAL header with the same salts but its own checkpoint sequence, so a
 /// new header checksum. The engine continued with the old checksum, validated no frame, and
-/// acknowledged commits it had not shipped. The engine now compares the whole header.
+/// acknowledged commits it had not shipped. The engine now compares the whole header. (Since the
+/// simulator runs production's driver, `scenarios/same-salts-header.yaml` is the plan that hits
+/// the race; `planted.rs` proves it.)
 #[test]
 fn a_header_rewritten_with_the_same_salts_is_a_new_chain() {
     assert_passes(3208);

@@ -1,5 +1,6 @@
-//! Each planted engine bug is caught by the simulator within a stated number of seeds, and a
-//! sweep over a planted bug fails (the canary: a sweep that cannot fail proves nothing).
+//! Each planted bug, in the engine or in the driver (scheduler, lease, final sync), is caught by
+//! the simulator within a stated number of seeds or by its pinned scenario, and a sweep over a
+//! planted bug fails (the canary: a sweep that cannot fail proves nothing).
 //! Runs only with `--features planted-bugs` (ci/test.sh does).
 #![cfg(feature = "planted-bugs")]
 
@@ -24,14 +25,17 @@ fn seeded() -> impl Iterator<Item = Bug> {
         .filter(|b| *b != Bug::UnconditionalUploads && regression(*b).is_none())
 }
 
-/// Bugs of races so narrow that neither random seeds nor random plans hit them within a test's
-/// budget: each is caught by the regression that found its real counterpart, a scenario file
-/// and seed.
+/// Bugs of races so narrow, or faults so long, that random seeds do not hit them within a
+/// test's budget: each is caught by a scenario file and seed (the regression that found its
+/// real counterpart, or a scenario written for it). `unbounded-backoff` needs a partition long
+/// enough for the backoff to outgrow the sync interval, inside a short run (4 of 200 random
+/// seeds of 1,000 transactions catch it).
 fn regression(bug: Bug) -> Option<(&'static str, u64)> {
     match bug {
+        Bug::UnboundedBackoff => Some(("long-partition.yaml", 1)),
         Bug::SkipRecoveryRecheck => Some(("commit-during-start.yaml", 1)),
-        Bug::SkipTailRemeasure => Some(("", 521)),
-        Bug::SaltsOnlyGeneration => Some(("", 3208)),
+        Bug::SkipTailRemeasure => Some(("", 5)),
+        Bug::SaltsOnlyGeneration => Some(("same-salts-header.yaml", 7)),
         _ => None,
     }
 }
@@ -83,13 +87,14 @@ fn a_sweep_over_a_planted_bug_fails_and_prints_the_replay_line() {
 
 mod common;
 
-/// Planted bugs the property suite finds within `PLAN_CASES` plans of seed 7 (from-start-always
-/// needs a checkpoint and a truncation while the engine is down in one order; the seeded
-/// sweep finds it).
+/// Planted bugs the property suite finds within `PLAN_CASES` plans of seed 7, the driver's among
+/// them. Not `from-start-always` (a checkpoint and a truncation while the engine is down, in one
+/// order) nor `drop-old-tail` (an old tail read after exactly one restart, with commits on both
+/// sides): the plans rarely line those up, and the seeded sweep finds both at once.
 fn found_by_plans() -> impl Iterator<Item = Bug> {
-    Bug::ALL
-        .into_iter()
-        .filter(|b| *b != Bug::FromStartAlways && regression(*b).is_none())
+    Bug::ALL.into_iter().filter(|b| {
+        !matches!(b, Bug::FromStartAlways | Bug::DropOldTail) && regression(*b).is_none()
+    })
 }
 
 /// The narrow races' planted bugs fail their regressions (and the regressions pass without

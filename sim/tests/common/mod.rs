@@ -29,7 +29,8 @@ pub fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::EngineCrash),
         1 => Just(Step::PowerLoss),
         1 => Just(Step::ReplaceHost),
-        1 => (0i64..1_000).prop_map(Step::ZombieReplaceHost),
+        // Past a lease's time too: a zombie that stalls longer than its lease lands after the takeover.
+        1 => (0i64..6_000).prop_map(Step::ZombieReplaceHost),
         1 => (100i64..3_000).prop_map(Step::Partition),
         1 => (1u32..4, any::<bool>())
             .prop_map(|(requests, ambiguous)| Step::FailNext { requests, ambiguous }),

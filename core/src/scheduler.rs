@@ -365,12 +365,12 @@ impl Scheduler {
         self.rng.random_range(1..=cap)
     }
 
-    fn failed(&mut self, which: fn(&mut Scheduler) -> &mut Retry, now_ms: i64, cap_ms: i64) {
-        let failures = which(self).failures;
-        let delay = self.backoff(failures, cap_ms);
-        let r = which(self);
-        r.failures = failures.saturating_add(1);
-        r.at_ms = now_ms + delay;
+    /// The retry after one more failure of `retry`, at `now_ms`, waiting up to `cap_ms`.
+    fn failed(&mut self, retry: Retry, now_ms: i64, cap_ms: i64) -> Retry {
+        Retry {
+            at_ms: now_ms + self.backoff(retry.failures, cap_ms),
+            failures: retry.failures.saturating_add(1),
+        }
     }
 
     fn stop(&mut self, why: String) {
@@ -521,7 +521,7 @@ impl Scheduler {
             Action::Open => {
                 if failed {
                     let cap = self.s.sync_interval_ms;
-                    self.failed(|s| &mut s.open, now_ms, cap);
+                    self.open = self.failed(self.open, now_ms, cap);
                 } else if let Outcome::Opened {
                     txid,
                     shipped_full,
@@ -550,7 +550,7 @@ impl Scheduler {
                 if failed {
                     // Capped at the sync interval: commits are pending (the RPO bound).
                     let cap = self.s.sync_interval_ms;
-                    self.failed(|s| &mut s.sync, now_ms, cap);
+                    self.sync = self.failed(self.sync, now_ms, cap);
                 } else if let Outcome::Synced {
                     txid,
                     shipped,
@@ -576,11 +576,9 @@ impl Scheduler {
                 };
                 if failed {
                     let cap = self.s.backoff_max_ms.min(interval);
-                    let failures = self.levels[i].retry.failures;
-                    let delay = self.backoff(failures, cap);
+                    let retry = self.failed(self.levels[i].retry, now_ms, cap);
                     let l = &mut self.levels[i];
-                    l.retry.failures = failures.saturating_add(1);
-                    l.retry.at_ms = now_ms + delay;
+                    l.retry = retry;
                     if planted::active(Bug::CompactionNeverRetried) {
                         // The old rule: the attempt counts as a run, failed or not.
                         l.retry = Retry::default();
@@ -612,7 +610,7 @@ impl Scheduler {
             Action::Snapshot { up_to_txid } => {
                 if failed {
                     let cap = self.s.backoff_max_ms.min(self.s.snapshot_interval_ms);
-                    self.failed(|s| &mut s.snapshot_retry, now_ms, cap);
+                    self.snapshot_retry = self.failed(self.snapshot_retry, now_ms, cap);
                 } else {
                     self.snapshot_retry = Retry::default();
                     self.snapshot_txid = up_to_txid;
@@ -625,7 +623,7 @@ impl Scheduler {
             Action::Retention => {
                 if failed {
                     let cap = self.s.backoff_max_ms;
-                    self.failed(|s| &mut s.retention_retry, now_ms, cap);
+                    self.retention_retry = self.failed(self.retention_retry, now_ms, cap);
                 } else {
                     self.retention_retry = Retry::default();
                     self.retention_due = false;
@@ -637,10 +635,7 @@ impl Scheduler {
                     // Well inside the lease, and no later than a sync would retry: once the
                     // lease has run out, uploads wait on it.
                     let cap = (l.ttl_ms / 6).min(self.s.sync_interval_ms).max(1);
-                    let failures = l.retry.failures;
-                    let delay = self.backoff(failures, cap);
-                    l.retry.failures = failures.saturating_add(1);
-                    l.retry.at_ms = now_ms + delay;
+                    l.retry = self.failed(l.retry, now_ms, cap);
                 } else {
                     l.retry = Retry::default();
                     l.renew_at_ms = now_ms + l.ttl_ms / 3;

@@ -54,15 +54,10 @@ fn mem() -> Option<Backend> {
     })
 }
 
-/// `CountingStore` over the in-memory store: counting must change nothing.
-fn counting() -> Option<Backend> {
+/// A wrapper production puts in front of a store, over the in-memory store: every client
+/// (`reopen`) wraps the same data.
+fn wrapped_mem(wrap: fn(MemStore) -> DynStore) -> Option<Backend> {
     let inner = MemStore::new();
-    let wrap = |inner: MemStore| -> DynStore {
-        Arc::new(sluice_core::counting::CountingStore::new(
-            Arc::new(inner),
-            Arc::new(sluice_core::counting::RequestCounts::default()),
-        ))
-    };
     let again = inner.clone();
     Some(Backend {
         store: wrap(inner),
@@ -72,11 +67,19 @@ fn counting() -> Option<Backend> {
     })
 }
 
-/// `FencedStore` over the in-memory store, its lease held: fencing must change nothing while
-/// the lease holds.
+/// `CountingStore`: counting must change nothing.
+fn counting() -> Option<Backend> {
+    wrapped_mem(|inner| {
+        Arc::new(sluice_core::counting::CountingStore::new(
+            Arc::new(inner),
+            Arc::new(sluice_core::counting::RequestCounts::default()),
+        ))
+    })
+}
+
+/// `FencedStore` with its lease held: fencing must change nothing while the lease holds.
 fn fenced() -> Option<Backend> {
-    let inner = MemStore::new();
-    let wrap = |inner: MemStore| -> DynStore {
+    wrapped_mem(|inner| {
         let held = sluice_core::lease::LeaseState {
             valid_until_ms: i64::MAX,
             lost_to: None,
@@ -86,13 +89,6 @@ fn fenced() -> Option<Backend> {
             Arc::new(std::sync::Mutex::new(held)),
             Arc::new(sluice_core::engine::SystemClock),
         ))
-    };
-    let again = inner.clone();
-    Some(Backend {
-        store: wrap(inner),
-        atomic_create: true,
-        reopen: Some(Box::new(move || wrap(again.clone()))),
-        _dir: None,
     })
 }
 

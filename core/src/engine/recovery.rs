@@ -1,0 +1,232 @@
+//! Recovering the replica's position at a start (or after an upload found its TXID taken):
+//! the newest file, looked up past a lagging listing, proven against the local database.
+
+use super::*;
+
+impl Engine {
+    /// The file right after `newest` that a listing did not show: a level-0 file of the next
+    /// TXID, or a level-9 snapshot ending there.
+    pub(super) async fn probe_next(
+        &self,
+        newest: Option<&FileInfo>,
+    ) -> Result<Option<FileInfo>, EngineError> {
+        let next = newest.map_or(1, |f| f.max_txid + 1);
+        for (level, min_txid) in [(0u8, next), (SNAPSHOT_LEVEL, 1)] {
+            let mut info = FileInfo {
+                level,
+                min_txid,
+                max_txid: next,
+                size: 0,
+                created_ms: 0,
+            };
+            match self.replica.store.head(&self.replica.key(&info)).await {
+                Ok(meta) => {
+                    info.size = meta.size;
+                    info.created_ms = meta.timestamp_ms;
+                    tracing::info!(file = %info, "found a file the listing did not show");
+                    return Ok(Some(info));
+                }
+                Err(e) if e.kind == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::recover_position_once`], repeated while the WAL moved under the read: the
+    /// application may commit (even restart the WAL, when our read lock is on the database file
+    /// alone) while we read, and a proof or snapshot read across that is torn (found by
+    /// sluice-sim seed 162: a snapshot written while the application committed).
+    pub(super) async fn recover_position(&mut self) -> Result<Option<Prepared>, EngineError> {
+        const ATTEMPTS: u32 = 3;
+        for _ in 0..ATTEMPTS {
+            let before = self.wal_fingerprint()?;
+            let result = self.recover_position_once().await?;
+            let after = self.wal_fingerprint()?;
+            // Appended commits are harmless (frames are only appended within a generation and
+            // the read used the frames before them); a new generation, or a committed chain
+            // that no longer reaches as far, means frames we read were overwritten.
+            let intact = match (before, after) {
+                (None, None) => true,
+                (Some((h, end)), Some((h2, end2))) => h == h2 && end2 >= end,
+                _ => false,
+            };
+            if intact || planted::active(Bug::SkipRecoveryRecheck) {
+                return Ok(result);
+            }
+            tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed while recovering the position; reading again");
+        }
+        Err(EngineError::Database {
+            path: self.cfg.db_path.clone(),
+            message: format!(
+                "the WAL changed during each of {ATTEMPTS} attempts to read a consistent state; will retry"
+            ),
+        })
+    }
+
+    /// The WAL's generation and where its committed frames end. The same generation before and
+    /// after a read, with the committed frames reaching at least as far, means nothing the read
+    /// used was rewritten (within a generation committed frames are only appended).
+    pub(super) fn wal_fingerprint(&self) -> Result<Option<(WalHeader, u64)>, EngineError> {
+        let (header, _) = self.wal_header()?;
+        let Some(h) = header else { return Ok(None) };
+        let c = self.scan(&mut WalScanner::new(h), u64::MAX)?;
+        Ok(Some((h, c.end_offset)))
+    }
+
+    /// Finds the replica's newest file and proves how the local database relates to it.
+    pub(super) async fn recover_position_once(&mut self) -> Result<Option<Prepared>, EngineError> {
+        let files = self.replica.list_all().await?;
+        self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
+        let (header, _) = self.wal_header()?;
+        let all = match header {
+            Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
+            None => None,
+        };
+        let current = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let current_sums = self.sums_of(&current)?;
+        let current_wal = all.as_ref().map(|(h, c)| WalPos {
+            header: *h,
+            offset: c.end_offset,
+            checksum: c.end_checksum,
+        });
+        let mut newest = files
+            .iter()
+            .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.level)))
+            .cloned();
+        // A listing may lag behind writes (some S3-compatible stores): look past it with HEADs,
+        // which see every acknowledged write, for the files a sync or a start would write next.
+        while let Some(next) = self.probe_next(newest.as_ref()).await? {
+            newest = Some(next);
+        }
+        let Some(newest) = newest else {
+            // An empty replica: the first file is a full snapshot at TXID 1.
+            tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
+            return self
+                .prepare_full(&current, current_sums, current_wal, 0, 0)
+                .map(Some);
+        };
+        let (rh, post) = self.read_file_ends(&newest).await?;
+        if rh.page_size != self.page_size {
+            return Err(EngineError::Incompatible {
+                replica: self.replica.describe(),
+                message: format!(
+                    "holds pages of {} bytes but the database uses {}",
+                    rh.page_size, self.page_size
+                ),
+            });
+        }
+        let replica_sum = DbChecksum::from_raw(post);
+        let mut proven = None;
+        if post != 0 {
+            // (a) Same WAL generation: the state at the replica's WAL offset.
+            if let Some((h, _)) = &all
+                && (rh.wal_salt1, rh.wal_salt2) == (h.salt1, h.salt2)
+                && rh.wal_offset > 0
+            {
+                let end = u64::try_from(rh.wal_offset + rh.wal_size).unwrap_or(0);
+                let mut sc = WalScanner::new(*h);
+                let upto = self.scan(&mut sc, end.saturating_sub(WAL_HEADER_SIZE as u64).max(1))?;
+                if upto.end_offset == end {
+                    let map = self.state_map(Some(&upto))?;
+                    let sums = self.sums_of(&map)?;
+                    if sums.total() == replica_sum {
+                        let wal = WalPos {
+                            header: *h,
+                            offset: upto.end_offset,
+                            checksum: upto.end_checksum,
+                        };
+                        proven = Some((sums, Some(wal)));
+                    }
+                }
+            }
+            // (b) The WAL restarted (or is gone) since: the database file alone.
+            let restarted = all
+                .as_ref()
+                .is_none_or(|(h, _)| (rh.wal_salt1, rh.wal_salt2) != (h.salt1, h.salt2));
+            if proven.is_none() && restarted {
+                let map = self.state_map(None)?;
+                let sums = self.sums_of(&map)?;
+                if sums.total() == replica_sum {
+                    let wal = all.as_ref().map(|(h, _)| WalPos {
+                        header: *h,
+                        offset: WAL_HEADER_SIZE as u64,
+                        checksum: h.checksum,
+                    });
+                    proven = Some((sums, wal));
+                }
+            }
+            // (c) Nothing changed at all.
+            if proven.is_none() && current_sums.total() == replica_sum {
+                proven = Some((current_sums.clone(), current_wal));
+            }
+        }
+        match proven {
+            Some((sums, wal)) => {
+                tracing::info!(
+                    txid = format_args!("{:016x}", newest.max_txid),
+                    "resuming replication"
+                );
+                self.pos = self.pos.follow(
+                    newest.max_txid - u64::from(planted::active(Bug::ReuseTxidAfterRestart)),
+                    replica_sum,
+                    wal,
+                    self.read_stamp,
+                );
+                self.sums = sums;
+            }
+            None => {
+                tracing::warn!(
+                    replica = %self.replica.describe(),
+                    txid = format_args!("{:016x}", newest.max_txid),
+                    "cannot prove the local database continues the replica; shipping every page"
+                );
+                return self
+                    .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a replica file's header and trailer with two ranged reads.
+    pub(super) async fn read_file_ends(&self, f: &FileInfo) -> Result<(Header, u64), EngineError> {
+        let key = self.replica.key(f);
+        let head = self
+            .replica
+            .store
+            .get_range(&key, 0, HEADER_SIZE as u64)
+            .await?;
+        let tail = self
+            .replica
+            .store
+            .get_range(
+                &key,
+                f.size.saturating_sub(TRAILER_SIZE as u64),
+                TRAILER_SIZE as u64,
+            )
+            .await?;
+        let bad = |m: String| EngineError::Replica {
+            replica: self.replica.describe(),
+            message: format!("{f}: {m}"),
+        };
+        let head: [u8; HEADER_SIZE] = head
+            .try_into()
+            .map_err(|_| bad("shorter than an LTX header".into()))?;
+        let header = Header::decode(&head).map_err(|e| bad(e.to_string()))?;
+        let tail: [u8; TRAILER_SIZE] = tail
+            .try_into()
+            .map_err(|_| bad("shorter than an LTX trailer".into()))?;
+        let mut post = [0u8; 8];
+        post.copy_from_slice(&tail[..8]);
+        let trailer = crate::ltx::Trailer {
+            post_apply_checksum: u64::from_be_bytes(post),
+            file_checksum: 0,
+        };
+        // Zero when the file records no database checksum (Litestream's files).
+        Ok((
+            header,
+            header.db_checksums(&trailer).map_or(0, |(_, post)| post),
+        ))
+    }
+}

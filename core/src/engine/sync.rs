@@ -1,0 +1,331 @@
+//! One sync: read what changed under the read transaction, prove continuity, encode, upload,
+//! and move the position only once the store acknowledged the file.
+
+use super::*;
+
+impl Engine {
+    /// Uploads a prepared file; only once the store acknowledges it does the position move.
+    pub(super) async fn upload(&mut self, p: Prepared) -> Result<FileInfo, EngineError> {
+        if planted::active(Bug::AckBeforeUpload) {
+            let info = FileInfo {
+                level: 0,
+                min_txid: p.min_txid,
+                max_txid: p.pos.txid,
+                size: p.bytes.len() as u64,
+                created_ms: p.timestamp_ms,
+            };
+            let key = self.replica.key(&info);
+            self.pos = p.pos;
+            self.sums = p.sums;
+            let _ = self
+                .replica
+                .store
+                .put(
+                    &key,
+                    p.bytes,
+                    crate::store::PutOptions {
+                        timestamp_ms: info.created_ms,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            return Ok(info);
+        }
+        let mode = if self.create_uploads {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let written = self
+            .replica
+            .write(0, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms, mode)
+            .await;
+        let info = match written {
+            Ok(info) => info,
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
+                self.recover_needed = true;
+                return Err(EngineError::Replica {
+                    replica: self.replica.describe(),
+                    message: format!(
+                        "TXID {:016x} already exists (an earlier attempt whose reply was lost, another replicator, or a listing that lagged); re-reading the replica's position",
+                        p.pos.txid
+                    ),
+                });
+            }
+            Err(e) if mode == PutMode::Create && e.kind == StoreErrorKind::Permanent => {
+                // A store without conditional writes: carry on unprotected, and say so.
+                tracing::warn!(error = %e, replica = %self.replica.describe(), "the store refused a conditional write; uploading without If-None-Match from now on (a second writer could replace files)");
+                self.create_uploads = false;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.pos = p.pos;
+        self.sums = p.sums;
+        Ok(info)
+    }
+
+    /// One sync: read what changed since the replica's position and ship it as one file.
+    ///
+    /// The read transaction is held only while reading and encoding, never during the upload
+    /// or between syncs: a reader that never lets go starves the application's RESTART and
+    /// TRUNCATE checkpoints, which hold the write lock while they wait (Litestream #724). Frames
+    /// overwritten between syncs are caught by the continuity checks instead.
+    pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
+        let mut outcome = SyncOutcome::default();
+        if self.recover_needed {
+            self.begin_read()?;
+            let prepared = self.recover_position().await;
+            let released = self.end_read();
+            let prepared = prepared?;
+            released?;
+            self.recover_needed = false;
+            if let Some(p) = prepared {
+                outcome.resynced = true;
+                outcome.shipped = Some(self.upload(p).await?);
+                return Ok(outcome);
+            }
+        }
+        self.begin_read()?;
+        let prepared = self.prepare_sync(&mut outcome);
+        let released = self.end_read();
+        let (prepared, wal_len) = prepared?;
+        released?;
+        if let Some(p) = prepared {
+            outcome.shipped = Some(self.upload(p).await?);
+        }
+        outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
+        Ok(outcome)
+    }
+
+    /// Reads what changed and encodes it, under the read transaction. Also returns the WAL
+    /// size seen, for the checkpoint decision.
+    pub(super) fn prepare_sync(
+        &mut self,
+        outcome: &mut SyncOutcome,
+    ) -> Result<(Option<Prepared>, u64), EngineError> {
+        self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
+        let (header, wal_len) = self.wal_header()?;
+        let plan = state::plan_sync(&self.pos, header, wal_len, self.read_stamp);
+        tracing::trace!(
+            plan = plan.name(),
+            txid = self.pos.txid,
+            wal_len,
+            salt1 = header.map(|h| h.salt1),
+            pos_salt1 = self.pos.wal.map(|w| w.header.salt1),
+            pos_offset = self.pos.wal.map(|w| w.offset),
+            "sync"
+        );
+        // For an old tail read beside a new generation: the tail's scanner, where and with
+        // which checksum the tail ended, and the new generation's header.
+        let mut tail_check: Option<(WalScanner, u64, (u32, u32), WalHeader)> = None;
+        let batch = match plan {
+            SyncPlan::Idle => None,
+            SyncPlan::Continue(mut sc) | SyncPlan::FromStart(mut sc) => {
+                let start = sc.offset();
+                let c = self.scan(&mut sc, self.cfg.sync_wal_bytes_max)?;
+                outcome.more = c.end_offset - start >= self.cfg.sync_wal_bytes_max;
+                let wal = WalPos {
+                    header: *sc.header(),
+                    offset: c.end_offset,
+                    checksum: c.end_checksum,
+                };
+                if c.transactions == 0 {
+                    // Following a new, still empty WAL generation changes no state.
+                    self.pos = self.pos.follow(
+                        self.pos.txid,
+                        self.pos.checksum,
+                        Some(wal),
+                        self.read_stamp,
+                    );
+                    None
+                } else {
+                    Some((
+                        self.state_map(Some(&c))?,
+                        c.pages.keys().copied().collect::<Vec<_>>(),
+                        Some(wal),
+                        start,
+                    ))
+                }
+            }
+            SyncPlan::OldTailThenNew { mut old, mut new } => {
+                let n = self.scan(&mut new, u64::MAX)?;
+                // The new generation overwrites the file from the start, with uncommitted frames
+                // too (a transaction spills before it commits), and a torn frame may follow its
+                // last valid one: the old tail is intact only if all that ends before it.
+                let written = scan_extent(WalScanner::new(*new.header()), |off, buf| {
+                    self.files.read_wal(off, buf)
+                })
+                .map_err(|e| self.io_err(e))?;
+                // Where the old generation's valid frames end, the next frame must not be the
+                // new generation's: a transaction of the new generation that spilled and rolled
+                // back leaves frames no valid chain reaches, yet they overwrote the old tail
+                // (found by the simulator, seed 1239).
+                let old_end = scan_extent(old, |off, buf| self.files.read_wal(off, buf))
+                    .map_err(|e| self.io_err(e))?;
+                let mut next = [0u8; FRAME_HEADER_SIZE];
+                let got = self
+                    .files
+                    .read_wal(old_end, &mut next)
+                    .map_err(|e| self.io_err(e))?;
+                let salt = |at: usize| {
+                    u32::from_be_bytes([next[at], next[at + 1], next[at + 2], next[at + 3]])
+                };
+                let tail_overwritten = got == FRAME_HEADER_SIZE
+                    && (salt(8), salt(12)) == (new.header().salt1, new.header().salt2);
+                if n.end_offset > old.offset()
+                    || written + new.header().frame_size() > old.offset()
+                    || tail_overwritten
+                {
+                    self.resync_batch(header, outcome)?
+                } else {
+                    let tail_start = old;
+                    let mut t = self.scan(&mut old, u64::MAX)?;
+                    tracing::trace!(
+                        old_offset = tail_start.offset(),
+                        old_end,
+                        written,
+                        new_end = n.end_offset,
+                        tail_end = t.end_offset,
+                        tail_pages = t.pages.len(),
+                        new_pages = n.pages.len(),
+                        "old tail then new"
+                    );
+                    if planted::active(Bug::DropOldTail) {
+                        t.pages.clear();
+                    }
+                    // Checked again once the pages are read: the new generation may grow over
+                    // the old tail meanwhile.
+                    tail_check = Some((tail_start, t.end_offset, t.end_checksum, *new.header()));
+                    let mut map = self.state_map(None)?;
+                    // The old generation's tail happened before the new generation.
+                    for c in [&t, &n] {
+                        if let Some(size) = c.commit_size {
+                            map.commit = size;
+                        }
+                    }
+                    // Old-tail frames are superseded by new-generation frames of the same page.
+                    let mut tail_pages = t.pages.clone();
+                    tail_pages.retain(|p, _| !n.pages.contains_key(p) && *p <= map.commit);
+                    let mut changed: Vec<u32> =
+                        tail_pages.keys().chain(n.pages.keys()).copied().collect();
+                    changed.sort_unstable();
+                    changed.dedup();
+                    let mut wal_pages = n.pages.clone();
+                    // Tail pages are read from the old generation's frames, still in the file.
+                    wal_pages.extend(tail_pages);
+                    map.wal_pages = wal_pages;
+                    let wal = WalPos {
+                        header: *new.header(),
+                        offset: n.end_offset,
+                        checksum: n.end_checksum,
+                    };
+                    if changed.is_empty() && map.commit == self.sums.commit() {
+                        self.pos = self.pos.follow(
+                            self.pos.txid,
+                            self.pos.checksum,
+                            Some(wal),
+                            self.read_stamp,
+                        );
+                        None
+                    } else {
+                        Some((map, changed, Some(wal), WAL_HEADER_SIZE as u64))
+                    }
+                }
+            }
+            SyncPlan::Resync => self.resync_batch(header, outcome)?,
+        };
+        let prepared = match batch {
+            Some((map, changed, wal, start)) => {
+                Some(self.prepare_incremental(&map, &changed, wal, start)?)
+            }
+            None => None,
+        };
+        // Nothing we read may have been overwritten while we read it. Within one WAL
+        // generation frames are only appended, and an overwritten frame never validates again,
+        // so checking at the end covers the whole read. If anything moved, ship nothing now and
+        // let the next sync take the path the new WAL calls for.
+        let (after, _) = self.wal_header()?;
+        // The whole header: salts, and the checksum a rewritten header of the same salts changes.
+        let salts = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2, h.checksum));
+        let mut intact = salts(after) == salts(header);
+        if let Some((mut sc, end, sum, new_header)) = tail_check {
+            // The new generation must still end before the old tail. Comparing the tail with
+            // itself is not enough: the application may commit between the checks above and
+            // the tail's own scan, overwriting the tail's start, and then both scans agree on
+            // a tail cut short (found by sluice-sim seed 185, a commit during an engine read).
+            let tail_start = sc.offset();
+            let written = scan_extent(WalScanner::new(new_header), |off, buf| {
+                self.files.read_wal(off, buf)
+            })
+            .map_err(|e| self.io_err(e))?;
+            intact &= written + new_header.frame_size() <= tail_start
+                || planted::active(Bug::SkipTailRemeasure);
+            let again = self.scan(&mut sc, u64::MAX)?;
+            intact &= (again.end_offset, again.end_checksum) == (end, sum);
+        }
+        if !intact {
+            tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed under the read; retrying");
+            outcome.more = true;
+            return Ok((None, wal_len));
+        }
+        Ok((prepared, wal_len))
+    }
+
+    /// Compares the whole current database with the replica's state: the changed pages.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right away by sync"
+    )]
+    pub(super) fn resync_batch(
+        &mut self,
+        header: Option<WalHeader>,
+        outcome: &mut SyncOutcome,
+    ) -> Result<Option<(StateMap, Vec<u32>, Option<WalPos>, u64)>, EngineError> {
+        outcome.resynced = true;
+        let all = match header {
+            Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
+            None => None,
+        };
+        let map = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let sums = self.sums_of(&map)?;
+        let changed = sums
+            .diff(&self.sums)
+            .into_iter()
+            .filter(|&p| p <= map.commit)
+            .collect::<Vec<_>>();
+        let wal = all.as_ref().map(|(h, c)| WalPos {
+            header: *h,
+            offset: c.end_offset,
+            checksum: c.end_checksum,
+        });
+        tracing::info!(db = %self.cfg.db_path.display(), pages = changed.len(), "WAL continuity lost (checkpoint or restart by another process); shipping the pages that differ");
+        if changed.is_empty() && map.commit == self.sums.commit() {
+            // Nothing differs: follow the current WAL (or none) from here.
+            self.pos = self
+                .pos
+                .follow(self.pos.txid, self.pos.checksum, wal, self.read_stamp);
+            return Ok(None);
+        }
+        Ok(Some((map, changed, wal, WAL_HEADER_SIZE as u64)))
+    }
+
+    pub(super) fn maybe_checkpoint(
+        &mut self,
+        wal_len: u64,
+    ) -> Result<Option<CheckpointPlan>, EngineError> {
+        let frame = u64::from(self.page_size) + FRAME_HEADER_SIZE as u64;
+        let frames = wal_len.saturating_sub(WAL_HEADER_SIZE as u64) / frame;
+        let now = self.clock.now_ms();
+        let plan =
+            state::plan_checkpoint(&self.cfg.checkpoint, frames, now - self.last_checkpoint_ms);
+        let mode = match plan {
+            CheckpointPlan::None => return Ok(None),
+            CheckpointPlan::Passive => "PASSIVE",
+            CheckpointPlan::Truncate => "TRUNCATE",
+        };
+        self.checkpoint(mode)?;
+        self.last_checkpoint_ms = now;
+        Ok(Some(plan))
+    }
+}

@@ -43,15 +43,7 @@ impl Engine {
             let before = self.wal_fingerprint()?;
             let result = self.recover_position_once().await?;
             let after = self.wal_fingerprint()?;
-            // Appended commits are harmless (frames are only appended within a generation and
-            // the read used the frames before them); a new generation, or a committed chain
-            // that no longer reaches as far, means frames we read were overwritten.
-            let intact = match (before, after) {
-                (None, None) => true,
-                (Some((h, end)), Some((h2, end2))) => h == h2 && end2 >= end,
-                _ => false,
-            };
-            if intact || planted::active(Bug::SkipRecoveryRecheck) {
+            if state::read_was_stable(before, after) || planted::active(Bug::SkipRecoveryRecheck) {
                 return Ok(result);
             }
             tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed while recovering the position; reading again");

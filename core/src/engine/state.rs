@@ -298,6 +298,51 @@ pub fn plan_checkpoint(
     }
 }
 
+/// What the engine measured of an old WAL generation's tail beside the new generation that
+/// restarted the WAL, for [`old_tail_intact`]. Offsets are byte offsets in the `-wal` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailEvidence {
+    /// Where the old generation's frames we have not shipped begin.
+    pub old_offset: u64,
+    /// Where the new generation's committed frames end.
+    pub new_committed_end: u64,
+    /// Where everything the new generation wrote ends (uncommitted frames too).
+    pub new_written_end: u64,
+    /// One frame of the new generation (a write past its last valid frame may be torn).
+    pub frame_bytes: u64,
+    /// The salts of the frame right after the old generation's last valid frame, if a whole
+    /// frame header is there.
+    pub next_frame_salts: Option<(u32, u32)>,
+    /// The new generation's salts.
+    pub new_salts: (u32, u32),
+}
+
+/// Whether the old generation's tail is still in the file, unread by nobody: everything the new
+/// generation wrote (committed or not, plus one frame for a torn write) ends before the tail
+/// (simulator seed 5: a spilling transaction overwrites the tail before it commits), and the
+/// frame right after the tail's last valid frame is not the new generation's (seed 1239: a
+/// new-generation transaction that spilled and rolled back left frames no valid chain reaches,
+/// yet they overwrote the tail).
+pub fn old_tail_intact(e: &TailEvidence) -> bool {
+    e.new_committed_end <= e.old_offset
+        && e.new_written_end + e.frame_bytes <= e.old_offset
+        && e.next_frame_salts != Some(e.new_salts)
+}
+
+/// Whether a read of the WAL was stable: the WAL's generation (header) and where its committed
+/// frames end, before and after. Appended commits are harmless (within a generation frames are
+/// only appended and the read used those before them); a new generation, or a committed chain
+/// that no longer reaches as far, means frames the read used were overwritten (simulator seed
+/// 162: with the engine's read lock on the database file alone, an application commit restarts
+/// the WAL and overwrites frames being read).
+pub fn read_was_stable<H: PartialEq>(before: Option<(H, u64)>, after: Option<(H, u64)>) -> bool {
+    match (before, after) {
+        (None, None) => true,
+        (Some((h, end)), Some((h2, end2))) => h == h2 && end2 >= end,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +485,69 @@ mod tests {
         assert_eq!(plan_checkpoint(&p, 0, 600_000), CheckpointPlan::None);
         assert_eq!(plan_checkpoint(&p, 1000, 0), CheckpointPlan::Passive);
         assert_eq!(plan_checkpoint(&p, 200_000, 0), CheckpointPlan::Truncate);
+    }
+
+    fn tail(old_offset: u64) -> TailEvidence {
+        TailEvidence {
+            old_offset,
+            new_committed_end: 1_000,
+            new_written_end: 1_000,
+            frame_bytes: 100,
+            next_frame_salts: Some((1, 2)),
+            new_salts: (7, 8),
+        }
+    }
+
+    #[test]
+    fn an_old_tail_is_intact_only_beyond_all_the_new_generation_wrote() {
+        assert!(
+            old_tail_intact(&tail(1_100)),
+            "ends a whole frame before the tail"
+        );
+        assert!(
+            !old_tail_intact(&tail(1_099)),
+            "a torn frame could reach the tail"
+        );
+        // Uncommitted frames count (seed 5).
+        let spilled = TailEvidence {
+            new_written_end: 2_000,
+            ..tail(1_500)
+        };
+        assert!(!old_tail_intact(&spilled));
+        // Committed frames past the tail's start.
+        let committed = TailEvidence {
+            new_committed_end: 1_600,
+            new_written_end: 1_000,
+            ..tail(1_500)
+        };
+        assert!(!old_tail_intact(&committed));
+        // The frame after the tail's last valid frame carries the new salts (seed 1239).
+        let rolled_back = TailEvidence {
+            next_frame_salts: Some((7, 8)),
+            ..tail(5_000)
+        };
+        assert!(!old_tail_intact(&rolled_back));
+        let no_frame_after = TailEvidence {
+            next_frame_salts: None,
+            ..tail(5_000)
+        };
+        assert!(old_tail_intact(&no_frame_after));
+    }
+
+    #[test]
+    fn a_read_is_stable_only_if_its_generation_stayed_and_its_commits_reach_as_far() {
+        assert!(read_was_stable::<u8>(None, None));
+        assert!(read_was_stable(Some((1, 100)), Some((1, 100))));
+        assert!(
+            read_was_stable(Some((1, 100)), Some((1, 300))),
+            "appended commits"
+        );
+        assert!(!read_was_stable(Some((1, 100)), Some((1, 90))), "cut short");
+        assert!(
+            !read_was_stable(Some((1, 100)), Some((2, 100))),
+            "a new generation"
+        );
+        assert!(!read_was_stable(None, Some((1, 100))));
+        assert!(!read_was_stable(Some((1, 100)), None));
     }
 }

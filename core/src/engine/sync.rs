@@ -171,12 +171,15 @@ impl Engine {
                 let salt = |at: usize| {
                     u32::from_be_bytes([next[at], next[at + 1], next[at + 2], next[at + 3]])
                 };
-                let tail_overwritten = got == FRAME_HEADER_SIZE
-                    && (salt(8), salt(12)) == (new.header().salt1, new.header().salt2);
-                if n.end_offset > old.offset()
-                    || written + new.header().frame_size() > old.offset()
-                    || tail_overwritten
-                {
+                let evidence = state::TailEvidence {
+                    old_offset: old.offset(),
+                    new_committed_end: n.end_offset,
+                    new_written_end: written,
+                    frame_bytes: new.header().frame_size(),
+                    next_frame_salts: (got == FRAME_HEADER_SIZE).then(|| (salt(8), salt(12))),
+                    new_salts: (new.header().salt1, new.header().salt2),
+                };
+                if !state::old_tail_intact(&evidence) {
                     self.resync_batch(header, outcome)?
                 } else {
                     let tail_start = old;

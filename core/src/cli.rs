@@ -153,6 +153,7 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
 
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let report = restore_into_place(
+        &crate::place::OsFs,
         &replica,
         chosen,
         &output,

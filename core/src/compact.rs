@@ -11,7 +11,6 @@
 //! remote), so memory is one page per input plus the encoded output.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
@@ -20,6 +19,11 @@ use crate::restore::{self, Fetched, RestoreError, Target};
 
 /// The most input files one compaction merges (the rest wait for the next run).
 pub const COMPACTION_INPUTS_MAX: usize = 1024;
+/// The read buffer of each merge input read from a file.
+const MERGE_READ_BUFFER_BYTES: usize = 8 << 10;
+/// The most bytes of inputs one compaction holds in memory (small files); the rest are fetched
+/// into scratch files.
+pub const COMPACTION_MEMORY_BYTES_MAX: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,14 +36,14 @@ pub enum CompactError {
     Invalid { what: String, message: String },
 }
 
-struct Input {
+struct Input<'a> {
     name: String,
-    dec: Decoder<BufReader<File>>,
+    dec: Decoder<Box<dyn std::io::Read + 'a>>,
     page: Vec<u8>,
     pgno: Option<u32>,
 }
 
-impl Input {
+impl Input<'_> {
     fn advance(&mut self) -> Result<(), CompactError> {
         self.pgno = self
             .dec
@@ -64,11 +68,9 @@ pub fn merge(
     let mut opened = Vec::with_capacity(inputs.len());
     for f in inputs {
         let name = format!("{}", f.info);
-        let file = File::open(&f.path).map_err(|e| CompactError::Ltx {
-            file: name.clone(),
-            error: LtxError::Io(e),
-        })?;
-        let dec = Decoder::new(BufReader::new(file)).map_err(|error| CompactError::Ltx {
+        // A small buffer per input: a merge has up to `COMPACTION_INPUTS_MAX` of them.
+        let reader = f.reader(MERGE_READ_BUFFER_BYTES)?;
+        let dec = Decoder::new(reader).map_err(|error| CompactError::Ltx {
             file: name.clone(),
             error,
         })?;
@@ -90,7 +92,7 @@ pub fn merge(
     let sums = inputs
         .iter()
         .map(|f| {
-            file_checksums(&f.path).map_err(|error| CompactError::Ltx {
+            f.checksums().map_err(|error| CompactError::Ltx {
                 file: f.info.to_string(),
                 error,
             })
@@ -201,8 +203,16 @@ async fn fetch_all(
     scratch: &Path,
 ) -> Result<Vec<Fetched>, RestoreError> {
     let mut out = Vec::with_capacity(files.len());
+    // Small inputs are held in memory up to a total budget; the rest go to scratch files.
+    let mut budget = COMPACTION_MEMORY_BYTES_MAX;
     for f in files {
-        out.push(restore::fetch(replica, f, scratch).await?);
+        let in_memory_max = if f.size <= budget.min(restore::FETCH_IN_MEMORY_BYTES_MAX) {
+            budget -= f.size;
+            restore::FETCH_IN_MEMORY_BYTES_MAX
+        } else {
+            0
+        };
+        out.push(restore::fetch(replica, f, scratch, in_memory_max).await?);
     }
     Ok(out)
 }

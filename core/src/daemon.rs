@@ -6,15 +6,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::watch;
 
-use crate::args::{ConfigArgs, IntegrityCheck, ReplicateArgs};
+use crate::args::{ConfigArgs, ReplicateArgs};
 use crate::config::{Config, config_path};
 use crate::engine::{Clock, SystemClock};
 use crate::jobs::{config_from_args, jobs_from_config};
 use crate::lease::{FencedStore, Holder, LEASE_TTL_MS, Lease};
-use crate::place::restore_into_place;
+use crate::place::{OsFs, restore_if_missing};
 use crate::replica::SNAPSHOT_LEVEL;
 use crate::replicate::{self, JobStatus, SharedStatus};
-use crate::restore::{self, RestoreError, Target};
 use crate::url::ReplicaTarget;
 
 fn load_config(flag: Option<&Path>, no_expand: bool) -> Result<Config> {
@@ -276,28 +275,15 @@ async fn restore_missing(
         .ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
     let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
     let replica = target.open(&r.settings).map_err(|e| anyhow!(e))?;
-    let files = replica.list_all().await?;
-    match restore::plan(&replica.describe(), &files, Target::Latest) {
-        Ok(plan) => {
-            let report = restore_into_place(
-                &replica,
-                plan,
-                path,
-                restore::PARALLELISM_DEFAULT,
-                IntegrityCheck::None,
-                false,
-                false,
-            )
-            .await?;
+    match restore_if_missing(&OsFs, &replica, path).await? {
+        Some(report) => {
             tracing::info!(db = %path.display(), txid = format_args!("{:016x}", report.txid), "restored database before replicating");
-            Ok(())
         }
-        Err(RestoreError::ReplicaEmpty { .. }) => {
+        None => {
             tracing::info!(db = %path.display(), "no backup to restore; starting with a new database");
-            Ok(())
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(())
 }
 
 fn mtime_ms(path: &Path) -> Option<i64> {

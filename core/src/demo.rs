@@ -90,6 +90,7 @@ pub async fn cmd_demo(args: DemoArgs) -> Result<i32> {
         Target::Latest,
     )?;
     let report = restore_into_place(
+        &crate::place::OsFs,
         &replica,
         plan,
         &restored,

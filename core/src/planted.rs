@@ -39,10 +39,13 @@ pub enum Bug {
     CompactionNeverRetried,
     /// The scheduler never renews the lease: writes stop once it runs out.
     LeaseNotRenewed,
+    /// A restore renames its temporary file into place before fsyncing it: a crash in between
+    /// leaves a torn database at the output path.
+    RenameBeforeFsync,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -59,6 +62,7 @@ impl Bug {
         Bug::NoFinalSync,
         Bug::CompactionNeverRetried,
         Bug::LeaseNotRenewed,
+        Bug::RenameBeforeFsync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Bug {
             Bug::NoFinalSync => "no-final-sync",
             Bug::CompactionNeverRetried => "compaction-never-retried",
             Bug::LeaseNotRenewed => "lease-not-renewed",
+            Bug::RenameBeforeFsync => "rename-before-fsync",
         }
     }
 

@@ -27,6 +27,9 @@ use crate::store::StoreError;
 
 /// Download chunk size: the most one in-flight download holds in memory.
 pub const DOWNLOAD_CHUNK_BYTES: u64 = 8 << 20;
+/// Files up to this size are fetched into memory instead of a scratch file: at most this much
+/// per file in flight (a restore holds at most `parallelism + 2` fetched files at once).
+pub const FETCH_IN_MEMORY_BYTES_MAX: u64 = 1 << 20;
 /// Default and maximum number of files fetched at once.
 pub const PARALLELISM_DEFAULT: usize = 8;
 pub const PARALLELISM_MAX: usize = 64;
@@ -235,12 +238,39 @@ impl Fetched {
         }
     }
 
-    fn reader(&self) -> Result<Box<dyn std::io::Read + '_>, RestoreError> {
+    /// The database checksums the file records (before, after), from its header and trailer.
+    pub fn checksums(&self) -> Result<Option<(u64, u64)>, LtxError> {
+        let Some(b) = &self.bytes else {
+            return crate::compact::file_checksums(&self.path);
+        };
+        let short = || LtxError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        let head: &[u8; crate::ltx::HEADER_SIZE] = b
+            .get(..crate::ltx::HEADER_SIZE)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(short)?;
+        let header = Header::decode(head)?;
+        let tail = b
+            .len()
+            .checked_sub(crate::ltx::TRAILER_SIZE)
+            .and_then(|at| b.get(at..at + 8))
+            .ok_or_else(short)?;
+        let mut post = [0u8; 8];
+        post.copy_from_slice(tail);
+        let trailer = crate::ltx::Trailer {
+            post_apply_checksum: u64::from_be_bytes(post),
+            file_checksum: 0,
+        };
+        Ok(header.db_checksums(&trailer))
+    }
+
+    /// The file's bytes, from memory or from its file (read through a buffer of
+    /// `buffer_bytes`).
+    pub fn reader(&self, buffer_bytes: usize) -> Result<Box<dyn std::io::Read + '_>, RestoreError> {
         match &self.bytes {
             Some(b) => Ok(Box::new(&b[..])),
             None => {
                 let f = File::open(&self.path).map_err(io_err(&self.path))?;
-                Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+                Ok(Box::new(BufReader::with_capacity(buffer_bytes, f)))
             }
         }
     }
@@ -251,6 +281,49 @@ pub trait Image {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()>;
     fn set_len(&mut self, len: u64) -> std::io::Result<()>;
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum>;
+}
+
+/// The file a restore writes: the image, and its durability. The local-file seam for restores
+/// (`place::OutputFs` creates them): a real file in production, the simulated disk in the
+/// simulator.
+pub trait OutputFile: Image + Send {
+    /// Makes every byte written so far durable (fsync). A failure leaves the file's contents
+    /// unknown: the restore fails and the file is removed.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+/// A real output file.
+#[derive(Debug)]
+pub struct OsOutput(pub File);
+
+impl Image for OsOutput {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
+        checksum_file(&self.0, page_size)
+    }
+}
+
+impl Image for Box<dyn OutputFile> {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        (**self).write_at(data, offset)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
+        (**self).db_checksum(page_size)
+    }
+}
+
+impl OutputFile for OsOutput {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.sync_all()
+    }
 }
 
 impl Image for &File {
@@ -287,10 +360,15 @@ impl Image for Vec<u8> {
     }
 }
 
+/// Fetches one replica file: a directory replica's file is read in place; a file of at most
+/// `in_memory_max` bytes is fetched into memory; a larger one into a scratch file in `scratch`
+/// (created on first use; deleted when the `Fetched` is dropped). Ranged GETs: a dropped
+/// connection costs one chunk, not the whole file.
 pub async fn fetch(
     replica: &Replica,
     info: FileInfo,
     scratch: &Path,
+    in_memory_max: u64,
 ) -> Result<Fetched, RestoreError> {
     let key = replica.key(&info);
     if let Some(path) = replica.store.local_path(&key) {
@@ -301,11 +379,28 @@ pub async fn fetch(
             bytes: None,
         });
     }
-    let tmp = tempfile::NamedTempFile::new_in(scratch).map_err(io_err(scratch))?;
+    if info.size <= in_memory_max {
+        let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        while (bytes.len() as u64) < info.size {
+            let chunk = replica
+                .store
+                .get_range(&key, bytes.len() as u64, DOWNLOAD_CHUNK_BYTES)
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        return Ok(Fetched::in_memory(info, bytes));
+    }
+    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".sluice-fetch-")
+        .tempfile_in(scratch)
+        .map_err(io_err(scratch))?;
     let path = tmp.path().to_path_buf();
     let file = tmp.as_file().try_clone().map_err(io_err(&path))?;
     let mut offset = 0u64;
-    // Ranged GETs: a dropped connection costs one chunk, not the whole file.
     while offset < info.size {
         let chunk = replica
             .store
@@ -338,7 +433,7 @@ pub fn apply_one(
         file: name.clone(),
         error,
     };
-    let mut dec = Decoder::new(fetched.reader()?).map_err(ltx)?;
+    let mut dec = Decoder::new(fetched.reader(1 << 20)?).map_err(ltx)?;
     let h = *dec.header();
     if (h.min_txid, h.max_txid) != (fetched.info.min_txid, fetched.info.max_txid) {
         return Err(RestoreError::Chain {
@@ -444,38 +539,25 @@ pub fn apply_plan(
 }
 
 /// Fetches `files` with up to `parallelism` downloads in flight and applies them in order onto
-/// `tmp_path`, which is created (or truncated). The caller renames it into place.
+/// `out` (named `out_path` in messages; large downloads go to scratch files beside it). Hands
+/// `out` back unsynced: the caller syncs it and moves it into place (`place.rs`).
 pub async fn restore_to(
     replica: &Replica,
     files: Vec<FileInfo>,
-    tmp_path: &Path,
+    mut out: Box<dyn OutputFile>,
+    out_path: &Path,
     parallelism: usize,
     on_file: impl FnMut(&FileInfo) + Send + 'static,
-) -> Result<RestoreReport, RestoreError> {
-    let dir = tmp_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let scratch = tempfile::Builder::new()
-        .prefix(".sluice-restore-")
-        .tempdir_in(&dir)
-        .map_err(io_err(&dir))?;
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp_path)
-        .map_err(io_err(tmp_path))?;
+) -> Result<(RestoreReport, Box<dyn OutputFile>), RestoreError> {
+    let dir = out_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, RestoreError>>(1);
-    let out_path = tmp_path.to_path_buf();
+    let label = out_path.to_path_buf();
     let applier = tokio::task::spawn_blocking(move || {
-        apply_plan(&mut &out, &out_path, rx, on_file).and_then(|r| {
-            out.sync_all().map_err(io_err(&out_path))?;
-            Ok(r)
-        })
+        apply_plan(&mut out, &label, rx, on_file).map(|r| (r, out))
     });
     let parallelism = parallelism.clamp(1, PARALLELISM_MAX);
-    let scratch_path = scratch.path().to_path_buf();
     let mut downloads = futures::stream::iter(files)
-        .map(|info| fetch(replica, info, &scratch_path))
+        .map(|info| fetch(replica, info, &dir, FETCH_IN_MEMORY_BYTES_MAX))
         .buffered(parallelism);
     while let Some(fetched) = downloads.next().await {
         let failed = fetched.is_err();
@@ -485,12 +567,10 @@ pub async fn restore_to(
         }
     }
     drop(tx);
-    let result = applier.await.map_err(|e| RestoreError::Io {
-        path: tmp_path.to_path_buf(),
+    applier.await.map_err(|e| RestoreError::Io {
+        path: out_path.to_path_buf(),
         error: std::io::Error::other(e),
-    })?;
-    drop(scratch);
-    result
+    })?
 }
 
 #[cfg(test)]

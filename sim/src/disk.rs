@@ -115,6 +115,21 @@ impl Disk {
         }
     }
 
+    /// Renames `from` to `to`, replacing `to`. The rename itself is durable at once (the
+    /// directory entry is journaled), the data is not: a file renamed before its first sync
+    /// keeps the new name across a power loss with empty durable contents, its pending writes
+    /// then persisting, dropping or tearing like any other (the zero-length or torn file a
+    /// rename before fsync leaves on a journaling filesystem).
+    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+        let Some(mut f) = self.files.remove(from) else {
+            return false;
+        };
+        f.durable.get_or_insert_with(Vec::new);
+        f.version += 1;
+        self.files.insert(to.to_string(), f);
+        true
+    }
+
     /// Number of operations not yet durable, over all files.
     pub fn pending_ops(&self) -> usize {
         self.files.values().map(|f| f.pending.len()).sum()

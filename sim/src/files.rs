@@ -141,3 +141,148 @@ impl LocalDb for SimDb {
         })
     }
 }
+
+/// The restore's local-file seam (`place::OutputFs`) over the simulated disk. With a crash point
+/// armed, the power fails just before the seam's `crash_at`th operation: the disk loses,
+/// keeps or tears what was not synced (`Disk::power_loss`) and every later operation fails, as
+/// the process died.
+#[derive(Debug, Clone)]
+pub struct SimFs {
+    state: std::sync::Arc<std::sync::Mutex<FsState>>,
+}
+
+#[derive(Debug)]
+struct FsState {
+    ops: u32,
+    crash_at: Option<u32>,
+    rng: rand_chacha::ChaCha8Rng,
+    crashed: Option<crate::disk::PowerLoss>,
+}
+
+fn name_of(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl SimFs {
+    /// A seam that loses power before its `crash_at`th operation (never with `None`).
+    pub fn new(crash_at: Option<u32>, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            state: std::sync::Arc::new(std::sync::Mutex::new(FsState {
+                ops: 0,
+                crash_at,
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+                crashed: None,
+            })),
+        }
+    }
+
+    /// Operations performed so far.
+    pub fn ops(&self) -> u32 {
+        self.lock().ops
+    }
+
+    /// What the power loss did, if it happened.
+    pub fn crashed(&self) -> Option<crate::disk::PowerLoss> {
+        self.lock().crashed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FsState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one operation; fails it (and every later one) once the power is gone.
+    fn tick(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed.is_some() {
+            return Err(io::Error::other("the power is off"));
+        }
+        s.ops += 1;
+        if s.crash_at == Some(s.ops) {
+            let r = vfs::with(|v| v.disk.power_loss(&mut s.rng));
+            s.crashed = Some(r);
+            return Err(io::Error::other("the power failed"));
+        }
+        Ok(())
+    }
+}
+
+impl sluice_core::place::OutputFs for SimFs {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        self.tick()
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn sluice_core::restore::OutputFile>> {
+        self.tick()?;
+        let name = name_of(path);
+        vfs::with(|s| {
+            s.disk.create(&name);
+            s.disk.truncate(&name, 0);
+        });
+        Ok(Box::new(SimOutput {
+            fs: self.clone(),
+            name,
+        }))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        vfs::with(|s| s.disk.exists(&name_of(path)))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.tick()?;
+        vfs::with(|s| s.disk.delete(&name_of(path)));
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.tick()?;
+        if vfs::with(|s| s.disk.rename(&name_of(from), &name_of(to))) {
+            Ok(())
+        } else {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        }
+    }
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        self.tick()
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.tick()?;
+        vfs::with(|s| s.disk.sync(&name_of(path)));
+        Ok(())
+    }
+}
+
+/// A restored image being written to the simulated disk.
+#[derive(Debug)]
+struct SimOutput {
+    fs: SimFs,
+    name: String,
+}
+
+impl sluice_core::restore::Image for SimOutput {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.fs.tick()?;
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        vfs::with(|s| s.disk.write(&self.name, at, data));
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.fs.tick()?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        vfs::with(|s| s.disk.truncate(&self.name, len));
+        Ok(())
+    }
+    fn db_checksum(&mut self, page_size: u32) -> io::Result<sluice_core::checksum::DbChecksum> {
+        let image = vfs::with(|s| s.disk.contents(&self.name).map(<[u8]>::to_vec))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut image = image;
+        sluice_core::restore::Image::db_checksum(&mut image, page_size)
+    }
+}
+
+impl sluice_core::restore::OutputFile for SimOutput {
+    fn sync(&mut self) -> io::Result<()> {
+        self.fs.tick()?;
+        vfs::with(|s| s.disk.sync(&self.name));
+        Ok(())
+    }
+}

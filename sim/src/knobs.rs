@@ -45,6 +45,9 @@ pub struct Knobs {
     /// The replica's lease time (0: no lease, the store is not fenced). Production's default is
     /// 30 s; runs are short, so a few seconds here let renewals and expiries happen.
     pub lease_ttl_ms: i64,
+    /// Share of host replacements whose restore loses power in the middle (the host boots again
+    /// and reruns the sidecar's restore).
+    pub restore_crash_rate: f64,
     /// Share of transactions after which the replicator is stopped cleanly (SIGTERM: a final
     /// sync, then the lease is released) and started again later.
     pub graceful_stop_rate: f64,
@@ -118,6 +121,7 @@ impl Knobs {
             snapshot_retention_ms: 0,
             l0_retention_ms: 0,
             lease_ttl_ms: 0,
+            restore_crash_rate: 0.0,
             graceful_stop_rate: 0.0,
             store,
             partitions,
@@ -150,6 +154,14 @@ impl Knobs {
         }
     }
 
+    /// The knobs of the restore's file seam, from a stream of their own (`rng`, which the run
+    /// then keeps for the restore's crash points), so adding them changed no other seed's run.
+    pub fn draw_restore(&mut self, rng: &mut ChaCha8Rng) {
+        if rng.random_bool(0.5) {
+            self.restore_crash_rate = 0.5;
+        }
+    }
+
     /// These knobs with every randomly firing fault site off (a plan says what happens).
     pub fn calm(&self) -> Self {
         Self {
@@ -161,6 +173,7 @@ impl Knobs {
             power_loss_rate: 0.0,
             host_replace_rate: 0.0,
             zombie_rate: 0.0,
+            restore_crash_rate: 0.0,
             graceful_stop_rate: 0.0,
             store: StoreFaults::default(),
             partitions: Vec::new(),

@@ -390,7 +390,7 @@ impl World {
         self.close_app();
         vfs::with(vfs::VfsState::replace_host);
         oracle::lock(&self.feed).reset();
-        let (image, txid) = match self.restore(Target::Latest) {
+        let (image, txid) = match self.restore_new_host() {
             Ok(r) => r,
             // Nothing was ever replicated (the store was unreachable since the start): the new
             // host starts a new database, as `restore -if-replica-exists` lets it.
@@ -451,10 +451,6 @@ impl World {
                 self.acked
             ));
         }
-        vfs::with(|s| {
-            s.disk.write(DB, 0, &image);
-            s.disk.sync(DB);
-        });
         self.digest = self.digest_of(&image);
         let lost = self.commits.len() - k;
         // The new host's history continues from commit k; the rest stay real states.
@@ -474,6 +470,64 @@ impl World {
             self.fail(format!(
                 "host replacement: the restored database does not open: {e}"
             ));
+        }
+    }
+
+    /// The new host's restore, as the sidecar runs it: production's `place::restore_if_missing`
+    /// writing through the file seam onto the simulated disk. With `restore_crash_rate` the
+    /// power fails in the middle (half the time in one of its last four operations: the
+    /// fsyncs and the rename); the host boots again and reruns it. Returns the image then at
+    /// the database's path and the TXID restored (0 when a database was already there).
+    fn restore_new_host(&mut self) -> Result<(Vec<u8>, u64), NoImage> {
+        let failed = |e: &dyn std::fmt::Display| NoImage::Failed(e.to_string());
+        let replica = Replica::new(Arc::new(self.mem.clone()), Layout::File);
+        let path = std::path::Path::new(DB);
+        let mut crash_at = None;
+        if self.knobs.restore_crash_rate > 0.0
+            && self.restore_rng.random_bool(self.knobs.restore_crash_rate)
+        {
+            // Count a whole restore's operations on a copy of the disk, to aim the crash.
+            let saved = vfs::with(|s| s.disk.clone());
+            let counter = SimFs::new(None, 0);
+            let _ = self
+                .rt
+                .block_on(place::restore_if_missing(&counter, &replica, path));
+            vfs::with(|s| s.disk = saved);
+            let total = counter.ops();
+            if total > 0 {
+                crash_at = Some(if self.restore_rng.random_bool(0.5) {
+                    total - self.restore_rng.random_range(0..total.min(4))
+                } else {
+                    self.restore_rng.random_range(1..=total)
+                });
+            }
+        }
+        let fs = SimFs::new(crash_at, self.restore_rng.random());
+        let mut result = self
+            .rt
+            .block_on(place::restore_if_missing(&fs, &replica, path));
+        if let Some(r) = fs.crashed() {
+            self.log(format!(
+                "host-replace power-loss during the restore at operation {} persisted={} dropped={} torn={} vanished={}; rebooting",
+                crash_at.unwrap_or(0),
+                r.persisted,
+                r.dropped,
+                r.torn,
+                r.vanished_files
+            ));
+            let again = SimFs::new(None, 0);
+            result = self
+                .rt
+                .block_on(place::restore_if_missing(&again, &replica, path));
+        }
+        let report = result.map_err(|e| failed(&format!("{e:#}")))?;
+        if report.as_ref().is_some_and(|r| !r.checksum_verified) {
+            return Err(failed(&"restore could not verify the database checksum"));
+        }
+        let image = vfs::with(|s| s.disk.contents(DB).map(<[u8]>::to_vec));
+        match (image, report) {
+            (Some(image), report) => Ok((image, report.map_or(0, |r| r.txid))),
+            (None, _) => Err(NoImage::ReplicaEmpty),
         }
     }
 

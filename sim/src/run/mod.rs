@@ -27,11 +27,12 @@ use sluice_core::scheduler::{Action, Next, Outcome};
 use sluice_core::store::{DynStore, MemStore, ObjectStore, StoreErrorKind};
 
 use crate::faulty::FaultyStore;
-use crate::files::{self, SimClock, SimDb};
+use crate::files::{self, SimClock, SimDb, SimFs};
 pub use crate::knobs::Knobs;
 use crate::oracle::{self, Changes, PageDigest, WalFeed};
 use crate::plan::{CheckpointMode, Scenario, Step};
 use crate::vfs::{self, Proc};
+use sluice_core::place;
 
 mod check_compaction;
 mod check_heals;
@@ -146,6 +147,8 @@ struct World {
     scratch: tempfile::TempDir,
     /// The stream `Knobs::draw_later` drew from, for those knobs' events.
     extra: ChaCha8Rng,
+    /// The stream `Knobs::draw_restore` drew from, for the restore's crash points.
+    restore_rng: ChaCha8Rng,
     /// A replaced host's stalled uploads and when they land, with its lease and fenced store.
     zombie: Option<Zombie>,
     /// Commits lost with a replaced host: real states (they were committed), which a zombie's
@@ -394,6 +397,8 @@ pub fn run_scenario(
     let mut drawn = Knobs::draw(&mut rng, transactions);
     let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0001);
     drawn.draw_later(&mut extra);
+    let mut restore_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0002);
+    drawn.draw_restore(&mut restore_rng);
     let knobs = match scenario.knobs_for(&drawn) {
         Ok(k) => k,
         Err(e) => {
@@ -455,6 +460,7 @@ pub fn run_scenario(
         digest: PageDigest::new(knobs.page_size as usize),
         scratch,
         extra,
+        restore_rng,
         zombie: None,
         abandoned: Vec::new(),
         replaced_at: None,

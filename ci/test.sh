@@ -78,8 +78,9 @@ echo "ci: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "ci: cargo test"
 cargo test --workspace --locked
-# The simulator with deliberate engine bugs compiled in: each must be caught (a separate build,
-# so planted bugs never reach the binaries above).
+# The simulator with deliberate engine and driver bugs compiled in: each must be caught (a
+# separate build, so planted bugs never reach the binaries above). In release: the hundreds of
+# simulated runs take seconds there and minutes in a debug build.
 echo "ci: simulator planted bugs"
 cargo clippy -p sluice-sim --features planted-bugs --all-targets --locked -- -D warnings
-cargo test -p sluice-sim --features planted-bugs --locked --test planted
+cargo test --release -p sluice-sim --features planted-bugs --locked --test planted

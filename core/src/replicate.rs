@@ -469,7 +469,11 @@ pub async fn run(
         });
     }
     if !opened {
-        tracing::warn!(db = %db_path.display(), "stopped before the replica could be reached; nothing was replicated");
+        return Err(JobStopped {
+            db: db_path.display().to_string(),
+            replica,
+            reason: "stopped before the replica could be reached; nothing was replicated".into(),
+        });
     }
     Ok(())
 }

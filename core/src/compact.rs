@@ -10,7 +10,6 @@
 //! Merging streams every input from disk (downloaded to a scratch directory when the store is
 //! remote), so memory is one page per input plus the encoded output.
 
-use std::fs::File;
 use std::path::Path;
 
 use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
@@ -178,23 +177,6 @@ pub fn merge(
         error,
     })?;
     Ok((bytes, header))
-}
-
-/// The database checksums a file records (before, after), reading only its header and trailer.
-pub fn file_checksums(path: &Path) -> Result<Option<(u64, u64)>, LtxError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
-    let mut hb = [0u8; crate::ltx::HEADER_SIZE];
-    f.read_exact(&mut hb)?;
-    let h = Header::decode(&hb)?;
-    let mut tb = [0u8; 8];
-    f.seek(SeekFrom::End(-(crate::ltx::TRAILER_SIZE as i64)))?;
-    f.read_exact(&mut tb)?;
-    let trailer = crate::ltx::Trailer {
-        post_apply_checksum: u64::from_be_bytes(tb),
-        file_checksum: 0,
-    };
-    Ok(h.db_checksums(&trailer))
 }
 
 async fn fetch_all(

@@ -241,7 +241,7 @@ impl Fetched {
     /// The database checksums the file records (before, after), from its header and trailer.
     pub fn checksums(&self) -> Result<Option<(u64, u64)>, LtxError> {
         let Some(b) = &self.bytes else {
-            return crate::compact::file_checksums(&self.path);
+            return file_checksums(&self.path);
         };
         let short = || LtxError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         let head: &[u8; crate::ltx::HEADER_SIZE] = b
@@ -418,6 +418,23 @@ pub async fn fetch(
         _scratch: Some(tmp.into_temp_path()),
         bytes: None,
     })
+}
+
+/// The database checksums a file records (before, after), reading only its header and trailer.
+fn file_checksums(path: &Path) -> Result<Option<(u64, u64)>, LtxError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    let mut hb = [0u8; crate::ltx::HEADER_SIZE];
+    f.read_exact(&mut hb)?;
+    let h = Header::decode(&hb)?;
+    let mut tb = [0u8; 8];
+    f.seek(SeekFrom::End(-(crate::ltx::TRAILER_SIZE as i64)))?;
+    f.read_exact(&mut tb)?;
+    let trailer = crate::ltx::Trailer {
+        post_apply_checksum: u64::from_be_bytes(tb),
+        file_checksum: 0,
+    };
+    Ok(h.db_checksums(&trailer))
 }
 
 /// Applies one file's pages onto `out`. Returns its header and trailer's post-apply checksum

@@ -72,7 +72,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
             if args.restore_if_db_not_exists || db.restore_if_db_not_exists.unwrap_or(false) {
                 restore_missing(&path, db.replicas.first()).await?;
             } else {
-                bail!("database {} does not exist", path.display());
+                // The usual sidecar and -exec deployment: the application creates its database
+                // on first start. The job waits for it (its open is retried), as Litestream does.
+                tracing::info!(db = %path.display(), "database does not exist yet; replicating once it appears");
+                continue;
             }
         }
         if !path.is_file() {

@@ -96,6 +96,8 @@ pub struct Driver {
     status: SharedStatus,
     /// The last file a sync shipped (for the simulator's event log).
     last_shipped: Option<(FileInfo, bool)>,
+    /// "Waiting for the database" was logged (once, not per open retry).
+    waiting_logged: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -133,6 +135,7 @@ impl Driver {
             sched,
             status,
             last_shipped: None,
+            waiting_logged: false,
         }
     }
 
@@ -309,6 +312,19 @@ impl Driver {
         };
         let engine = match opened {
             Ok(e) => e,
+            Err(EngineError::Io { ref error, .. })
+                if error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                // Waiting for the application to create its database: said once, not per retry.
+                if !self.waiting_logged {
+                    self.waiting_logged = true;
+                    tracing::info!(db = %self.cfg.db_path.display(), "waiting for the database to appear");
+                }
+                update(&self.status, |s| {
+                    s.last_error = Some("the database does not exist yet".into())
+                });
+                return Err(failure(false, "the database does not exist yet".into()));
+            }
             Err(e) => {
                 tracing::warn!(db = %self.cfg.db_path.display(), error = %e, "cannot start replicating; will retry");
                 update(&self.status, |s| s.last_error = Some(e.to_string()));
@@ -472,7 +488,7 @@ pub async fn run(
         return Err(JobStopped {
             db: db_path.display().to_string(),
             replica,
-            reason: "stopped before the replica could be reached; nothing was replicated".into(),
+            reason: "stopped before replication could start (the database never appeared, or the replica never answered); nothing was replicated".into(),
         });
     }
     Ok(())

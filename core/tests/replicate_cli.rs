@@ -656,3 +656,27 @@ fn a_job_stopped_by_a_permanent_error_leaves_the_others_replicating() {
     );
     assert_replica_matches(&good, &good_replica, &ws.path("restored.db"));
 }
+
+/// The sidecar and `-exec` deployment: the application creates its database on its first
+/// start, after `sluice replicate` started. sluice waits for the file (it never creates it) and
+/// replicates it once it appears, as Litestream does.
+#[test]
+fn a_database_that_does_not_exist_yet_is_replicated_once_it_appears() {
+    let ws = Workspace::new("appears-later");
+    let db = ws.path("later.db");
+    let replica = ws.dir("replica");
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    sluice.wait_log("waiting for the database to appear");
+    assert!(!db.exists(), "sluice must not create the database");
+    assert!(
+        sluice.child.try_wait().expect("poll").is_none(),
+        "sluice exited:\n{}",
+        sluice.log()
+    );
+    create_db(&db, "wal", 20);
+    let txid = wait_txid_settled(&replica, 0);
+    assert!(txid > 0, "nothing replicated:\n{}", sluice.log());
+    sluice.stop();
+    assert_replica_matches(&db, &replica, &ws.path("restored.db"));
+}

@@ -32,7 +32,7 @@ use crate::ltx::{
 };
 use crate::planted::{self, Bug};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
-use crate::store::{PutMode, StoreError, StoreErrorKind};
+use crate::store::{PutMode, PutOptions, StoreError, StoreErrorKind};
 use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
     scan_extent,
@@ -124,6 +124,37 @@ pub struct SyncOutcome {
     /// More committed WAL remains than one file may carry: sync again at once.
     pub more: bool,
     pub checkpoint: Option<CheckpointPlan>,
+}
+
+/// What [`Engine::prepare`] found: nothing to ship (what the sync did), or an upload to perform
+/// and hand back to [`Engine::acknowledge`].
+#[derive(Debug)]
+pub enum Ready {
+    Nothing(SyncOutcome),
+    Upload(Box<Upload>),
+}
+
+/// A level-0 file to put at `key`, and what its acknowledgement applies.
+#[derive(Debug)]
+pub struct Upload {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub opts: PutOptions,
+    pub ack: Ack,
+}
+
+/// The replica's state once an upload is acknowledged: the position and page checksums it
+/// moves to, and the sync's outcome.
+#[derive(Debug)]
+pub struct Ack {
+    pub info: FileInfo,
+    pos: Position,
+    sums: PageSums,
+    resynced: bool,
+    more: bool,
+    /// The WAL size the sync saw (the checkpoint decision follows the acknowledgement); `None`
+    /// for a file shipped by a position recovery.
+    wal_len: Option<u64>,
 }
 
 /// A file ready to upload, and the replica's state once it is acknowledged.
@@ -257,7 +288,8 @@ impl Engine {
             // A snapshot only on an empty replica; otherwise every page went up as a level-0
             // file and the driver's snapshot schedule decides as usual.
             let snapshot = p.min_txid == 1;
-            engine.upload(p).await?;
+            let upload = engine.upload_of(p, false, false, None);
+            engine.send(upload).await?;
             engine.opened_with_snapshot = snapshot;
         }
         Ok(engine)

@@ -4,74 +4,49 @@
 use super::*;
 
 impl Engine {
-    /// Uploads a prepared file; only once the store acknowledges it does the position move.
-    pub(super) async fn upload(&mut self, p: Prepared) -> Result<FileInfo, EngineError> {
-        if planted::active(Bug::AckBeforeUpload) {
-            let info = FileInfo {
-                level: 0,
-                min_txid: p.min_txid,
-                max_txid: p.pos.txid,
-                size: p.bytes.len() as u64,
-                created_ms: p.timestamp_ms,
-            };
-            let key = self.replica.key(&info);
-            self.pos = p.pos;
-            self.sums = p.sums;
-            let _ = self
-                .replica
-                .store
-                .put(
-                    &key,
-                    p.bytes,
-                    crate::store::PutOptions {
-                        timestamp_ms: info.created_ms,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            return Ok(info);
-        }
+    /// The upload of a prepared file, and what its acknowledgement will apply.
+    pub(super) fn upload_of(
+        &self,
+        p: Prepared,
+        resynced: bool,
+        more: bool,
+        wal_len: Option<u64>,
+    ) -> Upload {
+        let info = FileInfo {
+            level: 0,
+            min_txid: p.min_txid,
+            max_txid: p.pos.txid,
+            size: p.bytes.len() as u64,
+            created_ms: p.timestamp_ms,
+        };
         let mode = if self.create_uploads {
             PutMode::Create
         } else {
             PutMode::Overwrite
         };
-        let written = self
-            .replica
-            .write(0, p.min_txid, p.pos.txid, p.bytes, p.timestamp_ms, mode)
-            .await;
-        let info = match written {
-            Ok(info) => info,
-            Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
-                self.recover_needed = true;
-                return Err(EngineError::Replica {
-                    replica: self.replica.describe(),
-                    message: format!(
-                        "TXID {:016x} already exists (an earlier attempt whose reply was lost, another replicator, or a listing that lagged); re-reading the replica's position",
-                        p.pos.txid
-                    ),
-                });
-            }
-            Err(e) if mode == PutMode::Create && e.kind == StoreErrorKind::Permanent => {
-                // A store without conditional writes: carry on unprotected, and say so.
-                tracing::warn!(error = %e, replica = %self.replica.describe(), "the store refused a conditional write; uploading without If-None-Match from now on (a second writer could replace files)");
-                self.create_uploads = false;
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.pos = p.pos;
-        self.sums = p.sums;
-        Ok(info)
+        Upload {
+            key: self.replica.key(&info),
+            bytes: p.bytes,
+            opts: PutOptions {
+                mode,
+                timestamp_ms: p.timestamp_ms,
+            },
+            ack: Ack {
+                info,
+                pos: p.pos,
+                sums: p.sums,
+                resynced,
+                more,
+                wal_len,
+            },
+        }
     }
 
-    /// One sync: read what changed since the replica's position and ship it as one file.
-    ///
-    /// The read transaction is held only while reading and encoding, never during the upload
-    /// or between syncs: a reader that never lets go starves the application's RESTART and
-    /// TRUNCATE checkpoints, which hold the write lock while they wait (Litestream #724). Frames
-    /// overwritten between syncs are caught by the continuity checks instead.
-    pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
+    /// Ready: recovers the position if an earlier upload found its TXID taken, reads what
+    /// changed under the read transaction, proves continuity and encodes it. Returns the
+    /// upload to perform, or what the sync did when there is nothing to ship. Nothing moves
+    /// until [`Engine::acknowledge`].
+    pub async fn prepare(&mut self) -> Result<Ready, EngineError> {
         let mut outcome = SyncOutcome::default();
         if self.recover_needed {
             self.begin_read()?;
@@ -81,9 +56,9 @@ impl Engine {
             released?;
             self.recover_needed = false;
             if let Some(p) = prepared {
-                outcome.resynced = true;
-                outcome.shipped = Some(self.upload(p).await?);
-                return Ok(outcome);
+                return Ok(Ready::Upload(Box::new(
+                    self.upload_of(p, true, false, None),
+                )));
             }
         }
         self.begin_read()?;
@@ -91,11 +66,94 @@ impl Engine {
         let released = self.end_read();
         let (prepared, wal_len) = prepared?;
         released?;
-        if let Some(p) = prepared {
-            outcome.shipped = Some(self.upload(p).await?);
+        match prepared {
+            Some(p) => Ok(Ready::Upload(Box::new(self.upload_of(
+                p,
+                outcome.resynced,
+                outcome.more,
+                Some(wal_len),
+            )))),
+            None => {
+                outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
+                Ok(Ready::Nothing(outcome))
+            }
         }
-        outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
-        Ok(outcome)
+    }
+
+    /// Advance: applies the store's answer to an upload. Only an acknowledged upload moves the
+    /// position. A TXID found taken (our own earlier attempt whose reply was lost, another
+    /// replicator, a listing that lagged) makes the next sync recover the position first; a
+    /// store that refuses the conditional write gets plain PUTs from then on, with a warning.
+    pub fn acknowledge(
+        &mut self,
+        ack: Ack,
+        answer: Result<(), StoreError>,
+    ) -> Result<SyncOutcome, EngineError> {
+        match answer {
+            Ok(()) => {}
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
+                self.recover_needed = true;
+                return Err(EngineError::Replica {
+                    replica: self.replica.describe(),
+                    message: format!(
+                        "TXID {:016x} already exists (an earlier attempt whose reply was lost, another replicator, or a listing that lagged); re-reading the replica's position",
+                        ack.pos.txid
+                    ),
+                });
+            }
+            Err(e) if self.create_uploads && e.kind == StoreErrorKind::Permanent => {
+                // A store without conditional writes: carry on unprotected, and say so.
+                tracing::warn!(error = %e, replica = %self.replica.describe(), "the store refused a conditional write; uploading without If-None-Match from now on (a second writer could replace files)");
+                self.create_uploads = false;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.pos = ack.pos;
+        self.sums = ack.sums;
+        let checkpoint = match ack.wal_len {
+            Some(wal_len) => self.maybe_checkpoint(wal_len)?,
+            None => None,
+        };
+        Ok(SyncOutcome {
+            shipped: Some(ack.info),
+            resynced: ack.resynced,
+            more: ack.more,
+            checkpoint,
+        })
+    }
+
+    /// Performs an upload and acknowledges the answer: what a sync does between `prepare` and
+    /// `acknowledge`.
+    pub(super) async fn send(&mut self, upload: Upload) -> Result<SyncOutcome, EngineError> {
+        let Upload {
+            key,
+            bytes,
+            opts,
+            ack,
+        } = upload;
+        if planted::active(Bug::AckBeforeUpload) {
+            // The position moves first, and the store's answer is ignored.
+            let outcome = self.acknowledge(ack, Ok(()));
+            let _ = self.replica.store.put(&key, bytes, opts).await;
+            return outcome;
+        }
+        let answer = self.replica.store.put(&key, bytes, opts).await;
+        self.acknowledge(ack, answer)
+    }
+
+    /// One sync: read what changed since the replica's position and ship it as one file
+    /// ([`Engine::prepare`], the upload, [`Engine::acknowledge`]).
+    ///
+    /// The read transaction is held only while reading and encoding, never during the upload
+    /// or between syncs: a reader that never lets go starves the application's RESTART and
+    /// TRUNCATE checkpoints, which hold the write lock while they wait (Litestream #724). Frames
+    /// overwritten between syncs are caught by the continuity checks instead.
+    pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
+        match self.prepare().await? {
+            Ready::Nothing(outcome) => Ok(outcome),
+            Ready::Upload(upload) => self.send(*upload).await,
+        }
     }
 
     /// Reads what changed and encodes it, under the read transaction. Also returns the WAL

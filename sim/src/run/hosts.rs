@@ -166,6 +166,9 @@ impl World {
             )),
             other => self.log(format!("act {action}: {other:?}")),
         }
+        // A heal is judged when its commits are acknowledged, not when the host goes back to
+        // sleep (a snapshot or retention after the sync would count against the bound).
+        self.judge_heals();
     }
 
     /// A sync the simulator forces (a plan's step, or one in the middle of a transaction).

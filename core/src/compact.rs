@@ -337,12 +337,17 @@ pub async fn snapshot(
     merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch).await
 }
 
-/// What retention may delete now. Rules, each keeping restores inside the window intact:
+/// What retention may delete now, in the order to delete it: stopping at the first failed
+/// delete leaves every point of the window restorable. Rules, each keeping restores inside the
+/// window intact:
 /// - snapshots: keep the newest one created at or before `now - snapshot_retention` (it is the
 ///   base for the window's oldest moment) and everything newer; never the newest snapshot;
 /// - levels 1..=8: delete files wholly at or below that base snapshot; never a level's newest;
-/// - level 0: delete files covered by level 1 and older than `l0_retention`, or wholly below the
-///   base snapshot; never the newest level-0 file.
+/// - level 0: delete files wholly below the base snapshot, and the files a level-1 file covers
+///   once every one of them is older than `l0_retention`, a whole level-1 file's worth at a
+///   time and newest first (the kept level-0 files of a level-1 file are then always a chain
+///   from its first TXID, so every TXID a kept file ends at still restores, even after a delete
+///   failed halfway); never the newest level-0 file.
 pub fn plan_retention(
     files: &[FileInfo],
     now_ms: i64,
@@ -366,21 +371,46 @@ pub fn plan_retention(
             .map(|f| f.max_txid)
             .max()
     };
-    let l1_max = newest_of(1).unwrap_or(0);
-    let mut out = Vec::new();
-    for f in files {
-        let newest = newest_of(f.level) == Some(f.max_txid);
-        let delete = match f.level {
-            SNAPSHOT_LEVEL => base.is_some_and(|b| f.max_txid < b.max_txid) && !newest,
-            0 => {
-                !newest
-                    && (f.max_txid <= floor
-                        || (f.max_txid <= l1_max && f.created_ms < now_ms - l0_retention_ms))
+    let mut out: Vec<FileInfo> = files
+        .iter()
+        .filter(|f| {
+            let newest = newest_of(f.level) == Some(f.max_txid);
+            match f.level {
+                SNAPSHOT_LEVEL => base.is_some_and(|b| f.max_txid < b.max_txid) && !newest,
+                _ => !newest && f.max_txid <= floor,
             }
-            _ => !newest && f.max_txid <= floor,
-        };
-        if delete {
+        })
+        .cloned()
+        .collect();
+    let newest0 = newest_of(0);
+    for f in covered_and_expired(files, now_ms - l0_retention_ms) {
+        if f.max_txid > floor && Some(f.max_txid) != newest0 {
             out.push(f.clone());
+        }
+    }
+    out
+}
+
+/// The level-0 files inside each level-1 file all of whose level-0 files were created before
+/// `cutoff_ms`, level-1 file by level-1 file, each newest first.
+fn covered_and_expired(files: &[FileInfo], cutoff_ms: i64) -> Vec<&FileInfo> {
+    let mut level0: Vec<&FileInfo> = files.iter().filter(|f| f.level == 0).collect();
+    level0.sort_by_key(|f| (f.min_txid, f.max_txid));
+    let mut level1: Vec<&FileInfo> = files.iter().filter(|f| f.level == 1).collect();
+    level1.sort_by_key(|f| (f.min_txid, f.max_txid));
+    let mut out = Vec::new();
+    for l1 in level1 {
+        let from = level0.partition_point(|f| f.min_txid < l1.min_txid);
+        let inside: Vec<&FileInfo> = level0[from..]
+            .iter()
+            .take_while(|f| f.min_txid <= l1.max_txid)
+            .filter(|f| f.max_txid <= l1.max_txid)
+            .copied()
+            .collect();
+        if crate::planted::active(crate::planted::Bug::RetentionSplitsLevel1) {
+            out.extend(inside.iter().filter(|f| f.created_ms < cutoff_ms));
+        } else if inside.iter().all(|f| f.created_ms < cutoff_ms) {
+            out.extend(inside.iter().rev());
         }
     }
     out
@@ -433,6 +463,46 @@ mod tests {
                 restore::plan("r", &kept, Target::Before(t + 1)).is_ok(),
                 "time {t}"
             );
+        }
+    }
+
+    #[test]
+    fn retention_removes_level0_a_whole_level1_file_at_a_time() {
+        // Level 1 covers 1..=4; level-0 files 1 and 2 are old, 3 and 4 are not.
+        let now = 10_000;
+        let files = vec![
+            f(1, 1, 4, 500),
+            f(0, 1, 1, 100),
+            f(0, 2, 2, 200),
+            f(0, 3, 3, 9_900),
+            f(0, 4, 4, 9_950),
+            f(0, 5, 5, 9_990),
+        ];
+        assert!(plan_retention(&files, now, 0, 1_000).is_empty());
+        let kept: Vec<FileInfo> = files.clone();
+        for t in 1..=5 {
+            let p = restore::plan("r", &kept, Target::Txid(t)).expect("restorable");
+            assert_eq!(p.last().map(|f| f.max_txid), Some(t));
+        }
+        // Once all four are old, all four go, newest first: any prefix of the deletes (a
+        // delete failed, retention stopped there) keeps every kept file's TXID restorable.
+        let del = plan_retention(&files, 20_000, 0, 1_000);
+        let order: Vec<_> = del.iter().map(|f| (f.level, f.min_txid)).collect();
+        assert_eq!(order, vec![(0, 4), (0, 3), (0, 2), (0, 1)]);
+        for done in 0..=del.len() {
+            let kept: Vec<FileInfo> = files
+                .iter()
+                .filter(|x| !del[..done].contains(x))
+                .cloned()
+                .collect();
+            for t in kept.iter().map(|x| x.max_txid) {
+                let p = restore::plan("r", &kept, Target::Txid(t)).expect("restorable");
+                assert_eq!(
+                    p.last().map(|f| f.max_txid),
+                    Some(t),
+                    "after {done} deletes"
+                );
+            }
         }
     }
 

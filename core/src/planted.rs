@@ -42,10 +42,14 @@ pub enum Bug {
     /// A restore renames its temporary file into place before fsyncing it: a crash in between
     /// leaves a torn database at the output path.
     RenameBeforeFsync,
+    /// Retention deletes any level-0 file level 1 covers once it is old, not a whole level-1
+    /// file's worth at a time (the old rule): a kept level-0 file whose predecessors went
+    /// cannot be restored to by TXID, nor the moment just after it by time.
+    RetentionSplitsLevel1,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -63,6 +67,7 @@ impl Bug {
         Bug::CompactionNeverRetried,
         Bug::LeaseNotRenewed,
         Bug::RenameBeforeFsync,
+        Bug::RetentionSplitsLevel1,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +89,7 @@ impl Bug {
             Bug::CompactionNeverRetried => "compaction-never-retried",
             Bug::LeaseNotRenewed => "lease-not-renewed",
             Bug::RenameBeforeFsync => "rename-before-fsync",
+            Bug::RetentionSplitsLevel1 => "retention-splits-level1",
         }
     }
 

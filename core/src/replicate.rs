@@ -369,17 +369,15 @@ impl Driver {
                 return Err(failure(false, e.to_string()));
             }
         };
-        let mut failed = None;
+        // In the plan's order, stopping at the first failure: every prefix of it leaves the
+        // window restorable (the retry plans again from a fresh listing).
         for f in compact::plan_retention(&files, now, s.snapshot_retention_ms, s.l0_retention_ms) {
             if let Err(e) = self.replica.store.delete(&self.replica.key(&f)).await {
-                tracing::warn!(file = %f, error = %e, "retention: delete failed");
-                failed = Some(e.to_string());
+                tracing::warn!(file = %f, error = %e, "retention: delete failed; will retry");
+                return Err(failure(false, e.to_string()));
             }
         }
-        match failed {
-            Some(e) => Err(failure(false, e)),
-            None => Ok(Outcome::Retained),
-        }
+        Ok(Outcome::Retained)
     }
 
     /// Releases the engine's read lock (the job is over).

@@ -172,12 +172,18 @@ pub fn plan(
         current = next.max_txid;
         chosen.push(next.clone());
     }
-    // A later eligible file that cannot be reached means history is missing.
+    // A later eligible file that cannot be reached means history is missing, unless a file
+    // the target excludes holds the TXIDs between (a level-1 file written after the moment,
+    // whose level-0 files retention removed): then the state at `current` is the answer.
+    let held_elsewhere = files
+        .iter()
+        .any(|f| f.min_txid <= current + 1 && f.max_txid > current);
     if let Some(after) = incremental
         .iter()
         .filter(|f| f.min_txid > current + 1)
         .min_by_key(|f| f.min_txid)
         && !reached(current)
+        && !held_elsewhere
     {
         return Err(RestoreError::Gap {
             replica: replica.to_string(),
@@ -664,6 +670,33 @@ mod tests {
         assert!(
             matches!(err, RestoreError::Gap { from: 3, to: 4, .. }),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_moment_before_the_level1_file_that_holds_the_missing_txids_is_no_gap() {
+        // Level-0 files 3 and 4 were removed (level 1 holds them, written at 5000); at 4500
+        // level-0 file 5 exists but cannot be reached: the answer is the state at 2.
+        let files = vec![
+            f(0, 1, 1),
+            f(0, 2, 2),
+            FileInfo {
+                created_ms: 4000,
+                ..f(0, 5, 5)
+            },
+            FileInfo {
+                created_ms: 5000,
+                ..f(1, 3, 6)
+            },
+        ];
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Before(4500)).expect("plan")),
+            vec![(0, 1, 1), (0, 2, 2)]
+        );
+        // By TXID the level-1 file is reachable.
+        assert_eq!(
+            ranges(&plan("r", &files, Target::Txid(6)).expect("plan")),
+            vec![(0, 1, 1), (0, 2, 2), (1, 3, 6)]
         );
     }
 

@@ -1,100 +1,204 @@
-//! Point-in-time restores, by TXID and by time (Litestream's `-timestamp`).
+//! Point-in-time restores inside the retention window, by TXID and by time (Litestream's
+//! `-txid` and `-timestamp`; its users lost such restores to retention: #771, #1038).
+
+use std::collections::BTreeSet;
+
+use sluice_core::replica::FileInfo;
 
 use super::*;
 
-/// Restores at up to four random level-0 TXIDs must each equal some committed state, never
-/// going backwards; then restores by time (`check_timestamps`).
+/// Full restores per run (each is checked against the oracle); every other point is planned.
+const PITR_RESTORES_MAX: usize = 6;
+
+/// After compaction and retention ran under faults, every point of the retention window must
+/// still restore:
+/// - by TXID: every TXID a file ends at, from the state current at the window's start, plans
+///   to exactly that TXID;
+/// - by time: every moment just after a file was written inside the window, and the window's
+///   oldest moment, plans without error to a TXID no newer than the newest file written before
+///   it, exactly that TXID when the moment lies inside the level-0 retention (older moments may
+///   fall back to the level-1 file before them, Litestream's `l0-retention`);
+/// - a sample of those points, always including the oldest of each kind, restores in full to a
+///   state the oracle committed before the moment, never going backwards as the point advances.
 ///
-/// Does not check: every TXID (the history walk does, file by file).
+/// Does not check: TXIDs between two file boundaries (no file ends there, so neither tool can
+/// restore them), or moments older than the window (retention may delete their files).
 pub(super) fn check_point_in_time(w: &mut World) {
     let replica = Replica::new(Arc::new(w.mem.clone()), Layout::File);
-    let Ok(files) = w.rt.block_on(replica.list_level(0)) else {
+    let Ok(files) = w.rt.block_on(replica.list_all()) else {
         return;
     };
-    let mut txids: Vec<u64> = files.iter().map(|f| f.max_txid).collect();
-    txids.sort_unstable();
-    let mut picks = BTreeMap::new();
-    for _ in 0..4 {
-        if let Some(&t) = txids.get(w.rng.random_range(0..txids.len().max(1))) {
-            picks.insert(t, ());
-        }
+    if files.is_empty() {
+        return;
     }
-    let mut prev = 0usize;
-    for (txid, ()) in picks {
-        let (image, got) = match w.restore(Target::Txid(txid)) {
-            Ok(r) => r,
-            // A TXID whose level-0 file the plan cannot reach alone is not an error here.
+    let now = w.now();
+    let window_start = if w.knobs.snapshot_retention_ms > 0 {
+        now - w.knobs.snapshot_retention_ms
+    } else {
+        i64::MIN
+    };
+    let by_txid = txid_points(&files, window_start);
+    let mut samples = Vec::new();
+    for (i, &t) in by_txid.iter().enumerate() {
+        match restore::plan("sim", &files, Target::Txid(t)) {
+            Ok(p) if p.last().is_some_and(|f| f.max_txid == t) => {}
+            Ok(p) => {
+                let got = p.last().map_or(0, |f| f.max_txid);
+                return w.fail(format!(
+                    "point-in-time plan at TXID {t:016x} reaches {got:016x}, not the TXID a file ends at"
+                ));
+            }
             Err(e) => {
-                w.log(format!("check pitr txid={txid:016x} unavailable: {e}"));
-                continue;
+                log_files(w, &files);
+                return w.fail(format!(
+                    "TXID {t:016x} (a file ends there) cannot be restored: {e}"
+                ));
             }
-        };
-        let digest = w.digest_of(&image).digest();
-        match w.commit_of(digest) {
-            Some(k) if k >= prev && got == txid => {
-                prev = k;
-                w.log(format!("check pitr txid={txid:016x} commit={k}"));
-            }
-            Some(k) => w.fail(format!(
-                "point-in-time restore at {txid:016x} gave commit {k} (TXID {got:016x}) after commit {prev}"
-            )),
-            None if w.is_abandoned(digest) => w.log(format!(
-                "check pitr txid={txid:016x} a replaced host's state (zombie upload)"
-            )),
-            None => w.fail(format!(
-                "point-in-time restore at {txid:016x} matches no committed state"
-            )),
+        }
+        if i == 0 {
+            samples.push(Target::Txid(t));
         }
     }
-    check_timestamps(w, &files);
-}
-
-/// Restores to a moment (`Target::Before`, Litestream's `-timestamp`): just after a random
-/// level-0 file was written, the restore must reach the newest TXID of any file written before
-/// that moment and give a state committed before it.
-pub(super) fn check_timestamps(w: &mut World, level0: &[sluice_core::replica::FileInfo]) {
-    let replica = Replica::new(Arc::new(w.mem.clone()), Layout::File);
-    let Ok(all) = w.rt.block_on(replica.list_all()) else {
-        return;
+    let exact_from = if w.knobs.snapshot_retention_ms > 0 {
+        now - w.knobs.l0_retention_ms
+    } else {
+        i64::MIN
     };
-    for _ in 0..2 {
-        let Some(f) = level0.get(w.rng.random_range(0..level0.len().max(1))) else {
-            return;
-        };
-        let at = f.created_ms + 1;
-        let expect = all
-            .iter()
-            .filter(|g| g.created_ms < at)
-            .map(|g| g.max_txid)
-            .max()
-            .unwrap_or(0);
-        match w.restore(Target::Before(at)) {
-            Ok((image, got)) => {
-                let digest = w.digest_of(&image).digest();
-                // The newest commit of this image made before the moment (later commits may
-                // leave the same image).
-                let before = w
-                    .commits
-                    .iter()
-                    .rposition(|c| c.hash == digest && c.time_ms < at)
-                    .map(|i| i + 1);
-                match (w.commit_of(digest), before) {
-                    (Some(_), Some(k)) if got == expect => {
-                        w.log(format!("check pitr before={at} txid={got:016x} commit={k}"));
-                    }
-                    (Some(k), _) => w.fail(format!(
-                        "restore before {at} gave TXID {got:016x} (commit {k}, committed at {}); expected TXID {expect:016x}, a state committed before",
-                        w.commits[k - 1].time_ms
-                    )),
-                    (None, _) if w.is_abandoned(digest) => w.log(format!(
-                        "check pitr before={at} a replaced host's state (zombie upload)"
-                    )),
-                    (None, _) => w.fail(format!(
-                        "restore before {at} (TXID {got:016x}) matches no committed state"
-                    )),
+    let by_time = time_points(&files, window_start);
+    for (i, &at) in by_time.iter().enumerate() {
+        let newest = newest_before(&files, at);
+        match restore::plan("sim", &files, Target::Before(at)) {
+            Ok(p) => {
+                let got = p.last().map_or(0, |f| f.max_txid);
+                if got > newest || (at > exact_from && got != newest) {
+                    return w.fail(format!(
+                        "restore before {at} plans TXID {got:016x}; the newest file written before it ends at {newest:016x}"
+                    ));
                 }
             }
-            Err(e) => w.log(format!("check pitr before={at} unavailable: {e}")),
+            Err(e) => {
+                log_files(w, &files);
+                return w.fail(format!(
+                    "moment {at} inside the retention window (from {window_start}) cannot be restored: {e}"
+                ));
+            }
         }
+        if i == 0 {
+            samples.push(Target::Before(at));
+        }
+    }
+    let mut rest: Vec<Target> = by_txid
+        .iter()
+        .skip(1)
+        .map(|&t| Target::Txid(t))
+        .chain(by_time.iter().skip(1).map(|&at| Target::Before(at)))
+        .collect();
+    while samples.len() < PITR_RESTORES_MAX && !rest.is_empty() {
+        let i = w.rng.random_range(0..rest.len());
+        samples.push(rest.swap_remove(i));
+    }
+    check_samples(w, &files, samples);
+}
+
+/// Every TXID a file ends at, from the state current at the window's start (the newest TXID
+/// written before it), or without a window from the oldest state a restore can start from (a
+/// snapshot, or a file starting at TXID 1).
+fn txid_points(files: &[FileInfo], window_start: i64) -> Vec<u64> {
+    let oldest = files
+        .iter()
+        .filter(|f| f.level == sluice_core::replica::SNAPSHOT_LEVEL || f.min_txid == 1)
+        .map(|f| f.max_txid)
+        .min()
+        .unwrap_or(u64::MAX);
+    let start = oldest.max(newest_before(files, window_start));
+    let set: BTreeSet<u64> = files
+        .iter()
+        .map(|f| f.max_txid)
+        .filter(|&t| t >= start)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The window's oldest moment (once a file exists before it), then the moment just after each
+/// file inside the window was written, oldest first.
+fn time_points(files: &[FileInfo], window_start: i64) -> Vec<i64> {
+    let oldest = files.iter().map(|f| f.created_ms).min().unwrap_or(0);
+    let mut set: BTreeSet<i64> = files
+        .iter()
+        .map(|f| f.created_ms + 1)
+        .filter(|&at| at >= window_start)
+        .collect();
+    if window_start > oldest {
+        set.insert(window_start);
+    }
+    set.into_iter().collect()
+}
+
+/// The newest TXID of any file written strictly before `at`.
+fn newest_before(files: &[FileInfo], at: i64) -> u64 {
+    files
+        .iter()
+        .filter(|f| f.created_ms < at)
+        .map(|f| f.max_txid)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Restores each sample in full: the image must be a state the oracle committed (before the
+/// moment, for a time), the TXID the plan promised, and the commits must not go backwards as
+/// the points advance (TXIDs and moments each in their own order).
+fn check_samples(w: &mut World, files: &[FileInfo], mut samples: Vec<Target>) {
+    samples.sort_by_key(|t| match *t {
+        Target::Txid(t) => (0, t as i64),
+        Target::Before(at) => (1, at),
+        Target::Latest => (2, 0),
+    });
+    let mut prev = (0u8, 0usize);
+    for target in samples {
+        let kind = u8::from(matches!(target, Target::Before(_)));
+        let (image, got) = match w.restore(target) {
+            Ok(r) => r,
+            Err(e) => return w.fail(format!("point-in-time restore {target:?} failed: {e}")),
+        };
+        let digest = w.digest_of(&image).digest();
+        let (at, want) = match target {
+            Target::Txid(t) => (i64::MAX, Some(t)),
+            Target::Before(at) => (at, None),
+            Target::Latest => (i64::MAX, None),
+        };
+        let k = w
+            .commits
+            .iter()
+            .rposition(|c| c.hash == digest && c.time_ms < at)
+            .map(|i| i + 1);
+        let floor = if prev.0 == kind { prev.1 } else { 0 };
+        match k {
+            Some(k) if want.is_none_or(|t| t == got) && k >= floor => {
+                prev = (kind, k);
+                w.log(format!(
+                    "check pitr {target:?} txid={got:016x} commit={k}"
+                ));
+            }
+            Some(k) => w.fail(format!(
+                "point-in-time restore {target:?} gave commit {k} (TXID {got:016x}) after commit {floor}"
+            )),
+            None if w.is_abandoned(digest) => {
+                w.log(format!("check pitr {target:?} a replaced host's state (zombie upload)"));
+            }
+            None if w.commit_of(digest).is_some() => w.fail(format!(
+                "point-in-time restore {target:?} (TXID {got:016x}) gave a state committed after the moment; the newest file before it ends at {:016x}",
+                newest_before(files, at)
+            )),
+            None => w.fail(format!(
+                "point-in-time restore {target:?} (TXID {got:016x}) matches no committed state"
+            )),
+        }
+    }
+}
+
+/// The replica's listing, into the event log of a failed run.
+fn log_files(w: &mut World, files: &[FileInfo]) {
+    for f in files {
+        w.log(format!("check pitr file {f} created={}", f.created_ms));
     }
 }

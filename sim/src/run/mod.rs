@@ -10,7 +10,6 @@
 //! faults and the checkers; it has no scheduling rule of its own.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@
 //! Merging streams every input from disk (downloaded to a scratch directory when the store is
 //! remote), so memory is one page per input plus the encoded output.
 
-use std::path::Path;
+use crate::scratch::Scratch;
 
 use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
@@ -182,15 +182,15 @@ pub fn merge(
 async fn fetch_all(
     replica: &Replica,
     files: Vec<FileInfo>,
-    scratch: &Path,
+    scratch: &dyn Scratch,
 ) -> Result<Vec<Fetched>, RestoreError> {
     let mut out = Vec::with_capacity(files.len());
     // Small inputs are held in memory up to a total budget; the rest go to scratch files.
     let mut budget = COMPACTION_MEMORY_BYTES_MAX;
     for f in files {
-        let in_memory_max = if f.size <= budget.min(restore::FETCH_IN_MEMORY_BYTES_MAX) {
+        let in_memory_max = if f.size <= budget.min(scratch.in_memory_bytes_max()) {
             budget -= f.size;
-            restore::FETCH_IN_MEMORY_BYTES_MAX
+            scratch.in_memory_bytes_max()
         } else {
             0
         };
@@ -204,7 +204,7 @@ async fn merge_and_write(
     inputs: Vec<FileInfo>,
     level: u8,
     min_txid: u64,
-    scratch: &Path,
+    scratch: &dyn Scratch,
 ) -> Result<FileInfo, CompactError> {
     let timestamp_ms = inputs.last().map_or(0, |f| f.created_ms);
     let fetched = fetch_all(replica, inputs, scratch).await?;
@@ -253,7 +253,7 @@ pub async fn compact_level(
     level: u8,
     up_to_txid: u64,
     known_max_txid: u64,
-    scratch: &Path,
+    scratch: &dyn Scratch,
 ) -> Result<Compacted, CompactError> {
     let dst_max = replica
         .list_level(level)
@@ -330,7 +330,7 @@ pub async fn compact_level(
 pub async fn snapshot(
     replica: &Replica,
     up_to_txid: u64,
-    scratch: &Path,
+    scratch: &dyn Scratch,
 ) -> Result<FileInfo, CompactError> {
     let files = replica.list_all().await.map_err(RestoreError::from)?;
     let plan = restore::plan(&replica.describe(), &files, Target::Txid(up_to_txid))?;

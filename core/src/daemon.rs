@@ -61,10 +61,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
             .list_level(SNAPSHOT_LEVEL)
             .await
             .map_err(|e| anyhow!("database {}: {e}", job.engine.db_path.display()))?;
-        // Compaction and snapshots merge into files here.
-        std::fs::create_dir_all(&job.scratch).with_context(|| {
-            format!("cannot create scratch directory {}", job.scratch.display())
-        })?;
+        // Compaction and snapshots download large inputs here.
+        let dir = job.scratch.location();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create scratch directory {}", dir.display()))?;
     }
     for db in &mut config.dbs {
         let path = PathBuf::from(&db.path);

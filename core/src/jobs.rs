@@ -26,7 +26,9 @@ pub fn jobs_from_config(config: &Config, scratch: &std::path::Path) -> Result<Ve
                 engine: engine_config(db),
                 replica,
                 schedule: schedule(config, db, r),
-                scratch: scratch.join(format!("{}-{i}", jobs.len())),
+                scratch: std::sync::Arc::new(crate::scratch::OsScratch::new(
+                    scratch.join(format!("{}-{i}", jobs.len())),
+                )),
                 lease: None,
             });
         }

@@ -16,8 +16,12 @@
 //! - Release on a clean stop: CAS the lease to "expired now", so the next replicator starts at
 //!   once. The object stays (deleting it could race with a new holder's create).
 //!
-//! What this does not guarantee: a holder that stalls (paused VM, stopped process) for longer
-//! than the lease after checking it, and then uploads, can interleave with a new holder; on
+//! A write counts only if the lease holds both when it is sent and when its answer arrives
+//! ([`FencedStore`] reports a late answer as a failure the engine treats as ambiguous), so no
+//! two replicators acknowledge writes in overlapping lease terms. What this does not
+//! guarantee: a holder that stalls (paused VM, stopped process) for longer than the lease after
+//! checking it can still land the bytes of that one write beside a new holder's (the
+//! conditional PUT refuses it if the new holder wrote that TXID first); on
 //! stores whose conditional writes are not atomic (s3s-fs checks then writes; garage ignores
 //! them) two replicators starting at the same instant can both win. Stores without conditional
 //! writes (a local directory) are not fenced at all.
@@ -407,6 +411,25 @@ impl FencedStore {
         }
         Ok(())
     }
+
+    /// A write the store acknowledged counts only if the lease still holds now: a request
+    /// that stalled past the lease's end (a paused VM, a slow network) may have landed after
+    /// another replicator took over, so its success is reported as an ambiguous failure (the
+    /// engine then does not move its position, and re-reads the replica before its next
+    /// file). Together with the check before, no two replicators acknowledge writes in
+    /// overlapping lease terms.
+    fn answered(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        if crate::planted::active(crate::planted::Bug::FenceCheckedBeforeOnly) {
+            return Ok(());
+        }
+        self.check(op, key).map_err(|mut e| {
+            e.message = format!(
+                "{}; the write may have landed (its answer came too late)",
+                e.message
+            );
+            e
+        })
+    }
 }
 
 #[async_trait]
@@ -418,7 +441,8 @@ impl ObjectStore for FencedStore {
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
         self.check("put", key)?;
-        self.inner.put(key, data, opts).await
+        self.inner.put(key, data, opts).await?;
+        self.answered("put", key)
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
@@ -435,7 +459,8 @@ impl ObjectStore for FencedStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check("delete", key)?;
-        self.inner.delete(key).await
+        self.inner.delete(key).await?;
+        self.answered("delete", key)
     }
 
     fn supports_conditional_writes(&self) -> bool {
@@ -454,9 +479,12 @@ impl ObjectStore for FencedStore {
         version: &str,
     ) -> Result<String, StoreError> {
         self.check("put", key)?;
-        self.inner
+        let version = self
+            .inner
             .put_if_version(key, data, timestamp_ms, version)
-            .await
+            .await?;
+        self.answered("put", key)?;
+        Ok(version)
     }
 
     fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
@@ -567,5 +595,70 @@ mod tests {
         assert!(err.to_string().contains("pid 9 on h"), "{err}");
         assert!(fenced.delete("0000/a").await.is_err());
         assert_eq!(fenced.list("").await.expect("reads still work").len(), 1);
+    }
+
+    /// A clock the test moves; the store below moves it by `put_takes_ms` during every put (a
+    /// request that stalls).
+    #[derive(Debug, Default)]
+    struct Slow {
+        now_ms: std::sync::atomic::AtomicI64,
+        put_takes_ms: i64,
+        inner: MemStore,
+    }
+
+    impl crate::engine::Clock for Slow {
+        fn now_ms(&self) -> i64 {
+            self.now_ms.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Slow {
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+        async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+            self.inner.put(key, data, opts).await?;
+            self.now_ms
+                .fetch_add(self.put_takes_ms, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+            self.inner.get_range(key, offset, len).await
+        }
+        async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+            self.inner.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_answer_arrives_after_the_lease_ran_out_does_not_count() {
+        let slow = Arc::new(Slow {
+            put_takes_ms: 1_000,
+            ..Slow::default()
+        });
+        let state = Arc::new(Mutex::new(LeaseState {
+            valid_until_ms: 1_500,
+            lost_to: None,
+        }));
+        let fenced = FencedStore::new(slow.clone(), state, slow.clone());
+        fenced
+            .put("0000/a", vec![1], PutOptions::default())
+            .await
+            .expect("sent at 0, answered at 1000: inside the lease");
+        let err = fenced
+            .put("0000/b", vec![1], PutOptions::default())
+            .await
+            .expect_err("sent at 1000, answered at 2000: after the lease");
+        assert_eq!(err.kind, StoreErrorKind::Transient);
+        assert!(err.to_string().contains("answer came too late"), "{err}");
+        // The bytes did land: the failure is ambiguous, as the engine treats it.
+        assert!(slow.head("0000/b").await.is_ok());
     }
 }

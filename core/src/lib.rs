@@ -20,6 +20,7 @@ pub mod replicate;
 pub mod restore;
 pub mod s3;
 pub mod scheduler;
+pub mod scratch;
 pub mod store;
 pub mod url;
 pub mod wal;

@@ -1,5 +1,6 @@
 //! Restoring into place: a restored database appears at its path whole, or not at all.
 
+use crate::scratch::{OsScratch, Scratch};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -36,6 +37,8 @@ pub trait OutputFs: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
     /// Fsyncs the file at `path` (opened again by name).
     fn sync_file(&self, path: &Path) -> std::io::Result<()>;
+    /// Where the restore downloads files too large for memory, beside the output in `dir`.
+    fn scratch(&self, dir: &Path) -> Box<dyn Scratch>;
 }
 
 /// The real filesystem.
@@ -72,6 +75,9 @@ impl OutputFs for OsFs {
     }
     fn sync_file(&self, path: &Path) -> std::io::Result<()> {
         std::fs::File::open(path)?.sync_all()
+    }
+    fn scratch(&self, dir: &Path) -> Box<dyn Scratch> {
+        Box::new(OsScratch::new(dir))
     }
 }
 
@@ -116,11 +122,13 @@ pub async fn restore_into_place(
     let out = fs
         .create(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let scratch = fs.scratch(&parent);
     let result = restore::restore_to(
         replica,
         files,
         out,
         &tmp,
+        scratch.as_ref(),
         parallelism,
         move |f: &FileInfo| {
             progress.inc(f.size);

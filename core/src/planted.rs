@@ -46,10 +46,14 @@ pub enum Bug {
     /// file's worth at a time (the old rule): a kept level-0 file whose predecessors went
     /// cannot be restored to by TXID, nor the moment just after it by time.
     RetentionSplitsLevel1,
+    /// The fenced store checks the lease only before a write, not when its answer arrives: a
+    /// replaced host whose upload stalled past its lease acknowledges it in the new holder's
+    /// term.
+    FenceCheckedBeforeOnly,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -68,6 +72,7 @@ impl Bug {
         Bug::LeaseNotRenewed,
         Bug::RenameBeforeFsync,
         Bug::RetentionSplitsLevel1,
+        Bug::FenceCheckedBeforeOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +95,7 @@ impl Bug {
             Bug::LeaseNotRenewed => "lease-not-renewed",
             Bug::RenameBeforeFsync => "rename-before-fsync",
             Bug::RetentionSplitsLevel1 => "retention-splits-level1",
+            Bug::FenceCheckedBeforeOnly => "fence-checked-before-only",
         }
     }
 

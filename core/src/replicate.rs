@@ -22,6 +22,7 @@ use crate::lease::{Lease, LeaseError};
 use crate::replica::{FileInfo, Replica};
 pub use crate::scheduler::Schedule;
 use crate::scheduler::{Action, Failure, Next, Outcome, Scheduler};
+use crate::scratch::Scratch;
 
 /// Live figures for `status` and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -58,7 +59,8 @@ pub struct Job {
     pub engine: EngineConfig,
     pub replica: Replica,
     pub schedule: Schedule,
-    pub scratch: PathBuf,
+    /// Where compaction and snapshots download inputs too large to hold in memory.
+    pub scratch: Arc<dyn Scratch>,
     /// The replica's lease, when its store fences writers (taken before the job starts).
     pub lease: Option<Lease>,
 }
@@ -87,7 +89,7 @@ fn engine_failure(e: &EngineError) -> (Failure, String) {
 pub struct Driver {
     cfg: EngineConfig,
     replica: Replica,
-    scratch: PathBuf,
+    scratch: Arc<dyn Scratch>,
     local: Arc<dyn LocalDb>,
     clock: Arc<dyn Clock>,
     engine: Option<Engine>,
@@ -149,6 +151,11 @@ impl Driver {
 
     pub fn engine(&self) -> Option<&Engine> {
         self.engine.as_ref()
+    }
+
+    /// The engine, to drive a sync step by step (the simulator's stalled uploads).
+    pub fn engine_mut(&mut self) -> Option<&mut Engine> {
+        self.engine.as_mut()
     }
 
     /// The file the last sync shipped, and whether it was a resync (taken: read once).
@@ -242,7 +249,7 @@ impl Driver {
                     level,
                     up_to_txid,
                     known_max_txid,
-                    &self.scratch,
+                    self.scratch.as_ref(),
                 )
                 .await;
                 match r {
@@ -257,7 +264,7 @@ impl Driver {
                 }
             }
             Action::Snapshot { up_to_txid } => {
-                match compact::snapshot(&self.replica, up_to_txid, &self.scratch).await {
+                match compact::snapshot(&self.replica, up_to_txid, self.scratch.as_ref()).await {
                     Ok(info) => {
                         tracing::info!(file = %info, "snapshot written");
                         Ok(Outcome::Snapshotted)

@@ -23,13 +23,12 @@ use futures::StreamExt;
 use crate::checksum::{DbChecksum, checksum_file};
 use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL, file_name};
+use crate::scratch::{Scratch, ScratchFile, ScratchReader, read_exact_at};
 use crate::store::StoreError;
 
 /// Download chunk size: the most one in-flight download holds in memory.
 pub const DOWNLOAD_CHUNK_BYTES: u64 = 8 << 20;
-/// Files up to this size are fetched into memory instead of a scratch file: at most this much
-/// per file in flight (a restore holds at most `parallelism + 2` fetched files at once).
-pub const FETCH_IN_MEMORY_BYTES_MAX: u64 = 1 << 20;
+pub use crate::scratch::FETCH_IN_MEMORY_BYTES_MAX;
 /// Default and maximum number of files fetched at once.
 pub const PARALLELISM_DEFAULT: usize = 8;
 pub const PARALLELISM_MAX: usize = 64;
@@ -222,14 +221,29 @@ pub struct RestoreReport {
 }
 
 /// Where a planned file's bytes are.
-#[derive(Debug)]
 pub struct Fetched {
     pub info: FileInfo,
+    /// Where the bytes are, for messages (`memory:…` for bytes in memory).
     pub path: PathBuf,
-    /// Keeps a downloaded scratch file alive until it is applied.
-    _scratch: Option<tempfile::TempPath>,
-    /// The bytes themselves, for in-memory restores (then `path` is only a label).
-    bytes: Option<Vec<u8>>,
+    bytes: Held,
+}
+
+enum Held {
+    /// A file on a local disk, read in place (a directory replica's).
+    InPlace,
+    /// A download in a scratch file (removed when dropped).
+    Scratch(Box<dyn ScratchFile>),
+    /// The bytes themselves.
+    Memory(Vec<u8>),
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("info", &self.info)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fetched {
@@ -239,15 +253,16 @@ impl Fetched {
         Self {
             info,
             path,
-            _scratch: None,
-            bytes: Some(bytes),
+            bytes: Held::Memory(bytes),
         }
     }
 
     /// The database checksums the file records (before, after), from its header and trailer.
     pub fn checksums(&self) -> Result<Option<(u64, u64)>, LtxError> {
-        let Some(b) = &self.bytes else {
-            return file_checksums(&self.path);
+        let b = match &self.bytes {
+            Held::Memory(b) => b,
+            Held::InPlace => return file_checksums(&self.path),
+            Held::Scratch(f) => return scratch_checksums(f.as_ref()),
         };
         let short = || LtxError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         let head: &[u8; crate::ltx::HEADER_SIZE] = b
@@ -273,11 +288,15 @@ impl Fetched {
     /// `buffer_bytes`).
     pub fn reader(&self, buffer_bytes: usize) -> Result<Box<dyn std::io::Read + '_>, RestoreError> {
         match &self.bytes {
-            Some(b) => Ok(Box::new(&b[..])),
-            None => {
+            Held::Memory(b) => Ok(Box::new(&b[..])),
+            Held::InPlace => {
                 let f = File::open(&self.path).map_err(io_err(&self.path))?;
                 Ok(Box::new(BufReader::with_capacity(buffer_bytes, f)))
             }
+            Held::Scratch(f) => Ok(Box::new(BufReader::with_capacity(
+                buffer_bytes,
+                ScratchReader::new(f.as_ref()),
+            ))),
         }
     }
 }
@@ -367,13 +386,13 @@ impl Image for Vec<u8> {
 }
 
 /// Fetches one replica file: a directory replica's file is read in place; a file of at most
-/// `in_memory_max` bytes is fetched into memory; a larger one into a scratch file in `scratch`
-/// (created on first use; deleted when the `Fetched` is dropped). Ranged GETs: a dropped
-/// connection costs one chunk, not the whole file.
+/// `in_memory_max` bytes is fetched into memory; a larger one into a file of `scratch`
+/// (deleted when the `Fetched` is dropped). Ranged GETs: a dropped connection costs one chunk,
+/// not the whole file.
 pub async fn fetch(
     replica: &Replica,
     info: FileInfo,
-    scratch: &Path,
+    scratch: &dyn Scratch,
     in_memory_max: u64,
 ) -> Result<Fetched, RestoreError> {
     let key = replica.key(&info);
@@ -381,8 +400,7 @@ pub async fn fetch(
         return Ok(Fetched {
             info,
             path,
-            _scratch: None,
-            bytes: None,
+            bytes: Held::InPlace,
         });
     }
     if info.size <= in_memory_max {
@@ -399,13 +417,11 @@ pub async fn fetch(
         }
         return Ok(Fetched::in_memory(info, bytes));
     }
-    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".sluice-fetch-")
-        .tempfile_in(scratch)
-        .map_err(io_err(scratch))?;
-    let path = tmp.path().to_path_buf();
-    let file = tmp.as_file().try_clone().map_err(io_err(&path))?;
+    let file = scratch.create().map_err(|error| RestoreError::Io {
+        path: scratch.location(),
+        error,
+    })?;
+    let path = file.name().to_path_buf();
     let mut offset = 0u64;
     while offset < info.size {
         let chunk = replica
@@ -415,15 +431,32 @@ pub async fn fetch(
         if chunk.is_empty() {
             break;
         }
-        file.write_all_at(&chunk, offset).map_err(io_err(&path))?;
+        file.write_at(&chunk, offset).map_err(io_err(&path))?;
         offset += chunk.len() as u64;
     }
     Ok(Fetched {
         info,
         path,
-        _scratch: Some(tmp.into_temp_path()),
-        bytes: None,
+        bytes: Held::Scratch(file),
     })
+}
+
+/// The database checksums a scratch file records (before, after), from its header and trailer.
+fn scratch_checksums(f: &dyn ScratchFile) -> Result<Option<(u64, u64)>, LtxError> {
+    let mut hb = [0u8; crate::ltx::HEADER_SIZE];
+    read_exact_at(f, &mut hb, 0)?;
+    let h = Header::decode(&hb)?;
+    let mut tb = [0u8; 8];
+    let at = f
+        .size()?
+        .checked_sub(crate::ltx::TRAILER_SIZE as u64)
+        .ok_or_else(|| LtxError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)))?;
+    read_exact_at(f, &mut tb, at)?;
+    let trailer = crate::ltx::Trailer {
+        post_apply_checksum: u64::from_be_bytes(tb),
+        file_checksum: 0,
+    };
+    Ok(h.db_checksums(&trailer))
 }
 
 /// The database checksums a file records (before, after), reading only its header and trailer.
@@ -562,17 +595,17 @@ pub fn apply_plan(
 }
 
 /// Fetches `files` with up to `parallelism` downloads in flight and applies them in order onto
-/// `out` (named `out_path` in messages; large downloads go to scratch files beside it). Hands
-/// `out` back unsynced: the caller syncs it and moves it into place (`place.rs`).
+/// `out` (named `out_path` in messages; large downloads go to files of `scratch`). Hands `out`
+/// back unsynced: the caller syncs it and moves it into place (`place.rs`).
 pub async fn restore_to(
     replica: &Replica,
     files: Vec<FileInfo>,
     mut out: Box<dyn OutputFile>,
     out_path: &Path,
+    scratch: &dyn Scratch,
     parallelism: usize,
     on_file: impl FnMut(&FileInfo) + Send + 'static,
 ) -> Result<(RestoreReport, Box<dyn OutputFile>), RestoreError> {
-    let dir = out_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, RestoreError>>(1);
     let label = out_path.to_path_buf();
     let applier = tokio::task::spawn_blocking(move || {
@@ -580,7 +613,7 @@ pub async fn restore_to(
     });
     let parallelism = parallelism.clamp(1, PARALLELISM_MAX);
     let mut downloads = futures::stream::iter(files)
-        .map(|info| fetch(replica, info, &dir, FETCH_IN_MEMORY_BYTES_MAX))
+        .map(|info| fetch(replica, info, scratch, scratch.in_memory_bytes_max()))
         .buffered(parallelism);
     while let Some(fetched) = downloads.next().await {
         let failed = fetched.is_err();

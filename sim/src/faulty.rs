@@ -40,17 +40,10 @@ struct Inner {
     fail_next_ambiguous: bool,
     /// When each key was last written (for listing lag).
     written_ms: std::collections::HashMap<String, i64>,
-    /// While `Some`, puts are held here instead of reaching the store (a writer stalled
-    /// between preparing an upload and sending it; replayed later as a zombie).
-    captured: Option<Vec<Captured>>,
-}
-
-/// A put held back by [`FaultyStore::capture`].
-#[derive(Debug, Clone)]
-pub struct Captured {
-    pub key: String,
-    pub data: Vec<u8>,
-    pub opts: PutOptions,
+    /// While `Some`, the next put waits for this before it reaches the store (a writer that
+    /// passed its lease check and then stalled: the simulator opens the gate when the zombie
+    /// wakes).
+    stall: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 #[derive(Debug)]
@@ -75,7 +68,7 @@ impl<S> FaultyStore<S> {
             fail_next: 0,
             fail_next_ambiguous: false,
             written_ms: std::collections::HashMap::new(),
-            captured: None,
+            stall: None,
         };
         Self {
             inner,
@@ -101,14 +94,17 @@ impl<S> FaultyStore<S> {
         s.fail_next_ambiguous = ambiguous;
     }
 
-    /// Starts holding puts back (they fail, as a stalled writer's would); `stop_capture` hands
-    /// them over.
-    pub fn start_capture(&self) {
-        self.lock().captured = Some(Vec::new());
+    /// The next put stalls until the returned gate is opened (a value sent) or dropped, then
+    /// goes on as any put does.
+    pub fn stall_next_put(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (open, gate) = tokio::sync::oneshot::channel();
+        self.lock().stall = Some(gate);
+        open
     }
 
-    pub fn stop_capture(&self) -> Vec<Captured> {
-        self.lock().captured.take().unwrap_or_default()
+    /// Disarms a stall no put took.
+    pub fn unstall(&self) {
+        self.lock().stall = None;
     }
 
     /// Nothing gets through in `[start_ms, end_ms)`.
@@ -208,21 +204,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
-        {
-            let mut s = self.lock();
-            if let Some(held) = s.captured.as_mut() {
-                held.push(Captured {
-                    key: key.to_string(),
-                    data,
-                    opts,
-                });
-                return Err(StoreError::new(
-                    StoreErrorKind::Transient,
-                    "put",
-                    key,
-                    "the writer stalled",
-                ));
-            }
+        let stall = self.lock().stall.take();
+        if let Some(gate) = stall {
+            // Opened or dropped, the writer goes on.
+            let _ = gate.await;
         }
         let fate = self.fate(true);
         if matches!(fate, Fate::FailBefore) {

@@ -149,6 +149,9 @@ impl LocalDb for SimDb {
 #[derive(Debug, Clone)]
 pub struct SimFs {
     state: std::sync::Arc<std::sync::Mutex<FsState>>,
+    /// Restored files up to this size are fetched into memory, larger ones into scratch files
+    /// on the simulated disk.
+    fetch_in_memory_bytes_max: u64,
 }
 
 #[derive(Debug)]
@@ -174,7 +177,14 @@ impl SimFs {
                 rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
                 crashed: None,
             })),
+            fetch_in_memory_bytes_max: sluice_core::scratch::FETCH_IN_MEMORY_BYTES_MAX,
         }
+    }
+
+    /// The same seam, fetching files larger than `max` bytes into scratch files.
+    pub fn fetching(mut self, max: u64) -> Self {
+        self.fetch_in_memory_bytes_max = max;
+        self
     }
 
     /// Operations performed so far.
@@ -249,6 +259,12 @@ impl sluice_core::place::OutputFs for SimFs {
         vfs::with(|s| s.disk.sync(&name_of(path)));
         Ok(())
     }
+    fn scratch(&self, _dir: &Path) -> Box<dyn sluice_core::scratch::Scratch> {
+        Box::new(SimScratch::new(
+            "/sim-restore-scratch",
+            self.fetch_in_memory_bytes_max,
+        ))
+    }
 }
 
 /// A restored image being written to the simulated disk.
@@ -284,5 +300,83 @@ impl sluice_core::restore::OutputFile for SimOutput {
         self.fs.tick()?;
         vfs::with(|s| s.disk.sync(&self.name));
         Ok(())
+    }
+}
+
+/// Scratch files on the simulated disk (`DIR/N`): a simulated compaction, snapshot or restore
+/// that downloads a file too large for memory does no real I/O.
+#[derive(Debug)]
+pub struct SimScratch {
+    dir: &'static str,
+    in_memory_bytes_max: u64,
+    created: std::sync::atomic::AtomicU64,
+}
+
+impl SimScratch {
+    pub fn new(dir: &'static str, in_memory_bytes_max: u64) -> Self {
+        Self {
+            dir,
+            in_memory_bytes_max,
+            created: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Scratch files created so far.
+    pub fn created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl sluice_core::scratch::Scratch for SimScratch {
+    fn create(&self) -> io::Result<Box<dyn sluice_core::scratch::ScratchFile>> {
+        let n = self
+            .created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(format!("{}/{n}", self.dir));
+        let name = path.display().to_string();
+        vfs::with(|s| s.disk.create(&name));
+        Ok(Box::new(SimScratchFile { name, path }))
+    }
+
+    fn location(&self) -> PathBuf {
+        PathBuf::from(self.dir)
+    }
+
+    fn in_memory_bytes_max(&self) -> u64 {
+        self.in_memory_bytes_max
+    }
+}
+
+struct SimScratchFile {
+    name: String,
+    path: PathBuf,
+}
+
+impl sluice_core::scratch::ScratchFile for SimScratchFile {
+    fn name(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        vfs::with(|s| s.disk.write(&self.name, at, data));
+        Ok(())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        Ok(vfs::with(|s| s.disk.read(&self.name, at, buf)))
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        vfs::with(|s| s.disk.len(&self.name))
+            .map(|n| n as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+}
+
+impl Drop for SimScratchFile {
+    fn drop(&mut self) {
+        vfs::with(|s| s.disk.delete(&self.name));
     }
 }

@@ -48,6 +48,10 @@ pub struct Knobs {
     /// Share of host replacements whose restore loses power in the middle (the host boots again
     /// and reruns the sidecar's restore).
     pub restore_crash_rate: f64,
+    /// Compaction and snapshot inputs up to this size are fetched into memory, larger ones into
+    /// scratch files on the simulated disk (production: 1 MiB; 0 sends every input through a
+    /// scratch file).
+    pub fetch_in_memory_bytes_max: u64,
     /// Share of transactions after which the replicator is stopped cleanly (SIGTERM: a final
     /// sync, then the lease is released) and started again later.
     pub graceful_stop_rate: f64,
@@ -122,6 +126,7 @@ impl Knobs {
             l0_retention_ms: 0,
             lease_ttl_ms: 0,
             restore_crash_rate: 0.0,
+            fetch_in_memory_bytes_max: sluice_core::scratch::FETCH_IN_MEMORY_BYTES_MAX,
             graceful_stop_rate: 0.0,
             store,
             partitions,
@@ -159,6 +164,14 @@ impl Knobs {
     pub fn draw_restore(&mut self, rng: &mut ChaCha8Rng) {
         if rng.random_bool(0.5) {
             self.restore_crash_rate = 0.5;
+        }
+    }
+
+    /// The scratch files' knob, from a stream of its own (`rng`), so adding it changed no
+    /// other draw of a seed.
+    pub fn draw_scratch(&mut self, rng: &mut ChaCha8Rng) {
+        if rng.random_bool(0.5) {
+            self.fetch_in_memory_bytes_max = 0;
         }
     }
 

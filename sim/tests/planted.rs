@@ -39,6 +39,9 @@ fn regression(bug: Bug) -> Option<(&'static str, u64)> {
         Bug::SkipRecoveryRecheck => Some(("commit-during-start.yaml", 1)),
         Bug::SkipTailRemeasure => Some(("", 5)),
         Bug::SaltsOnlyGeneration => Some(("same-salts-header.yaml", 7)),
+        // A zombie whose stalled upload lands after the new host took the lease over, on a
+        // TXID the new host had not written yet (about 1 seed in 100 of 1,000 transactions).
+        Bug::FenceCheckedBeforeOnly => Some(("", 1048)),
         _ => None,
     }
 }
@@ -92,11 +95,16 @@ mod common;
 
 /// Planted bugs the property suite finds within `PLAN_CASES` plans of seed 7, the driver's among
 /// them. Not `from-start-always` (a checkpoint and a truncation while the engine is down, in one
-/// order) nor `drop-old-tail` (an old tail read after exactly one restart, with commits on both
-/// sides): the plans rarely line those up, and the seeded sweep finds both at once.
+/// order), `drop-old-tail` (an old tail read after exactly one restart, with commits on both
+/// sides) nor `retention-splits-level1` (a level-1 compaction, then retention between two of its
+/// level-0 files' expiries: plans of at most 40 steps rarely last long enough): the plans rarely
+/// line those up, and the seeded sweep finds all three at once.
 fn found_by_plans() -> impl Iterator<Item = Bug> {
     Bug::ALL.into_iter().filter(|b| {
-        !matches!(b, Bug::FromStartAlways | Bug::DropOldTail) && regression(*b).is_none()
+        !matches!(
+            b,
+            Bug::FromStartAlways | Bug::DropOldTail | Bug::RetentionSplitsLevel1
+        ) && regression(*b).is_none()
     })
 }
 

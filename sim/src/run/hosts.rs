@@ -80,6 +80,7 @@ impl World {
             match taken {
                 Ok(Some(l)) => {
                     store = Arc::new(FencedStore::new(raw, l.state(), Arc::new(SimClock)));
+                    self.begin_term(self.hosts_started, l.state());
                     lease = Some(l);
                 }
                 Ok(None) => self.fail("the simulated store refused conditional writes"),
@@ -99,7 +100,7 @@ impl World {
             engine: self.engine_config(),
             replica: Replica::new(store.clone(), Layout::File),
             schedule: self.schedule(),
-            scratch: self.scratch.path().to_path_buf(),
+            scratch: self.scratch.clone(),
             lease,
         };
         let status = Arc::new(std::sync::Mutex::new(JobStatus::default()));
@@ -142,6 +143,7 @@ impl World {
         let (outcome, error) = self.rt.block_on(h.driver.run_action(action));
         let shipped = h.driver.take_shipped();
         let txid = h.driver.scheduler().txid();
+        let generation = h.generation;
         vfs::with(|s| s.current = Proc::App);
         if self.store.injected() != injected_before || action == Action::Open {
             self.disturbed_ms = self.now();
@@ -152,10 +154,13 @@ impl World {
                     self.acked = before;
                 }
                 match shipped {
-                    Some((f, resynced)) => self.log(format!(
-                        "engine ship {f} txid={txid:016x}{}",
-                        if resynced { " resync" } else { "" }
-                    )),
+                    Some((f, resynced)) => {
+                        self.log(format!(
+                            "engine ship {f} txid={txid:016x}{}",
+                            if resynced { " resync" } else { "" }
+                        ));
+                        self.check_ack_in_term(generation, "the host");
+                    }
                     None => self.log(format!("act {action}: nothing to ship")),
                 }
             }
@@ -214,6 +219,14 @@ impl World {
 
     /// Ends the replicator process (its SQLite connection closes; nothing is released).
     pub(super) fn stop_host(&mut self) {
+        if let Some(g) = self.host.as_ref().map(|h| h.generation) {
+            self.end_term(g);
+        }
+        self.drop_host();
+    }
+
+    /// The replicator process ends; its lease term is left to the caller.
+    fn drop_host(&mut self) {
         vfs::with(|s| s.current = Proc::Engine);
         self.host = None;
         vfs::with(|s| s.current = Proc::App);
@@ -281,19 +294,24 @@ impl World {
         self.partitions.iter().any(|&(s, e)| s < b && a < e)
     }
 
-    /// A replaced host's stalled uploads land (past its lease check, the gap `lease.rs`
-    /// documents: only the conditional PUT stands in their way). If the new host has taken the
-    /// lease over since, the zombie's renewal must learn that it lost the lease, and its fenced
-    /// store must refuse to write from then on.
+    /// A replaced host's stalled upload gets through the store's gate (it passed its fenced
+    /// store's check before it stalled: the gap `lease.rs` documents, where only the
+    /// conditional PUT stands in the bytes' way). Its answer comes back through the fenced
+    /// store, which must refuse to count it once the lease ran out; a write it acknowledges
+    /// must lie inside its own term (checked). If the new host has taken the lease over since,
+    /// the zombie's renewal must learn that it lost the lease, and its fenced store must refuse
+    /// to write from then on.
     pub(super) fn zombie_wakes(&mut self) {
         let Some(z) = self.zombie.take() else { return };
-        for c in z.held {
-            let r = self.rt.block_on(self.store.put(&c.key, c.data, c.opts));
-            match r {
-                Ok(()) => self.log(format!("zombie put {} landed", c.key)),
-                Err(e) => self.log(format!("zombie put {} refused: {e}", c.key)),
+        let _ = z.gate.send(());
+        match self.rt.block_on(z.put) {
+            Ok(()) => {
+                self.log(format!("zombie put {} landed, acknowledged", z.file));
+                self.check_ack_in_term(z.generation, "a zombie");
             }
+            Err(e) => self.log(format!("zombie put {} not acknowledged: {e}", z.file)),
         }
+        self.end_term(z.generation);
         let taken_over = self
             .host
             .as_ref()
@@ -324,6 +342,54 @@ impl World {
             ),
             Err(e) => self.fail(format!("a zombie's renewal: {e}")),
         }
+    }
+
+    /// The old host, about to be replaced, prepares its next upload from the old disk
+    /// (production's `Engine::prepare`) and sends it through its fenced store, where the put
+    /// stalls at the store's gate until `wake_ms` from now. Nothing to upload, or a put the
+    /// fence refused at once, leaves no zombie.
+    fn stall_zombie(&mut self, wake_ms: i64) {
+        let Some(h) = self.host.as_mut() else { return };
+        let Some(engine) = h.driver.engine_mut() else {
+            return;
+        };
+        vfs::with(|s| s.current = Proc::Engine);
+        let ready = self.rt.block_on(engine.prepare());
+        vfs::with(|s| s.current = Proc::App);
+        let upload = match ready {
+            Ok(sluice_core::engine::Ready::Upload(u)) => *u,
+            Ok(sluice_core::engine::Ready::Nothing(_)) => {
+                return self.log("zombie had nothing to upload");
+            }
+            Err(e) => return self.log(format!("zombie could not prepare an upload: {e}")),
+        };
+        let file = upload.ack.info.clone();
+        let gate = self.store.stall_next_put();
+        let store = h.store.clone();
+        let mut put: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+            Box::pin(async move { store.put(&upload.key, upload.bytes, upload.opts).await });
+        let first = self.rt.block_on(std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(put.as_mut().poll(cx))
+        }));
+        if let std::task::Poll::Ready(r) = first {
+            self.store.unstall();
+            return self.log(format!(
+                "zombie put {file} answered before it stalled: {r:?}"
+            ));
+        }
+        let at = self.now() + wake_ms.max(0);
+        self.log(format!("zombie stalled uploading {file}, wakes at {at}"));
+        let Some(h) = self.host.as_mut() else { return };
+        let lease = h.driver.take_lease();
+        self.zombie = Some(Zombie {
+            wake_at: at,
+            generation: h.generation,
+            file,
+            put,
+            gate,
+            lease,
+            store: h.store.clone(),
+        });
     }
 
     pub(super) fn crash_engine(&mut self) {
@@ -367,27 +433,11 @@ impl World {
         if let Some(wake) = zombie_wake_ms
             && self.engine_open()
         {
-            // The old engine prepares its next upload from the old disk and stalls sending it
-            // (past its lease check: the capture sits below the fenced store).
-            self.store.start_capture();
-            self.engine_sync();
-            let held = self.store.stop_capture();
-            if !held.is_empty() {
-                let at = self.now() + wake.max(0);
-                self.log(format!(
-                    "zombie stalled with {} upload(s), wakes at {at}",
-                    held.len()
-                ));
-                let Some(h) = self.host.as_mut() else { return };
-                let lease = h.driver.take_lease();
-                let store = h.store.clone();
-                self.zombie = Some(Zombie {
-                    wake_at: at,
-                    held,
-                    lease,
-                    store,
-                });
-            }
+            self.stall_zombie(wake);
+        }
+        if self.zombie.is_some() {
+            // The zombie's term ends when its stalled write gets its answer.
+            self.drop_host();
         }
         self.stop_host();
         self.close_app();
@@ -491,7 +541,7 @@ impl World {
         {
             // Count a whole restore's operations on a copy of the disk, to aim the crash.
             let saved = vfs::with(|s| s.disk.clone());
-            let counter = SimFs::new(None, 0);
+            let counter = SimFs::new(None, 0).fetching(self.knobs.fetch_in_memory_bytes_max);
             let _ = self
                 .rt
                 .block_on(place::restore_if_missing(&counter, &replica, path));
@@ -505,7 +555,8 @@ impl World {
                 });
             }
         }
-        let fs = SimFs::new(crash_at, self.restore_rng.random());
+        let fs = SimFs::new(crash_at, self.restore_rng.random())
+            .fetching(self.knobs.fetch_in_memory_bytes_max);
         let mut result = self
             .rt
             .block_on(place::restore_if_missing(&fs, &replica, path));
@@ -518,7 +569,7 @@ impl World {
                 r.torn,
                 r.vanished_files
             ));
-            let again = SimFs::new(None, 0);
+            let again = SimFs::new(None, 0).fetching(self.knobs.fetch_in_memory_bytes_max);
             result = self
                 .rt
                 .block_on(place::restore_if_missing(&again, &replica, path));

@@ -38,6 +38,7 @@ mod check_heals;
 mod check_history;
 mod check_pitr;
 mod check_restore;
+mod check_terms;
 mod hosts;
 mod workload;
 
@@ -142,14 +143,16 @@ struct World {
     feed: Arc<std::sync::Mutex<WalFeed>>,
     /// The digest of the last committed state, kept page by page.
     digest: PageDigest,
-    /// Scratch space compaction downloads into (its contents never affect a run).
-    scratch: tempfile::TempDir,
+    /// Where compaction and snapshots download large inputs: the simulated disk.
+    scratch: Arc<files::SimScratch>,
     /// The stream `Knobs::draw_later` drew from, for those knobs' events.
     extra: ChaCha8Rng,
     /// The stream `Knobs::draw_restore` drew from, for the restore's crash points.
     restore_rng: ChaCha8Rng,
     /// A replaced host's stalled uploads and when they land, with its lease and fenced store.
     zombie: Option<Zombie>,
+    /// Every host's lease term, for the overlap check.
+    terms: Vec<check_terms::Term>,
     /// Commits lost with a replaced host: real states (they were committed), which a zombie's
     /// upload may still put in the replica.
     abandoned: Vec<Abandoned>,
@@ -170,10 +173,17 @@ struct Host {
     generation: u64,
 }
 
-/// A replaced host that stalled in the middle of an upload.
+/// A replaced host that stalled in the middle of an upload: its engine prepared the file
+/// (production's `Engine::prepare`), its fenced store let the put through, and the put waits
+/// at the simulated store's gate until the zombie wakes.
 struct Zombie {
     wake_at: i64,
-    held: Vec<crate::faulty::Captured>,
+    generation: u64,
+    file: sluice_core::replica::FileInfo,
+    put: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), sluice_core::store::StoreError>>>,
+    >,
+    gate: tokio::sync::oneshot::Sender<()>,
     lease: Option<Lease>,
     store: DynStore,
 }
@@ -398,6 +408,7 @@ pub fn run_scenario(
     drawn.draw_later(&mut extra);
     let mut restore_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0002);
     drawn.draw_restore(&mut restore_rng);
+    drawn.draw_scratch(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_b1e5_0000_0003));
     let knobs = match scenario.knobs_for(&drawn) {
         Ok(k) => k,
         Err(e) => {
@@ -423,14 +434,11 @@ pub fn run_scenario(
         knobs.store,
         partitions.clone(),
     ));
-    let (Ok(rt), Ok(scratch)) = (
-        tokio::runtime::Builder::new_current_thread().build(),
-        tempfile::tempdir(),
-    ) else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         vfs::end_run();
         return Report {
             seed,
-            failures: vec!["cannot build a runtime or a scratch directory".into()],
+            failures: vec!["cannot build a runtime".into()],
             ..Report::default()
         };
     };
@@ -457,10 +465,14 @@ pub fn run_scenario(
         next_row: 0,
         feed: WalFeed::new(DB),
         digest: PageDigest::new(knobs.page_size as usize),
-        scratch,
+        scratch: Arc::new(files::SimScratch::new(
+            "/sim-scratch",
+            knobs.fetch_in_memory_bytes_max,
+        )),
         extra,
         restore_rng,
         zombie: None,
+        terms: Vec::new(),
         abandoned: Vec::new(),
         replaced_at: None,
         partitions: partitions.clone(),
@@ -532,10 +544,11 @@ pub fn run_scenario(
     }
     w.report.commits = w.commits.len();
     w.log(format!(
-        "end commits={} restores={} worst-lag={}ms failures={}",
+        "end commits={} restores={} worst-lag={}ms scratch-files={} failures={}",
         w.commits.len(),
         w.report.restores,
         w.report.worst_lag_ms,
+        w.scratch.created(),
         w.report.failures.len()
     ));
     w.stop_host();

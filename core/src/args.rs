@@ -26,6 +26,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List the LTX files of a replica.
     Ltx(LtxArgs),
+    /// Check a replica: every file's CRC, the chain at every level, the database checksums
+    /// along the latest restore; exit 0 only if the latest state is restorable.
+    Verify(VerifyArgs),
     /// Show each configured database's replicated TXID and lag.
     Status(ConfigArgs),
     /// List the databases in the configuration.
@@ -121,6 +124,24 @@ pub enum IntegrityCheck {
     None,
     Quick,
     Full,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Replica URL or a database path from the config.
+    pub source: String,
+    /// Also restore the latest state into a temporary file and run `PRAGMA integrity_check`.
+    #[arg(long = "restore")]
+    pub restore: bool,
+    /// Files read at once.
+    #[arg(long = "parallelism", default_value_t = crate::restore::PARALLELISM_DEFAULT)]
+    pub parallelism: usize,
+    #[arg(long = "json")]
+    pub json: bool,
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[arg(long = "no-expand-env")]
+    pub no_expand_env: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,11 @@ use anyhow::{Context, Result, anyhow, bail};
 
 pub use crate::args::{
     Cli, Command, ConfigArgs, DemoArgs, IntegrityCheck, LtxArgs, ReplicateArgs, RestoreArgs,
-    normalize_args,
+    VerifyArgs, normalize_args,
 };
 use crate::config::{Config, config_path};
 use crate::place::{restore_into_place, sidecars};
-use crate::replica::{FileInfo, Replica};
+use crate::replica::{FileInfo, Replica, rfc3339};
 use crate::restore::{self, RestoreError, Target};
 use crate::url::ReplicaTarget;
 
@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Demo(args) => crate::demo::cmd_demo(args).await,
         Command::Restore(args) => cmd_restore(args).await,
         Command::Ltx(args) => cmd_ltx(args).await,
+        Command::Verify(args) => cmd_verify(args).await,
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
@@ -81,7 +82,7 @@ fn parse_target(args: &RestoreArgs) -> Result<Target> {
         (Some(hex), None) => {
             let t = u64::from_str_radix(hex.trim_start_matches("0x"), 16)
                 .ok()
-                .filter(|t| *t > 0 && hex.len() <= 18)
+                .filter(|_| hex.len() <= 18)
                 .ok_or_else(|| anyhow!("invalid -txid {hex:?}: expected a hexadecimal TXID such as 000000000000002a"))?;
             Ok(Target::Txid(t))
         }
@@ -210,13 +211,6 @@ fn print_plan(files: &[FileInfo], output: &Path, txid: u64, json: bool) {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).map_or_else(
-        || ms.to_string(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
-}
-
 fn file_json(f: &FileInfo) -> serde_json::Value {
     serde_json::json!({
         "level": f.level,
@@ -262,4 +256,51 @@ async fn cmd_ltx(args: LtxArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+async fn cmd_verify(args: VerifyArgs) -> Result<i32> {
+    if args.parallelism == 0 {
+        bail!("-parallelism must be at least 1");
+    }
+    let (replica, _) = resolve_source(&args.source, args.config.as_deref(), args.no_expand_env)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("sluice-verify-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let scratch = crate::scratch::OsScratch::new(tmp.path());
+    let mut report = crate::verify::verify(&replica, &scratch, args.parallelism).await?;
+    // -restore: the latest state restored for real, then SQLite's own check.
+    let mut restored = None;
+    if args.restore && report.latest_restorable() {
+        let files = replica.list_all().await?;
+        let plan = restore::plan(&replica.describe(), &files, Target::Latest)?;
+        let out = tmp.path().join("verify.db");
+        match restore_into_place(
+            &crate::place::OsFs,
+            &replica,
+            plan,
+            &out,
+            args.parallelism,
+            IntegrityCheck::Full,
+            false,
+            false,
+        )
+        .await
+        {
+            Ok(r) => restored = Some(r.txid),
+            Err(e) => report.latest_error = Some(format!("the restore failed: {e:#}")),
+        }
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["latest_restorable"] = report.latest_restorable().into();
+        v["restored_txid"] = restored.map(|t| format!("{t:016x}")).into();
+        println!("{v}");
+    } else {
+        print!("{}", crate::verify::render(&report));
+        if let Some(t) = restored {
+            println!("restored TXID {t:016x} into a temporary file: integrity_check ok");
+        }
+    }
+    Ok(if report.latest_restorable() { 0 } else { 1 })
 }

@@ -23,4 +23,5 @@ pub mod scheduler;
 pub mod scratch;
 pub mod store;
 pub mod url;
+pub mod verify;
 pub mod wal;

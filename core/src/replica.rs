@@ -175,6 +175,14 @@ impl Replica {
     }
 }
 
+/// A Unix time in ms as RFC 3339 in UTC, to the millisecond (`2026-11-25T14:00:39.010Z`).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,11 +51,14 @@ pub enum RestoreError {
     #[error("no backups found in replica {replica}")]
     ReplicaEmpty { replica: String },
     #[error(
-        "no backup in replica {replica} reaches {target}; the newest restorable state is TXID {newest:016x}"
+        "no backup in replica {replica} reaches {target}; the restorable TXIDs are {oldest:016x}..={newest:016x}"
     )]
     TargetNotAvailable {
         replica: String,
         target: String,
+        /// The oldest TXID a restore can start from (a snapshot's, or the end of a file that
+        /// starts at TXID 1).
+        oldest: u64,
         newest: u64,
     },
     #[error(
@@ -191,10 +194,19 @@ pub fn plan(
             next: after.to_string(),
         });
     }
+    let oldest = || {
+        files
+            .iter()
+            .filter(|f| f.level == SNAPSHOT_LEVEL || f.min_txid == 1)
+            .map(|f| f.max_txid)
+            .min()
+            .unwrap_or(0)
+    };
     if chosen.is_empty() {
         return Err(RestoreError::TargetNotAvailable {
             replica: replica.to_string(),
             target: describe_target(target),
+            oldest: oldest(),
             newest: files.iter().map(|f| f.max_txid).max().unwrap_or(0),
         });
     }
@@ -202,10 +214,20 @@ pub fn plan(
         return Err(RestoreError::TargetNotAvailable {
             replica: replica.to_string(),
             target: describe_target(target),
+            oldest: oldest(),
             newest: current,
         });
     }
     Ok(chosen)
+}
+
+/// Whether a file starting at `min_txid`, written against database checksum `pre`, continues
+/// a state at TXID `prev_max_txid` with checksum `prev_post` (both sides checksummed). Only a
+/// file that starts right after it and is not a snapshot is judged: the database it was written
+/// against must be the one we have. A compacted file overlapping the state before it is applied
+/// as it is (its pages are the newest versions of what it covers).
+pub fn checksum_continues(prev_max_txid: u64, prev_post: u64, min_txid: u64, pre: u64) -> bool {
+    min_txid == 1 || min_txid != prev_max_txid + 1 || pre == prev_post
 }
 
 /// What a finished restore did.
@@ -548,11 +570,8 @@ pub fn apply_plan(
                     message: format!("does not follow TXID {:016x}", ph.max_txid),
                 });
             }
-            // Both sides checksummed and the file starts right after the previous one: the
-            // database it was written against must be the one we have.
-            if let (Some((_, pp)), Some((pre, _)), false) = (psums, sums, h.is_snapshot())
-                && h.min_txid == ph.max_txid + 1
-                && pre != pp
+            if let (Some((_, pp)), Some((pre, _))) = (psums, sums)
+                && !checksum_continues(ph.max_txid, pp, h.min_txid, pre)
             {
                 return Err(RestoreError::Chain {
                     file: name,

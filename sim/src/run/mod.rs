@@ -39,12 +39,14 @@ mod check_history;
 mod check_pitr;
 mod check_restore;
 mod check_terms;
+mod check_verify;
 mod hosts;
 mod workload;
 
 use check_compaction::check_compaction_catches_up;
 use check_history::check_history;
 use check_pitr::check_point_in_time;
+use check_verify::check_verify;
 
 pub const DB: &str = "/sim/app.db";
 /// The recovery point objective the checker holds the engine to.
@@ -539,6 +541,7 @@ pub fn run_scenario(
         }
         check_history(&mut w);
         check_point_in_time(&mut w);
+        check_verify(&mut w);
         check_compaction_catches_up(&mut w);
         w.graceful_stop();
     }

@@ -10,11 +10,16 @@ const REQUEST_BYTES_MAX: usize = 8192;
 
 pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, &str); 6] = [
+    let metrics: [(&str, &str, &str); 7] = [
         (
             "sluice_job_up",
             "gauge",
             "1 while the job replicates; 0 once a permanent error stopped it (see the log).",
+        ),
+        (
+            "sluice_replica_restorable",
+            "gauge",
+            "0 when the job found, at its start, that the replica cannot be restored to its newest state (a gap; see the log and `sluice verify`).",
         ),
         (
             "sluice_replication_lag_seconds",
@@ -45,6 +50,7 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
                 "sluice_replication_lag_seconds" => s.lag_ms(now_ms) as f64 / 1000.0,
                 "sluice_replicated_txid" => s.replicated_txid as f64,
                 "sluice_job_up" => f64::from(u8::from(s.stopped.is_none())),
+                "sluice_replica_restorable" => f64::from(u8::from(s.replica_break.is_none())),
                 "sluice_syncs_total" => s.syncs as f64,
                 "sluice_sync_errors_total" => s.sync_errors as f64,
                 _ => s.resyncs as f64,

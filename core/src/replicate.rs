@@ -39,6 +39,9 @@ pub struct JobStatus {
     pub last_error: Option<String>,
     /// Set once the job stopped for good (a permanent error); the process replicates on.
     pub stopped: Option<String>,
+    /// Why the replica cannot be restored to its newest state, as the job found it when it
+    /// started (`None`: restorable, or not known yet).
+    pub replica_break: Option<String>,
     /// Object-store requests per operation, counted by the job's `CountingStore`.
     #[serde(skip)]
     pub requests: std::sync::Arc<crate::counting::RequestCounts>,
@@ -340,6 +343,8 @@ impl Driver {
         };
         let txid = engine.position().txid;
         let shipped_full = engine.opened_with_snapshot();
+        let replica_break = engine.replica_break().map(str::to_string);
+        update(&self.status, |s| s.replica_break = replica_break);
         // When the newest full file was written: the snapshot schedule continues from it. One
         // listing, at start; if it fails, a snapshot is due now.
         let newest_full_ms = if shipped_full {

@@ -120,7 +120,7 @@ fn each_damage_is_named_and_agrees_with_restore() {
     ];
     for (name, damage, says) in cases {
         let ws = Workspace::new(&format!("verify-{name}"));
-        let (_, replica) = replica_of(&ws, 4);
+        let (db, replica) = replica_of(&ws, 4);
         damage(&replica);
         let (code, out, err) = verify(&replica, &[]);
         assert_eq!(code, 1, "{name}: verify exit code\n{out}{err}");
@@ -131,6 +131,16 @@ fn each_damage_is_named_and_agrees_with_restore() {
             0,
             "{name}: restore succeeded where verify said it cannot"
         );
+        if name == "deleted-middle" {
+            // A replicator started on it says so at once (it still extends it: the heal is
+            // not built yet).
+            let (code, _, err) = run_sluice(&[&"replicate", &"-once", &db, &file_url(&replica)]);
+            assert_eq!(code, 0, "{err}");
+            assert!(
+                err.contains("cannot be restored to its newest state") && err.contains("gap"),
+                "{err}"
+            );
+        }
     }
 }
 

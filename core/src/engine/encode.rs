@@ -19,8 +19,6 @@ impl Engine {
         }
     }
 
-    /// Ships a full snapshot of `map`. With an empty replica it is level-0 TXID 1 (as Litestream
-    /// starts); otherwise a level-9 snapshot covering 1..=after+1.
     /// Every page of the current state as one level-0 file at TXID `after + 1`: a snapshot
     /// (`1..=1`, `after_checksum` 0) on an empty replica, otherwise an incremental file over the
     /// replica's newest state (`after_checksum`), which holds every page, so it is right whatever that state was.

@@ -198,6 +198,9 @@ pub struct Engine {
     /// whose reply was lost, another writer, or a listing that lagged), so the next sync first
     /// re-reads the replica's position and proves it again.
     recover_needed: bool,
+    /// Why the replica cannot be restored to its newest state, as found at the last position
+    /// recovery (from the listing alone), if it cannot.
+    replica_break: Option<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -278,6 +281,7 @@ impl Engine {
             opened_with_snapshot: false,
             create_uploads: !planted::active(Bug::UnconditionalUploads),
             recover_needed: false,
+            replica_break: None,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -299,6 +303,12 @@ impl Engine {
     /// another one right away.
     pub fn opened_with_snapshot(&self) -> bool {
         self.opened_with_snapshot
+    }
+
+    /// Why the replica cannot be restored to its newest state (a gap in its chain, found from
+    /// the listing when the position was last recovered), if it cannot.
+    pub fn replica_break(&self) -> Option<&str> {
+        self.replica_break.as_deref()
     }
 
     pub fn position(&self) -> Position {

@@ -88,8 +88,19 @@ impl Engine {
             .cloned();
         // A listing may lag behind writes (some S3-compatible stores): look past it with HEADs,
         // which see every acknowledged write, for the files a sync or a start would write next.
+        let mut known = files.clone();
         while let Some(next) = self.probe_next(newest.as_ref()).await? {
+            known.push(next.clone());
             newest = Some(next);
+        }
+        self.replica_break = newest
+            .as_ref()
+            .and_then(|n| chain_break(&self.replica.describe(), &known, n.max_txid));
+        if let Some(why) = &self.replica_break {
+            tracing::error!(
+                replica = %self.replica.describe(),
+                "the replica cannot be restored to its newest state: {why}; new files extend it but restores fail until the break is repaired (`sluice verify` shows it)"
+            );
         }
         let Some(newest) = newest else {
             // An empty replica: the first file is a full snapshot at TXID 1.
@@ -220,5 +231,46 @@ impl Engine {
             header,
             header.db_checksums(&trailer).map_or(0, |(_, post)| post),
         ))
+    }
+}
+
+/// Why a replica whose newest file ends at `newest` cannot be restored to it, judged from the
+/// file names alone (restore's own plan): `None` when it can.
+pub(super) fn chain_break(replica: &str, files: &[FileInfo], newest: u64) -> Option<String> {
+    match crate::restore::plan(replica, files, crate::restore::Target::Latest) {
+        Ok(p) => match p.last() {
+            Some(f) if f.max_txid >= newest => None,
+            Some(f) => Some(format!(
+                "a restore stops at TXID {:016x}, before the newest file's {newest:016x}",
+                f.max_txid
+            )),
+            None => Some("a restore finds no file to start from".into()),
+        },
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(level: u8, min: u64, max: u64) -> FileInfo {
+        FileInfo {
+            level,
+            min_txid: min,
+            max_txid: max,
+            size: 1,
+            created_ms: max as i64,
+        }
+    }
+
+    #[test]
+    fn a_deleted_middle_file_is_a_break_and_a_snapshot_past_it_is_not() {
+        let broken = [f(0, 1, 1), f(0, 2, 2), f(0, 4, 4)];
+        let why = chain_break("r", &broken, 4).expect("a break");
+        assert!(why.contains("gap"), "{why}");
+        let bridged = [f(0, 1, 1), f(0, 2, 2), f(9, 1, 3), f(0, 4, 4)];
+        assert_eq!(chain_break("r", &bridged, 4), None);
+        assert!(chain_break("r", &[f(0, 2, 2)], 2).is_some(), "no start");
     }
 }

@@ -144,6 +144,12 @@ impl World {
         let shipped = h.driver.take_shipped();
         let txid = h.driver.scheduler().txid();
         let generation = h.generation;
+        let replica_break = h
+            .driver
+            .engine()
+            .filter(|_| action == Action::Open)
+            .and_then(|e| e.replica_break())
+            .map(str::to_string);
         vfs::with(|s| s.current = Proc::App);
         if self.store.injected() != injected_before || action == Action::Open {
             self.disturbed_ms = self.now();
@@ -164,7 +170,19 @@ impl World {
                     None => self.log(format!("act {action}: nothing to ship")),
                 }
             }
-            Outcome::Opened { txid, .. } => self.log(format!("engine start txid={txid:016x}")),
+            Outcome::Opened { txid, .. } => {
+                self.log(format!("engine start txid={txid:016x}"));
+                if let Some(why) = replica_break {
+                    // The simulated store never loses a file: a break the engine reports must
+                    // be one a restore hits too.
+                    match self.restore(Target::Latest) {
+                        Ok((_, t)) => self.fail(format!(
+                            "the engine called the replica unrestorable ({why}) but a restore reaches TXID {t:016x}"
+                        )),
+                        Err(e) => self.log(format!("engine replica-break {why}; restore: {e}")),
+                    }
+                }
+            }
             Outcome::Failed(f) => self.log(format!(
                 "act {action} failed ({f:?}): {}",
                 error.unwrap_or_default()

@@ -107,8 +107,7 @@ pub fn merge(
         }
         // Both record checksums and b starts right after a: b must continue a's database.
         if let (Some((_, post)), Some((pre, _))) = (sums[i], sums[i + 1])
-            && b.min_txid == a.max_txid + 1
-            && pre != post
+            && !restore::checksum_continues(a.max_txid, post, b.min_txid, pre)
         {
             return Err(CompactError::Invalid {
                 what: what(),
@@ -335,6 +334,18 @@ pub async fn snapshot(
     let files = replica.list_all().await.map_err(RestoreError::from)?;
     let plan = restore::plan(&replica.describe(), &files, Target::Txid(up_to_txid))?;
     merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch).await
+}
+
+/// The heal of a replica that cannot be restored: `full`, a level-0 file holding every page of
+/// the database (the engine's resync file), written again as the level-9 snapshot `1..=N` of
+/// the same state, so restores start there. Conditional: the level-0 file already claimed the
+/// TXID, so this can only repeat that state.
+pub async fn snapshot_of_full(
+    replica: &Replica,
+    full: FileInfo,
+    scratch: &dyn Scratch,
+) -> Result<FileInfo, CompactError> {
+    merge_and_write(replica, vec![full], SNAPSHOT_LEVEL, 1, scratch).await
 }
 
 /// What retention may delete now, in the order to delete it: stopping at the first failed

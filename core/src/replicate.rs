@@ -343,7 +343,10 @@ impl Driver {
         };
         let txid = engine.position().txid;
         let shipped_full = engine.opened_with_snapshot();
-        let replica_break = engine.replica_break().map(str::to_string);
+        let mut replica_break = engine.replica_break().map(str::to_string);
+        if let (Some(why), Some(full)) = (replica_break.clone(), engine.heal_file().cloned()) {
+            replica_break = self.heal(&why, full).await?;
+        }
         update(&self.status, |s| s.replica_break = replica_break);
         // When the newest full file was written: the snapshot schedule continues from it. One
         // listing, at start; if it fails, a snapshot is due now.
@@ -370,6 +373,43 @@ impl Driver {
             shipped_full,
             newest_full_ms,
         })
+    }
+
+    /// Heals a replica that could not be restored (`why`): the full-state file the engine
+    /// shipped at start is written again as a snapshot, then the chain is judged again. Returns
+    /// what still breaks it ("" once it restores). A failed write fails the start: the retry
+    /// opens again, finds the break again and ships another full state.
+    async fn heal(
+        &mut self,
+        why: &str,
+        full: FileInfo,
+    ) -> Result<Option<String>, (Failure, String)> {
+        let written = compact::snapshot_of_full(&self.replica, full.clone(), self.scratch.as_ref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "healing the replica: the snapshot failed; will retry");
+                failure(false, e.to_string())
+            })?;
+        let files = self
+            .replica
+            .list_all()
+            .await
+            .map_err(|e| failure(false, e.to_string()))?;
+        match crate::engine::chain_break(&self.replica.describe(), &files, written.max_txid) {
+            None => {
+                tracing::warn!(
+                    replica = %self.replica.describe(),
+                    snapshot = %written,
+                    "healed the replica: restores work again from TXID {:016x} on (the break before it stays: {why})",
+                    written.max_txid
+                );
+                Ok(None)
+            }
+            Some(still) => {
+                tracing::error!(replica = %self.replica.describe(), "the heal did not make the replica restorable: {still}");
+                Ok(Some(still))
+            }
+        }
     }
 
     async fn retention(&mut self, now: i64) -> Result<Outcome, (Failure, String)> {

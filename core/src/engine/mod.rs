@@ -37,6 +37,7 @@ use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
     scan_extent,
 };
+pub use recovery::chain_break;
 pub use source::{DbFiles, LocalDb, OsDb, OsFiles};
 pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
 
@@ -201,6 +202,8 @@ pub struct Engine {
     /// Why the replica cannot be restored to its newest state, as found at the last position
     /// recovery (from the listing alone), if it cannot.
     replica_break: Option<String>,
+    /// The full-state file this start shipped to heal a broken replica.
+    heal_file: Option<FileInfo>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -282,6 +285,7 @@ impl Engine {
             create_uploads: !planted::active(Bug::UnconditionalUploads),
             recover_needed: false,
             replica_break: None,
+            heal_file: None,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -293,8 +297,12 @@ impl Engine {
             // file and the driver's snapshot schedule decides as usual.
             let snapshot = p.min_txid == 1;
             let upload = engine.upload_of(p, false, false, None);
+            let file = upload.ack.info.clone();
             engine.send(upload).await?;
             engine.opened_with_snapshot = snapshot;
+            if engine.replica_break.is_some() {
+                engine.heal_file = Some(file);
+            }
         }
         Ok(engine)
     }
@@ -309,6 +317,12 @@ impl Engine {
     /// the listing when the position was last recovered), if it cannot.
     pub fn replica_break(&self) -> Option<&str> {
         self.replica_break.as_deref()
+    }
+
+    /// The file of every page this start shipped because the replica was broken: the driver
+    /// writes it again as a snapshot (`compact::snapshot_of_full`).
+    pub fn heal_file(&self) -> Option<&FileInfo> {
+        self.heal_file.as_ref()
     }
 
     pub fn position(&self) -> Position {

@@ -119,6 +119,18 @@ impl Engine {
                 ),
             });
         }
+        if self.replica_break.is_some() {
+            // The heal: every page at the next TXID (under the conditional PUT), which the
+            // driver then writes again as a snapshot, so restores start past the break.
+            tracing::warn!(
+                replica = %self.replica.describe(),
+                txid = format_args!("{:016x}", newest.max_txid + 1),
+                "healing the replica: shipping every page"
+            );
+            return self
+                .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
+                .map(Some);
+        }
         let replica_sum = DbChecksum::from_raw(post);
         let mut proven = None;
         if post != 0 {
@@ -236,7 +248,7 @@ impl Engine {
 
 /// Why a replica whose newest file ends at `newest` cannot be restored to it, judged from the
 /// file names alone (restore's own plan): `None` when it can.
-pub(super) fn chain_break(replica: &str, files: &[FileInfo], newest: u64) -> Option<String> {
+pub fn chain_break(replica: &str, files: &[FileInfo], newest: u64) -> Option<String> {
     match crate::restore::plan(replica, files, crate::restore::Target::Latest) {
         Ok(p) => match p.last() {
             Some(f) if f.max_txid >= newest => None,

@@ -62,6 +62,7 @@ pub fn merge(
     inputs: &[Fetched],
     min_txid: u64,
     timestamp_ms: i64,
+    known_post: Option<u64>,
 ) -> Result<(Vec<u8>, Header), CompactError> {
     let what = || format!("{} files into {min_txid:016x}", inputs.len());
     let mut opened = Vec::with_capacity(inputs.len());
@@ -129,7 +130,10 @@ pub fn merge(
                 post,
             })
         }
-        _ => None,
+        // A snapshot of inputs without checksums, whose resulting state the caller knows.
+        _ => known_post
+            .filter(|_| snapshot)
+            .map(|post| ExtChecksums { pre: 0, post }),
     };
     let header = Header {
         flags: HEADER_FLAG_NO_CHECKSUM,
@@ -204,11 +208,12 @@ async fn merge_and_write(
     level: u8,
     min_txid: u64,
     scratch: &dyn Scratch,
+    known_post: Option<u64>,
 ) -> Result<FileInfo, CompactError> {
     let timestamp_ms = inputs.last().map_or(0, |f| f.created_ms);
     let fetched = fetch_all(replica, inputs, scratch).await?;
     let (bytes, header) =
-        tokio::task::spawn_blocking(move || merge(&fetched, min_txid, timestamp_ms))
+        tokio::task::spawn_blocking(move || merge(&fetched, min_txid, timestamp_ms, known_post))
             .await
             .map_err(|e| CompactError::Invalid {
                 what: "merge".into(),
@@ -318,7 +323,7 @@ pub async fn compact_level(
         });
     }
     let min_txid = run[0].min_txid;
-    let file = merge_and_write(replica, run, level, min_txid, scratch).await?;
+    let file = merge_and_write(replica, run, level, min_txid, scratch, None).await?;
     Ok(Compacted {
         level_max_txid: file.max_txid.max(dst_max),
         file: Some(file),
@@ -333,19 +338,21 @@ pub async fn snapshot(
 ) -> Result<FileInfo, CompactError> {
     let files = replica.list_all().await.map_err(RestoreError::from)?;
     let plan = restore::plan(&replica.describe(), &files, Target::Txid(up_to_txid))?;
-    merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch).await
+    merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch, None).await
 }
 
 /// The heal of a replica that cannot be restored: `full`, a level-0 file holding every page of
 /// the database (the engine's resync file), written again as the level-9 snapshot `1..=N` of
 /// the same state, so restores start there. Conditional: the level-0 file already claimed the
-/// TXID, so this can only repeat that state.
+/// TXID, so this can only repeat that state. `post` is that state's database checksum (the
+/// file may record none: a heal past a damaged newest file cannot name the state before it).
 pub async fn snapshot_of_full(
     replica: &Replica,
     full: FileInfo,
+    post: u64,
     scratch: &dyn Scratch,
 ) -> Result<FileInfo, CompactError> {
-    merge_and_write(replica, vec![full], SNAPSHOT_LEVEL, 1, scratch).await
+    merge_and_write(replica, vec![full], SNAPSHOT_LEVEL, 1, scratch, Some(post)).await
 }
 
 /// What retention may delete now, in the order to delete it: stopping at the first failed

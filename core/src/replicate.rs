@@ -345,7 +345,8 @@ impl Driver {
         let shipped_full = engine.opened_with_snapshot();
         let mut replica_break = engine.replica_break().map(str::to_string);
         if let (Some(why), Some(full)) = (replica_break.clone(), engine.heal_file().cloned()) {
-            replica_break = self.heal(&why, full).await?;
+            let post = engine.position().checksum.raw();
+            replica_break = self.heal(&why, full, post).await?;
         }
         update(&self.status, |s| s.replica_break = replica_break);
         // When the newest full file was written: the snapshot schedule continues from it. One
@@ -383,8 +384,9 @@ impl Driver {
         &mut self,
         why: &str,
         full: FileInfo,
+        post: u64,
     ) -> Result<Option<String>, (Failure, String)> {
-        let written = compact::snapshot_of_full(&self.replica, full.clone(), self.scratch.as_ref())
+        let written = compact::snapshot_of_full(&self.replica, full, post, self.scratch.as_ref())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "healing the replica: the snapshot failed; will retry");

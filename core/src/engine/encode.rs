@@ -85,7 +85,9 @@ impl Engine {
             wal_salt1,
             wal_salt2,
             node_id: 0,
-            ext: Some(ExtChecksums {
+            // A non-snapshot whose starting state is unknown (a heal past a damaged file)
+            // records no checksums rather than a false one.
+            ext: (min_txid == 1 || pre != 0).then_some(ExtChecksums {
                 pre,
                 post: post.raw(),
             }),

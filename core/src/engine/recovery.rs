@@ -109,7 +109,29 @@ impl Engine {
                 .prepare_full(&current, current_sums, current_wal, 0, 0)
                 .map(Some);
         };
-        let (rh, post) = self.read_file_ends(&newest).await?;
+        let ends = match self.read_file_ends(&newest).await {
+            Err(EngineError::Replica { message, .. }) => Err(message),
+            Err(e) => return Err(e),
+            Ok(ends) => match self.newest_file_damage(&newest).await? {
+                Some(damage) => Err(damage),
+                None => Ok(ends),
+            },
+        };
+        let (rh, post) = match ends {
+            Ok(ends) => ends,
+            Err(damage) => {
+                // A newest file that cannot be read back is a break too: heal past it.
+                let why = format!("its newest file {newest} is damaged: {damage}");
+                tracing::error!(
+                    replica = %self.replica.describe(),
+                    "the replica cannot be restored to its newest state: {why}"
+                );
+                self.replica_break = Some(why);
+                return self
+                    .prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)
+                    .map(Some);
+            }
+        };
         if rh.page_size != self.page_size {
             return Err(EngineError::Incompatible {
                 replica: self.replica.describe(),
@@ -204,6 +226,33 @@ impl Engine {
         Ok(None)
     }
 
+    /// Reads the newest file whole (when at most `NEWEST_CHECK_BYTES_MAX`) and decodes it:
+    /// its CRC, header and pages. `Some(why)` when it is damaged; store errors are errors.
+    async fn newest_file_damage(&self, f: &FileInfo) -> Result<Option<String>, EngineError> {
+        if f.size > NEWEST_CHECK_BYTES_MAX {
+            return Ok(None);
+        }
+        let bytes = self
+            .replica
+            .store
+            .get_range(&self.replica.key(f), 0, f.size)
+            .await?;
+        if bytes.len() as u64 != f.size {
+            return Ok(Some(format!(
+                "{} bytes read of the {} listed",
+                bytes.len(),
+                f.size
+            )));
+        }
+        let check = || -> Result<(), crate::ltx::LtxError> {
+            let mut d = crate::ltx::Decoder::new(&bytes[..])?;
+            let mut page = vec![0u8; d.header().page_size as usize];
+            while d.next_page(&mut page)?.is_some() {}
+            d.finish().map(|_| ())
+        };
+        Ok(check().err().map(|e| e.to_string()))
+    }
+
     /// Reads a replica file's header and trailer with two ranged reads.
     pub(super) async fn read_file_ends(&self, f: &FileInfo) -> Result<(Header, u64), EngineError> {
         let key = self.replica.key(f);
@@ -245,6 +294,10 @@ impl Engine {
         ))
     }
 }
+
+/// The newest file is read back whole at every start up to this size (a level-0 file usually
+/// is small; a larger one, such as a resync of a big database, is trusted to its header).
+pub const NEWEST_CHECK_BYTES_MAX: u64 = 16 << 20;
 
 /// Why a replica whose newest file ends at `newest` cannot be restored to it, judged from the
 /// file names alone (restore's own plan): `None` when it can.

@@ -232,11 +232,7 @@ impl Engine {
         if f.size > NEWEST_CHECK_BYTES_MAX {
             return Ok(None);
         }
-        let bytes = self
-            .replica
-            .store
-            .get_range(&self.replica.key(f), 0, f.size)
-            .await?;
+        let bytes = self.read_range(f, 0, f.size).await?;
         if bytes.len() as u64 != f.size {
             return Ok(Some(format!(
                 "{} bytes read of the {} listed",
@@ -253,19 +249,37 @@ impl Engine {
         Ok(check().err().map(|e| e.to_string()))
     }
 
+    /// `len` bytes of a replica file from `offset` (fewer only at its end): ranged reads, a
+    /// body cut short by the network resumed where it stopped.
+    async fn read_range(
+        &self,
+        f: &FileInfo,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, EngineError> {
+        let key = self.replica.key(f);
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        while (bytes.len() as u64) < len {
+            let done = bytes.len() as u64;
+            let chunk = self
+                .replica
+                .store
+                .get_range(&key, offset + done, len - done)
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     /// Reads a replica file's header and trailer with two ranged reads.
     pub(super) async fn read_file_ends(&self, f: &FileInfo) -> Result<(Header, u64), EngineError> {
-        let key = self.replica.key(f);
-        let head = self
-            .replica
-            .store
-            .get_range(&key, 0, HEADER_SIZE as u64)
-            .await?;
+        let head = self.read_range(f, 0, HEADER_SIZE as u64).await?;
         let tail = self
-            .replica
-            .store
-            .get_range(
-                &key,
+            .read_range(
+                f,
                 f.size.saturating_sub(TRAILER_SIZE as u64),
                 TRAILER_SIZE as u64,
             )

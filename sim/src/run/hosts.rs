@@ -138,18 +138,24 @@ impl World {
         let before = self.commits.len();
         let injected_before = self.store.injected();
         let Some(h) = self.host.as_mut() else { return };
+        let break_before = h
+            .driver
+            .engine()
+            .and_then(|e| e.replica_break())
+            .map(str::to_string);
         vfs::with(|s| s.current = Proc::Engine);
         tracing::trace!(commits = before, %action, wal = ?wal_summary(), "action begins");
         let (outcome, error) = self.rt.block_on(h.driver.run_action(action));
         let shipped = h.driver.take_shipped();
         let txid = h.driver.scheduler().txid();
         let generation = h.generation;
+        // A break the engine found during this action (at an open, or a recovery in a sync).
         let replica_break = h
             .driver
             .engine()
-            .filter(|_| action == Action::Open)
             .and_then(|e| e.replica_break())
-            .map(str::to_string);
+            .map(str::to_string)
+            .filter(|b| action == Action::Open || break_before.as_ref() != Some(b));
         vfs::with(|s| s.current = Proc::App);
         if self.store.injected() != injected_before || action == Action::Open {
             self.disturbed_ms = self.now();
@@ -170,24 +176,22 @@ impl World {
                     None => self.log(format!("act {action}: nothing to ship")),
                 }
             }
-            Outcome::Opened { txid, .. } => {
-                self.log(format!("engine start txid={txid:016x}"));
-                if let Some(why) = replica_break {
-                    // The simulated store never loses a file: a break the engine reports must
-                    // be one a restore hits too.
-                    match self.restore(Target::Latest) {
-                        Ok((_, t)) => self.fail(format!(
-                            "the engine called the replica unrestorable ({why}) but a restore reaches TXID {t:016x}"
-                        )),
-                        Err(e) => self.log(format!("engine replica-break {why}; restore: {e}")),
-                    }
-                }
-            }
+            Outcome::Opened { txid, .. } => self.log(format!("engine start txid={txid:016x}")),
             Outcome::Failed(f) => self.log(format!(
                 "act {action} failed ({f:?}): {}",
                 error.unwrap_or_default()
             )),
             other => self.log(format!("act {action}: {other:?}")),
+        }
+        if let Some(why) = replica_break {
+            // The simulated store never loses or damages a stored file: a break the engine
+            // reports must be one a restore hits too.
+            match self.restore(Target::Latest) {
+                Ok((_, t)) => self.fail(format!(
+                    "the engine called the replica unrestorable ({why}) but a restore reaches TXID {t:016x}"
+                )),
+                Err(e) => self.log(format!("engine replica-break {why}; restore: {e}")),
+            }
         }
         // A heal is judged when its commits are acknowledged, not when the host goes back to
         // sleep (a snapshot or retention after the sync would count against the bound).

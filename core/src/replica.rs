@@ -149,6 +149,31 @@ impl Replica {
         Ok(all)
     }
 
+    /// `len` bytes of `info` from `offset` (fewer only at its end), in ranged reads of at most
+    /// `chunk` bytes: a body cut short by the network is resumed where it stopped.
+    pub async fn read_range(
+        &self,
+        info: &FileInfo,
+        offset: u64,
+        len: u64,
+        chunk: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = self.key(info);
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        while (bytes.len() as u64) < len {
+            let done = bytes.len() as u64;
+            let got = self
+                .store
+                .get_range(&key, offset + done, (len - done).min(chunk))
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&got);
+        }
+        Ok(bytes)
+    }
+
     /// Uploads one LTX file. `PutMode::Create` fails with `StoreErrorKind::AlreadyExists`
     /// instead of replacing a file of the same name.
     pub async fn write(
@@ -181,6 +206,19 @@ pub fn rfc3339(ms: i64) -> String {
         || ms.to_string(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     )
+}
+
+/// A file of `level` covering `min..=max`, 100 bytes, written at `max` seconds (Unix ms
+/// `max * 1000`): the unit tests' replica listings.
+#[cfg(test)]
+pub(crate) fn test_file(level: u8, min: u64, max: u64) -> FileInfo {
+    FileInfo {
+        level,
+        min_txid: min,
+        max_txid: max,
+        size: 100,
+        created_ms: (max as i64) * 1000,
+    }
 }
 
 #[cfg(test)]

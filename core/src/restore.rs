@@ -426,17 +426,9 @@ pub async fn fetch(
         });
     }
     if info.size <= in_memory_max {
-        let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
-        while (bytes.len() as u64) < info.size {
-            let chunk = replica
-                .store
-                .get_range(&key, bytes.len() as u64, DOWNLOAD_CHUNK_BYTES)
-                .await?;
-            if chunk.is_empty() {
-                break;
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = replica
+            .read_range(&info, 0, info.size, DOWNLOAD_CHUNK_BYTES)
+            .await?;
         return Ok(Fetched::in_memory(info, bytes));
     }
     let file = scratch.create().map_err(|error| RestoreError::Io {
@@ -652,15 +644,7 @@ pub async fn restore_to(
 mod tests {
     use super::*;
 
-    fn f(level: u8, min: u64, max: u64) -> FileInfo {
-        FileInfo {
-            level,
-            min_txid: min,
-            max_txid: max,
-            size: 100,
-            created_ms: (max as i64) * 1000,
-        }
-    }
+    use crate::replica::test_file as f;
 
     fn ranges(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {
         p.iter()

@@ -305,15 +305,7 @@ mod tests {
     use crate::store::{MemStore, ObjectStore};
     use std::sync::Arc;
 
-    fn f(level: u8, min: u64, max: u64) -> FileInfo {
-        FileInfo {
-            level,
-            min_txid: min,
-            max_txid: max,
-            size: 1,
-            created_ms: max as i64,
-        }
-    }
+    use crate::replica::test_file as f;
 
     #[test]
     fn a_gap_is_harmless_only_where_another_level_holds_it() {

@@ -249,29 +249,13 @@ impl Engine {
         Ok(check().err().map(|e| e.to_string()))
     }
 
-    /// `len` bytes of a replica file from `offset` (fewer only at its end): ranged reads, a
-    /// body cut short by the network resumed where it stopped.
     async fn read_range(
         &self,
         f: &FileInfo,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, EngineError> {
-        let key = self.replica.key(f);
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        while (bytes.len() as u64) < len {
-            let done = bytes.len() as u64;
-            let chunk = self
-                .replica
-                .store
-                .get_range(&key, offset + done, len - done)
-                .await?;
-            if chunk.is_empty() {
-                break;
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
+        Ok(self.replica.read_range(f, offset, len, len.max(1)).await?)
     }
 
     /// Reads a replica file's header and trailer with two ranged reads.
@@ -333,15 +317,7 @@ pub fn chain_break(replica: &str, files: &[FileInfo], newest: u64) -> Option<Str
 mod tests {
     use super::*;
 
-    fn f(level: u8, min: u64, max: u64) -> FileInfo {
-        FileInfo {
-            level,
-            min_txid: min,
-            max_txid: max,
-            size: 1,
-            created_ms: max as i64,
-        }
-    }
+    use crate::replica::test_file as f;
 
     #[test]
     fn a_deleted_middle_file_is_a_break_and_a_snapshot_past_it_is_not() {

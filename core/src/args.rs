@@ -56,6 +56,10 @@ pub struct ReplicateArgs {
     /// Sync once, then exit.
     #[arg(long = "once")]
     pub once: bool,
+    /// Continue a replica whose lease names another database (its history stays, restores
+    /// to a later time return this database). Without it such a replica is refused.
+    #[arg(long = "force")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -95,7 +95,7 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(SystemClock);
     let mut jobs = jobs;
-    take_leases(&mut jobs, clock.now_ms()).await?;
+    take_leases(&mut jobs, clock.now_ms(), args.force).await?;
     let mut statuses = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for mut job in jobs {
@@ -199,8 +199,10 @@ fn lease_ttl_ms() -> Result<i64> {
 
 /// Takes the lease of every replica whose store can fence writers, hands it to its job (whose
 /// scheduler renews and finally releases it) and wraps the job's store so it writes only while
-/// the lease holds. Refuses (releasing what it took) if another replicator holds one.
-async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64) -> Result<()> {
+/// the lease holds. Refuses (releasing what it took) if another replicator holds one. A lease
+/// that names another database's lineage makes the job's engine refuse a start it cannot prove
+/// continues it, unless `force`.
+async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64, force: bool) -> Result<()> {
     let ttl_ms = lease_ttl_ms()?;
     for i in 0..jobs.len() {
         let job = &mut jobs[i];
@@ -211,6 +213,9 @@ async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64) -> Result<()> {
         let holder = Holder::here(&job.engine.db_path);
         match Lease::take(store.clone(), holder, now_ms, ttl_ms).await {
             Ok(Some(lease)) => {
+                if !force {
+                    job.engine.foreign_lineage = lease.other_lineage().map(str::to_string);
+                }
                 job.replica.store = Arc::new(FencedStore::new(
                     store,
                     lease.state(),

@@ -23,8 +23,17 @@
 //! checking it can still land the bytes of that one write beside a new holder's (the
 //! conditional PUT refuses it if the new holder wrote that TXID first); on
 //! stores whose conditional writes are not atomic (s3s-fs checks then writes; garage ignores
-//! them) two replicators starting at the same instant can both win. Stores without conditional
-//! writes (a local directory) are not fenced at all.
+//! them) two replicators starting at the same instant can both win. A directory replica swaps
+//! its lease under `flock(2)` (`DirStore::put_if_version`): atomic between processes of one
+//! host, and between hosts only where the filesystem's locks are (NFS with its lock service).
+//! Stores without conditional writes are not fenced at all.
+//!
+//! The lease also records the replica's lineage: the database whose history it holds. A start
+//! of another database ([`Lease::other_lineage`]) must prove it continues that history (a
+//! host replaced by a restore to a new path does); the engine refuses one that cannot, instead
+//! of shipping every page over another database's replica, unless `-force` says to. Once a
+//! start proved it or shipped a full state on purpose, [`Lease::adopt_lineage`] makes the
+//! replica this database's (written with the next renewal).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -103,6 +112,15 @@ struct LeaseBody {
     holder: Holder,
     renewed_ms: i64,
     expires_ms: i64,
+    /// The database whose history the replica holds (absent in older leases: the holder's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lineage: Option<String>,
+}
+
+impl LeaseBody {
+    fn lineage(&self) -> &str {
+        self.lineage.as_deref().unwrap_or(&self.holder.database)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +160,8 @@ pub struct Lease {
     ttl_ms: i64,
     version: String,
     state: Arc<Mutex<LeaseState>>,
+    /// The database whose history the replica holds, as the lease records it.
+    lineage: String,
 }
 
 /// What [`FencedStore`] checks before every write.
@@ -155,7 +175,7 @@ pub struct LeaseState {
 
 impl Lease {
     fn body(&self, now_ms: i64, expires_ms: i64) -> Vec<u8> {
-        encode(&self.holder, now_ms, expires_ms)
+        encode(&self.holder, now_ms, expires_ms, &self.lineage)
     }
 
     /// Takes the lease of the replica behind `store`, or says who holds it.
@@ -166,8 +186,8 @@ impl Lease {
         ttl_ms: i64,
     ) -> Result<Lease, LeaseError> {
         let replica = store.describe();
-        let body = encode(&holder, now_ms, now_ms + ttl_ms);
-        let make = |version: String| Lease {
+        let ours = holder.database.clone();
+        let make = |version: String, lineage: String| Lease {
             store: store.clone(),
             replica: replica.clone(),
             holder: holder.clone(),
@@ -177,19 +197,21 @@ impl Lease {
                 valid_until_ms: now_ms + ttl_ms,
                 lost_to: None,
             })),
+            lineage,
         };
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
             let create = PutOptions {
                 mode: PutMode::Create,
                 timestamp_ms: now_ms,
             };
-            match store.put(LEASE_KEY, body.clone(), create).await {
+            let body = encode(&holder, now_ms, now_ms + ttl_ms, &ours);
+            match store.put(LEASE_KEY, body, create).await {
                 Ok(()) => {
                     let (bytes, version) = store.get_versioned(LEASE_KEY).await?;
                     // Between our create and this read another process could only have
                     // swapped in its own body if ours had expired: check it is still ours.
                     if decode(&bytes).is_some_and(|b| b.holder == holder) {
-                        return Ok(make(version));
+                        return Ok(make(version, ours));
                     }
                     continue;
                 }
@@ -202,22 +224,26 @@ impl Lease {
                 Err(e) => return Err(e.into()),
             };
             // An unreadable lease protects nothing: treat it as expired.
-            if let Some(current) = decode(&bytes)
+            let current = decode(&bytes);
+            if let Some(current) = &current
                 && current.expires_ms > now_ms
                 && current.holder != holder
                 && !current.holder.is_dead_here(&holder)
             {
                 return Err(LeaseError::Held {
                     replica,
-                    holder: current.holder,
+                    holder: current.holder.clone(),
                     expires: rfc3339(current.expires_ms),
                 });
             }
+            // The replica's lineage carries over until a start proves it continues it.
+            let lineage = current.map_or(ours.clone(), |c| c.lineage().to_string());
+            let body = encode(&holder, now_ms, now_ms + ttl_ms, &lineage);
             match store
-                .put_if_version(LEASE_KEY, body.clone(), now_ms, &version)
+                .put_if_version(LEASE_KEY, body, now_ms, &version)
                 .await
             {
-                Ok(version) => return Ok(make(version)),
+                Ok(version) => return Ok(make(version, lineage)),
                 Err(e) if e.kind == StoreErrorKind::Precondition => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -252,6 +278,19 @@ impl Lease {
 
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
+    }
+
+    /// The database whose history the replica holds, when it is not the one this lease's
+    /// holder replicates.
+    pub fn other_lineage(&self) -> Option<&str> {
+        (self.lineage != self.holder.database).then_some(self.lineage.as_str())
+    }
+
+    /// Records that the replica now holds this holder's database's history (its start proved
+    /// it continues the replica, or shipped a full state on purpose). Written with the next
+    /// renewal.
+    pub fn adopt_lineage(&mut self) {
+        self.lineage.clone_from(&self.holder.database);
     }
 
     fn set_state(&self, f: impl FnOnce(&mut LeaseState)) {
@@ -342,11 +381,12 @@ impl Lease {
     }
 }
 
-fn encode(holder: &Holder, now_ms: i64, expires_ms: i64) -> Vec<u8> {
+fn encode(holder: &Holder, now_ms: i64, expires_ms: i64, lineage: &str) -> Vec<u8> {
     let body = LeaseBody {
         holder: holder.clone(),
         renewed_ms: now_ms,
         expires_ms,
+        lineage: Some(lineage.to_string()),
     };
     serde_json::to_vec_pretty(&body).unwrap_or_default()
 }
@@ -568,6 +608,53 @@ mod tests {
         Lease::acquire(store.clone(), here, 1, 60_000)
             .await
             .expect("a crashed holder on this host does not block a restart");
+    }
+
+    #[tokio::test]
+    async fn the_lineage_carries_over_until_a_start_adopts_it() {
+        let store: DynStore = Arc::new(MemStore::new());
+        let other = |pid| Holder {
+            database: "/data/other.db".into(),
+            ..holder(pid, "b")
+        };
+        let a = Lease::acquire(store.clone(), holder(1, "a"), 0, 1_000)
+            .await
+            .expect("acquire");
+        assert_eq!(
+            a.other_lineage(),
+            None,
+            "a new replica is its first database's"
+        );
+        a.release(10).await.expect("release");
+        // Another database takes the expired lease, but the replica is still app.db's.
+        let b = Lease::acquire(store.clone(), other(2), 20, 1_000)
+            .await
+            .expect("acquire");
+        assert_eq!(b.other_lineage(), Some("/data/app.db"));
+        b.release(30).await.expect("release");
+        let mut b = Lease::acquire(store.clone(), other(3), 40, 1_000)
+            .await
+            .expect("acquire");
+        assert_eq!(b.other_lineage(), Some("/data/app.db"), "not adopted: kept");
+        b.adopt_lineage();
+        assert_eq!(b.other_lineage(), None);
+        b.renew(50).await.expect("renew writes the lineage");
+        b.release(60).await.expect("release");
+        let a = Lease::acquire(store.clone(), holder(4, "a"), 70, 1_000)
+            .await
+            .expect("acquire");
+        assert_eq!(a.other_lineage(), Some("/data/other.db"));
+        // A lease written before lineages were recorded: its holder's database.
+        let old = br#"{"holder":{"host":"h","pid_namespace":"","pid":9,"database":"/old.db","nonce":1},"renewed_ms":0,"expires_ms":0}"#;
+        let old_store: DynStore = Arc::new(MemStore::new());
+        old_store
+            .put(LEASE_KEY, old.to_vec(), PutOptions::default())
+            .await
+            .expect("plant");
+        let a = Lease::acquire(old_store, holder(5, "a"), 80, 1_000)
+            .await
+            .expect("acquire");
+        assert_eq!(a.other_lineage(), Some("/old.db"));
     }
 
     #[tokio::test]

@@ -335,6 +335,11 @@ impl Driver {
                 });
                 return Err(failure(false, "the database does not exist yet".into()));
             }
+            Err(e) if e.is_permanent() => {
+                tracing::error!(db = %self.cfg.db_path.display(), error = %e, "cannot start replicating");
+                update(&self.status, |s| s.last_error = Some(e.to_string()));
+                return Err(engine_failure(&e));
+            }
             Err(e) => {
                 tracing::warn!(db = %self.cfg.db_path.display(), error = %e, "cannot start replicating; will retry");
                 update(&self.status, |s| s.last_error = Some(e.to_string()));
@@ -369,6 +374,9 @@ impl Driver {
             st.last_error = None;
         });
         self.engine = Some(engine);
+        if let Some(lease) = self.lease.as_mut() {
+            lease.adopt_lineage();
+        }
         Ok(Outcome::Opened {
             txid,
             shipped_full,

@@ -168,7 +168,8 @@ pub(crate) fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), 
         || key
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")
-        || key.ends_with(TMP_SUFFIX);
+        || key.ends_with(TMP_SUFFIX)
+        || key.ends_with(LOCK_SUFFIX);
     if bad {
         return Err(StoreError::new(
             StoreErrorKind::Permanent,
@@ -181,6 +182,8 @@ pub(crate) fn check_key(op: &'static str, store: &str, key: &str) -> Result<(), 
 }
 
 const TMP_SUFFIX: &str = ".tmp";
+/// The lock file beside a directory store's object that `put_if_version` swaps under.
+const LOCK_SUFFIX: &str = ".lock";
 
 /// A replica in a local directory: keys are relative paths, objects are files.
 #[derive(Clone, Debug)]
@@ -291,7 +294,11 @@ fn list_dir(
             if prefix.starts_with(&key) || key.starts_with(prefix) {
                 list_dir(root, &path, prefix, out)?;
             }
-        } else if ft.is_file() && key.starts_with(prefix) && !key.ends_with(TMP_SUFFIX) {
+        } else if ft.is_file()
+            && key.starts_with(prefix)
+            && !key.ends_with(TMP_SUFFIX)
+            && !key.ends_with(LOCK_SUFFIX)
+        {
             let meta = entry.metadata()?;
             out.push(ObjectMeta {
                 key,
@@ -301,6 +308,67 @@ fn list_dir(
         }
     }
     Ok(())
+}
+
+/// A directory object's bytes and version. The version names the inode and its change time:
+/// every `put` writes a new file and renames it into place, so every write changes it, even
+/// one of the same bytes.
+fn read_versioned(path: &Path) -> std::io::Result<(Vec<u8>, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    let version = format!(
+        "{:x}-{:x}-{}.{:09}-{}",
+        meta.dev(),
+        meta.ino(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.len()
+    );
+    Ok((bytes, version))
+}
+
+/// The compare-and-swap of a directory object: under an exclusive lock on its lock file
+/// (`flock(2)`, held by every swapper of this key, across processes on this host and, on NFS,
+/// across hosts through the server's locks), read the version, compare, write and rename.
+/// `Ok(None)`: the object changed or is gone.
+fn swap_file(
+    path: &Path,
+    data: &[u8],
+    timestamp_ms: i64,
+    version: &str,
+) -> std::io::Result<Option<String>> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
+    lock_name.push(LOCK_SUFFIX);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(lock_name))?;
+    lock.lock()?;
+    let current = match read_versioned(path) {
+        Ok((_, v)) => Some(v),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if current.as_deref() != Some(version) {
+        return Ok(None);
+    }
+    let opts = PutOptions {
+        mode: PutMode::Overwrite,
+        timestamp_ms,
+    };
+    put_file(path, data, opts)?;
+    let (_, new) = read_versioned(path)?;
+    // The lock is released when `lock` closes.
+    Ok(Some(new))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -382,6 +450,41 @@ impl ObjectStore for DirStore {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         Some(self.path(key))
+    }
+
+    fn supports_conditional_writes(&self) -> bool {
+        true
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        check_key("get", &self.describe(), key)?;
+        let (path, loc) = (self.path(key), self.location(key));
+        blocking(move || read_versioned(&path).map_err(|e| StoreError::from_io("get", loc, &e)))
+            .await
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        timestamp_ms: i64,
+        version: &str,
+    ) -> Result<String, StoreError> {
+        check_key("put", &self.describe(), key)?;
+        let (path, loc, version) = (self.path(key), self.location(key), version.to_string());
+        blocking(
+            move || match swap_file(&path, &data, timestamp_ms, &version) {
+                Ok(Some(new)) => Ok(new),
+                Ok(None) => Err(StoreError::new(
+                    StoreErrorKind::Precondition,
+                    "put",
+                    loc,
+                    "object changed or vanished since it was read",
+                )),
+                Err(e) => Err(StoreError::from_io("put", loc, &e)),
+            },
+        )
+        .await
     }
 }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -679,4 +679,90 @@ fn a_database_that_does_not_exist_yet_is_replicated_once_it_appears() {
     assert!(txid > 0, "nothing replicated:\n{}", sluice.log());
     sluice.stop();
     assert_replica_matches(&db, &replica, &ws.path("restored.db"));
+}
+
+/// Every LTX file of a directory replica, with its bytes.
+fn ltx_files(replica: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for level in 0..=9u8 {
+        for name in level_files(replica, level) {
+            let path = replica.join("ltx").join(level.to_string()).join(&name);
+            let bytes = std::fs::read(&path).expect("read a replica file");
+            out.insert(format!("{level}/{name}"), bytes);
+        }
+    }
+    out
+}
+
+/// Issue 11: `sluice replicate x.db file:///r` and `sluice replicate y.db file:///r` both ran,
+/// each re-uploading every page, and a restore returned whichever wrote last. Directory
+/// replicas now hold the lease too, and the lease records whose history the replica holds:
+/// while x runs every second replicator is refused; after it stopped, y (which does not
+/// continue x's history) is refused naming both and writes no file. `-force` continues the
+/// replica with y on purpose; a copy of x restored to a new path (a replaced host) continues
+/// it without.
+#[test]
+fn a_second_database_on_one_directory_replica_is_refused_and_touches_nothing() {
+    let ws = Workspace::new("two-dbs");
+    let (x, y) = (ws.path("x.db"), ws.path("y.db"));
+    let replica = ws.dir("replica");
+    create_db(&x, "wal", 5);
+    create_db(&y, "wal", 7);
+    let url = file_url(&replica);
+    let first = Replicate::start(&[&x, &url], ws.path("x.log"));
+    wait_txid_settled(&replica, 0);
+    let (y_name, x_name) = (y.display().to_string(), x.display().to_string());
+    // While it runs, any second replicator is refused by the lease, naming the holder.
+    for db in [&y, &x] {
+        let (code, _, err) = run_sluice(&[&"replicate", &"-once", db, &url]);
+        assert_ne!(
+            code,
+            0,
+            "a second replicator was accepted ({})",
+            db.display()
+        );
+        assert!(
+            err.contains("is being replicated by") && err.contains(&x_name),
+            "{err}"
+        );
+    }
+    let log = first.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+    let files = ltx_files(&replica);
+
+    // Stopped: its lease expired, but the replica still holds x's history.
+    let (code, out, err) = run_sluice(&[&"replicate", &"-once", &y, &url]);
+    let said = format!("{out}{err}");
+    assert_ne!(
+        code, 0,
+        "a second database was accepted after the first stopped"
+    );
+    assert!(
+        said.contains(&y_name) && said.contains(&x_name) && said.contains("-force"),
+        "the refusal must name both databases and the way out:\n{said}"
+    );
+    assert_eq!(
+        ltx_files(&replica),
+        files,
+        "the refused database wrote to the replica"
+    );
+    assert_replica_matches(&x, &replica, &ws.path("x-restored.db"));
+
+    // A replaced host: x restored to a new path continues the replica, and the replica is
+    // the new path's from then on (written when its lease is released).
+    let moved = ws.path("moved.db");
+    restore(&replica, &moved);
+    for _ in 0..2 {
+        let (code, _, err) = run_sluice(&[&"replicate", &"-once", &moved, &url]);
+        assert_eq!(code, 0, "a restored copy must continue its replica: {err}");
+        insert(&open_db(&moved), 3);
+    }
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &moved, &url]);
+    assert_eq!(code, 0, "the replica is the restored copy's now: {err}");
+    assert_replica_matches(&moved, &replica, &ws.path("moved-restored.db"));
+
+    // On purpose: the replica continues with y, and its newest state is y's.
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &"-force", &y, &url]);
+    assert_eq!(code, 0, "-force must take the replica over: {err}");
+    assert_replica_matches(&y, &replica, &ws.path("y-restored.db"));
 }

@@ -466,10 +466,11 @@ fn fresh_url(server: &S3Server, label: &str) -> (String, String) {
     (server.url(&path), path)
 }
 
-/// A lease body as another sluice on another host writes it.
-fn foreign_lease(expires_ms: i64) -> Vec<u8> {
+/// A lease body as another sluice on another host, replicating `db`, writes it.
+fn foreign_lease(db: &Path, expires_ms: i64) -> Vec<u8> {
     format!(
-        r#"{{"holder":{{"host":"elsewhere","pid_namespace":"pid:[1]","pid":4242,"database":"/srv/other.db","nonce":7}},"renewed_ms":0,"expires_ms":{expires_ms}}}"#
+        r#"{{"holder":{{"host":"elsewhere","pid_namespace":"pid:[1]","pid":4242,"database":"{}","nonce":7}},"renewed_ms":0,"expires_ms":{expires_ms}}}"#,
+        db.display()
     )
     .into_bytes()
 }
@@ -502,10 +503,24 @@ fn second_replicator_on_the_same_path_is_refused() {
     assert_eq!(std::fs::read(&b).expect("read b"), b_before, "b.db changed");
     first.assert_running();
 
-    // Once the first stops (releasing its lease), the second starts at once.
+    // Once the first stops (releasing its lease) the replica is still a.db's: b.db is
+    // refused, naming both, and with -force it continues the replica at once.
     first.stop();
+    // The engine finds that b.db does not continue the replica before it writes a file, and
+    // the process, its only job stopped, exits on its own.
+    let (code, _, err) = output(sluice(server, ws.root()).arg("replicate").arg(&b).arg(&url));
+    assert_ne!(code, 0, "another database was accepted:\n{err}");
+    for says in ["holds the history of database", "a.db", "b.db", "-force"] {
+        assert!(err.contains(says), "{says:?} not in:\n{err}");
+    }
+    assert!(
+        !err.contains("will retry"),
+        "a refusal is not retried:\n{err}"
+    );
     let before = s3_max_txid(server, &path);
-    let mut second = start_replicate(server, ws.root(), &b, &url, &ws.path("b.log"));
+    let mut cmd = sluice(server, ws.root());
+    cmd.arg("replicate").arg("-force").arg(&b).arg(&url);
+    let mut second = Running::start(cmd, &ws.path("b.log"));
     wait_upload(server, &path, before, &mut second);
     second.stop();
 }
@@ -529,7 +544,7 @@ fn stale_crashed_and_lost_leases() {
     };
 
     // A lease another host let expire is taken over.
-    rt.block_on(store.put(key, foreign_lease(now_ms() - 1_000), create))
+    rt.block_on(store.put(key, foreign_lease(&db, now_ms() - 1_000), create))
         .expect("plant an expired lease");
     let mut cmd = sluice(server, ws.root());
     cmd.env("SLUICE_LEASE_TTL_MS", "900")
@@ -542,7 +557,7 @@ fn stale_crashed_and_lost_leases() {
     // Another replicator takes the lease over: the holder stops at its next renewal.
     rt.block_on(store.put(
         key,
-        foreign_lease(now_ms() + 600_000),
+        foreign_lease(&db, now_ms() + 600_000),
         sluice_core::store::PutOptions::default(),
     ))
     .expect("take the lease over");
@@ -568,7 +583,7 @@ fn stale_crashed_and_lost_leases() {
     // A crashed holder on this host does not make its restart wait out the lease.
     rt.block_on(store.put(
         key,
-        foreign_lease(now_ms() - 1),
+        foreign_lease(&db, now_ms() - 1),
         sluice_core::store::PutOptions::default(),
     ))
     .expect("expire the foreign lease");

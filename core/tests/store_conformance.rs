@@ -12,7 +12,7 @@
 //! where conditional writes are atomic: the in-memory store (a mutex), the directory store
 //! (link(2)) and moto. s3s-fs checks, then writes, so two racing creates can both succeed there;
 //! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
-//! on S3), which the directory store does not offer.
+//! on S3): the directory store swaps under flock(2), atomic among its clients.
 //!
 //! Not checked here: durability across a crash (the simulator's job), behaviour under faults
 //! (the fault tests), and timestamps of objects written by other tools (the Litestream

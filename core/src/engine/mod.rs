@@ -101,6 +101,10 @@ pub struct EngineConfig {
     pub checkpoint: CheckpointPolicy,
     /// The most WAL bytes one level-0 file covers; a larger backlog ships over several syncs.
     pub sync_wal_bytes_max: u64,
+    /// The database whose history the replica holds, when its lease names another one than
+    /// this (`lease::Lease::other_lineage`): a start that cannot prove it continues that
+    /// history is refused instead of shipping every page over it. `None`: ship (`-force`).
+    pub foreign_lineage: Option<String>,
 }
 
 impl EngineConfig {
@@ -111,6 +115,7 @@ impl EngineConfig {
             busy_timeout_ms: 1000,
             checkpoint: CheckpointPolicy::default(),
             sync_wal_bytes_max: 64 << 20,
+            foreign_lineage: None,
         }
     }
 }
@@ -292,6 +297,8 @@ impl Engine {
         let released = engine.end_read();
         let prepared = prepared?;
         released?;
+        // Proven, or shipped on purpose: later recoveries continue this database's lineage.
+        engine.cfg.foreign_lineage = None;
         if let Some(p) = prepared {
             // A snapshot only on an empty replica; otherwise every page went up as a level-0
             // file and the driver's snapshot schedule decides as usual.

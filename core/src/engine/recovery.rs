@@ -127,6 +127,7 @@ impl Engine {
                     "the replica cannot be restored to its newest state: {why}"
                 );
                 self.replica_break = Some(why);
+                self.refuse_foreign_lineage()?;
                 return self
                     .prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)
                     .map(Some);
@@ -142,6 +143,7 @@ impl Engine {
             });
         }
         if self.replica_break.is_some() {
+            self.refuse_foreign_lineage()?;
             // The heal: every page at the next TXID (under the conditional PUT), which the
             // driver then writes again as a snapshot, so restores start past the break.
             tracing::warn!(
@@ -213,6 +215,7 @@ impl Engine {
                 self.sums = sums;
             }
             None => {
+                self.refuse_foreign_lineage()?;
                 tracing::warn!(
                     replica = %self.replica.describe(),
                     txid = format_args!("{:016x}", newest.max_txid),
@@ -224,6 +227,23 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Refuses to ship every page over a replica that holds another database's history (its
+    /// lease says so): two databases on one replica path overwrite each other, and a restore
+    /// returns whichever wrote last. A database restored from it to a new path (a replaced
+    /// host) proves it continues the replica and never gets here.
+    fn refuse_foreign_lineage(&self) -> Result<(), EngineError> {
+        let Some(theirs) = &self.cfg.foreign_lineage else {
+            return Ok(());
+        };
+        let ours = self.cfg.db_path.display();
+        Err(EngineError::Incompatible {
+            replica: self.replica.describe(),
+            message: format!(
+                "it holds the history of database {theirs}, which {ours} does not continue: two databases on one replica would overwrite each other's files. Give {ours} its own replica path, or pass -force to continue the replica with {ours} (restores to later times then return {ours})"
+            ),
+        })
     }
 
     /// Reads the newest file whole (when at most `NEWEST_CHECK_BYTES_MAX`) and decodes it:

@@ -33,10 +33,38 @@ pub enum CompactError {
     Ltx { file: String, error: LtxError },
     #[error("compacting {what}: {message}")]
     Invalid { what: String, message: String },
+    /// An input cannot be read as what its name says (truncated, empty, foreign, a bad
+    /// checksum, or not continuing the file before it): restores through it fail too.
+    #[error("{file} is damaged: {message}")]
+    Damaged { file: FileInfo, message: String },
+}
+
+impl CompactError {
+    /// The input file this failure found damaged, if that is what failed.
+    pub fn damaged(&self) -> Option<&FileInfo> {
+        match self {
+            CompactError::Damaged { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+}
+
+/// The failure of decoding `file`: damage, unless the local read itself failed.
+fn input_error(file: &FileInfo, error: LtxError) -> CompactError {
+    match error {
+        LtxError::Io(error) => CompactError::Restore(RestoreError::Io {
+            path: file.to_string().into(),
+            error,
+        }),
+        error => CompactError::Damaged {
+            file: file.clone(),
+            message: error.to_string(),
+        },
+    }
 }
 
 struct Input<'a> {
-    name: String,
+    info: FileInfo,
     dec: Decoder<Box<dyn std::io::Read + 'a>>,
     page: Vec<u8>,
     pgno: Option<u32>,
@@ -47,10 +75,7 @@ impl Input<'_> {
         self.pgno = self
             .dec
             .next_page(&mut self.page)
-            .map_err(|error| CompactError::Ltx {
-                file: self.name.clone(),
-                error,
-            })?;
+            .map_err(|error| input_error(&self.info, error))?;
         Ok(())
     }
 }
@@ -67,16 +92,22 @@ pub fn merge(
     let what = || format!("{} files into {min_txid:016x}", inputs.len());
     let mut opened = Vec::with_capacity(inputs.len());
     for f in inputs {
-        let name = format!("{}", f.info);
         // A small buffer per input: a merge has up to `COMPACTION_INPUTS_MAX` of them.
         let reader = f.reader(MERGE_READ_BUFFER_BYTES)?;
-        let dec = Decoder::new(reader).map_err(|error| CompactError::Ltx {
-            file: name.clone(),
-            error,
-        })?;
+        let dec = Decoder::new(reader).map_err(|error| input_error(&f.info, error))?;
+        let h = dec.header();
+        if (h.min_txid, h.max_txid) != (f.info.min_txid, f.info.max_txid) {
+            return Err(CompactError::Damaged {
+                file: f.info.clone(),
+                message: format!(
+                    "its header covers TXIDs {:016x}..={:016x}",
+                    h.min_txid, h.max_txid
+                ),
+            });
+        }
         let page = vec![0u8; dec.header().page_size as usize];
         opened.push(Input {
-            name,
+            info: f.info.clone(),
             dec,
             page,
             pgno: None,
@@ -91,30 +122,25 @@ pub fn merge(
     let (fh, lh) = (*first.dec.header(), *last.dec.header());
     let sums = inputs
         .iter()
-        .map(|f| {
-            f.checksums().map_err(|error| CompactError::Ltx {
-                file: f.info.to_string(),
-                error,
-            })
-        })
+        .map(|f| f.checksums().map_err(|error| input_error(&f.info, error)))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, pair) in opened.windows(2).enumerate() {
         let (a, b) = (pair[0].dec.header(), pair[1].dec.header());
         if b.page_size != a.page_size || b.min_txid > a.max_txid + 1 || b.max_txid <= a.max_txid {
-            return Err(CompactError::Invalid {
-                what: what(),
-                message: format!("{} does not follow {}", pair[1].name, pair[0].name),
+            return Err(CompactError::Damaged {
+                file: pair[1].info.clone(),
+                message: format!("its header does not follow {}", pair[0].info),
             });
         }
         // Both record checksums and b starts right after a: b must continue a's database.
         if let (Some((_, post)), Some((pre, _))) = (sums[i], sums[i + 1])
             && !restore::checksum_continues(a.max_txid, post, b.min_txid, pre)
         {
-            return Err(CompactError::Invalid {
-                what: what(),
+            return Err(CompactError::Damaged {
+                file: pair[1].info.clone(),
                 message: format!(
-                    "{} was written against a different database than {} produced",
-                    pair[1].name, pair[0].name
+                    "it was written against a different database than {} produced",
+                    pair[0].info
                 ),
             });
         }
@@ -170,10 +196,8 @@ pub fn merge(
         }
     }
     for i in opened {
-        let name = i.name.clone();
-        i.dec
-            .finish()
-            .map_err(|error| CompactError::Ltx { file: name, error })?;
+        let info = i.info.clone();
+        i.dec.finish().map_err(|error| input_error(&info, error))?;
     }
     let (bytes, _) = enc.finish(None).map_err(|error| CompactError::Ltx {
         file: what(),
@@ -252,12 +276,16 @@ pub struct Compacted {
 /// (retention removed the files below a snapshot), the run resumes at the first source file
 /// whose preceding state a snapshot holds, so the level does not stall for good (found by
 /// sluice-sim).
+///
+/// Files in `damaged` (found so by an earlier merge) are left out: the run stops before one,
+/// and resumes past it once a snapshot (the heal's) covers it.
 pub async fn compact_level(
     replica: &Replica,
     level: u8,
     up_to_txid: u64,
     known_max_txid: u64,
     scratch: &dyn Scratch,
+    damaged: &[FileInfo],
 ) -> Result<Compacted, CompactError> {
     let dst_max = replica
         .list_level(level)
@@ -273,7 +301,7 @@ pub async fn compact_level(
         .await
         .map_err(RestoreError::from)?
         .into_iter()
-        .filter(|f| f.min_txid > dst_max && f.max_txid <= up_to_txid)
+        .filter(|f| f.min_txid > dst_max && f.max_txid <= up_to_txid && !damaged.contains(f))
         .collect();
     let starts_at = |t: u64| src.iter().any(|f| f.min_txid == t);
     let mut next = dst_max + 1;
@@ -330,13 +358,16 @@ pub async fn compact_level(
     })
 }
 
-/// Writes a level-9 snapshot covering `1..=up_to_txid` by merging the restore plan.
+/// Writes a level-9 snapshot covering `1..=up_to_txid` by merging the restore plan, planned
+/// without the files in `damaged`.
 pub async fn snapshot(
     replica: &Replica,
     up_to_txid: u64,
     scratch: &dyn Scratch,
+    damaged: &[FileInfo],
 ) -> Result<FileInfo, CompactError> {
-    let files = replica.list_all().await.map_err(RestoreError::from)?;
+    let mut files = replica.list_all().await.map_err(RestoreError::from)?;
+    files.retain(|f| !damaged.contains(f));
     let plan = restore::plan(&replica.describe(), &files, Target::Txid(up_to_txid))?;
     merge_and_write(replica, plan, SNAPSHOT_LEVEL, 1, scratch, None).await
 }

@@ -103,7 +103,13 @@ pub struct Driver {
     last_shipped: Option<(FileInfo, bool)>,
     /// "Waiting for the database" was logged (once, not per open retry).
     waiting_logged: bool,
+    /// Replica files a merge found damaged (at most [`DAMAGED_FILES_MAX`], newest kept).
+    damaged: Vec<FileInfo>,
 }
+
+/// The most damaged files a driver remembers; past it the oldest are forgotten (a merge that
+/// reads one again finds it again).
+pub const DAMAGED_FILES_MAX: usize = 64;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,6 +147,7 @@ impl Driver {
             status,
             last_shipped: None,
             waiting_logged: false,
+            damaged: Vec::new(),
         }
     }
 
@@ -212,12 +219,29 @@ impl Driver {
                 let Some(engine) = self.engine.as_mut() else {
                     return Err(failure(true, "sync before the engine opened".into()));
                 };
+                let recoveries = engine.recoveries();
                 match engine.sync().await {
                     Ok(out) => {
+                        let judged = engine.recoveries() != recoveries;
                         let txid = engine.position().txid;
                         let shipped = out.shipped.is_some();
+                        let healed = engine.take_heal_file();
+                        let post = engine.position().checksum.raw();
+                        let found = engine.replica_break().map(str::to_string);
                         if let Some(f) = out.shipped {
                             self.last_shipped = Some((f, out.resynced));
+                        }
+                        // A recovery inside this sync judged the chain: a break it confirmed
+                        // was healed by this file (every page), now written as a snapshot.
+                        if judged {
+                            update(&self.status, |st| st.replica_break.clone_from(&found));
+                        }
+                        if let (Some(why), Some(full)) = (found, healed) {
+                            match self.heal(&why, full, post).await {
+                                Ok(still) => update(&self.status, |st| st.replica_break = still),
+                                // The sync shipped; the heal is judged and shipped again.
+                                Err(_) => self.recheck(),
+                            }
                         }
                         update(&self.status, |st| {
                             st.replicated_txid = txid;
@@ -231,6 +255,18 @@ impl Driver {
                             shipped,
                             more: out.more,
                         })
+                    }
+                    Err(e @ EngineError::Gone { .. }) => {
+                        // Logged once; the open that follows waits for the file to appear.
+                        tracing::warn!(db = %self.cfg.db_path.display(), "the database was removed or replaced while replicating; waiting for it to appear");
+                        if let Some(engine) = self.engine.take()
+                            && let Err(e) = engine.close()
+                        {
+                            tracing::debug!(error = %e, "closing the engine of a removed database");
+                        }
+                        self.waiting_logged = true;
+                        update(&self.status, |st| st.last_error = Some(e.to_string()));
+                        Err((Failure::Gone, e.to_string()))
                     }
                     Err(e) => {
                         tracing::warn!(db = %self.cfg.db_path.display(), error = %e, "sync failed; will retry");
@@ -253,26 +289,39 @@ impl Driver {
                     up_to_txid,
                     known_max_txid,
                     self.scratch.as_ref(),
+                    &self.damaged,
                 )
                 .await;
                 match r {
-                    Ok(c) => Ok(Outcome::Compacted {
-                        produced: c.file.map(|f| f.max_txid),
-                        level_max_txid: c.level_max_txid,
-                    }),
+                    Ok(c) => {
+                        self.check_chain().await;
+                        Ok(Outcome::Compacted {
+                            produced: c.file.map(|f| f.max_txid),
+                            level_max_txid: c.level_max_txid,
+                        })
+                    }
                     Err(e) => {
+                        self.found_damage(&e);
                         tracing::warn!(level, error = %e, "compaction failed; will retry");
                         Err(failure(false, e.to_string()))
                     }
                 }
             }
             Action::Snapshot { up_to_txid } => {
-                match compact::snapshot(&self.replica, up_to_txid, self.scratch.as_ref()).await {
+                match compact::snapshot(
+                    &self.replica,
+                    up_to_txid,
+                    self.scratch.as_ref(),
+                    &self.damaged,
+                )
+                .await
+                {
                     Ok(info) => {
                         tracing::info!(file = %info, "snapshot written");
                         Ok(Outcome::Snapshotted)
                     }
                     Err(e) => {
+                        self.found_damage(&e);
                         tracing::warn!(error = %e, "snapshot failed; will retry");
                         Err(failure(false, e.to_string()))
                     }
@@ -348,8 +397,9 @@ impl Driver {
         };
         let txid = engine.position().txid;
         let shipped_full = engine.opened_with_snapshot();
+        let mut engine = engine;
         let mut replica_break = engine.replica_break().map(str::to_string);
-        if let (Some(why), Some(full)) = (replica_break.clone(), engine.heal_file().cloned()) {
+        if let (Some(why), Some(full)) = (replica_break.clone(), engine.take_heal_file()) {
             let post = engine.position().checksum.raw();
             replica_break = self.heal(&why, full, post).await?;
         }
@@ -419,6 +469,48 @@ impl Driver {
                 tracing::error!(replica = %self.replica.describe(), "the heal did not make the replica restorable: {still}");
                 Ok(Some(still))
             }
+        }
+    }
+
+    /// A merge found an input damaged: it is left out of later merges and of the chain the
+    /// engine judges, and the next sync recovers, confirms the break and heals it.
+    fn found_damage(&mut self, e: &compact::CompactError) {
+        let Some(file) = e.damaged() else { return };
+        if self.damaged.contains(file) {
+            return;
+        }
+        tracing::error!(replica = %self.replica.describe(), error = %e, "a replica file is damaged; restores through it fail: healing the replica");
+        if self.damaged.len() == DAMAGED_FILES_MAX {
+            self.damaged.remove(0);
+        }
+        self.damaged.push(file.clone());
+        update(&self.status, |s| s.replica_break = Some(e.to_string()));
+        self.recheck();
+    }
+
+    /// The next sync (due now, even on an idle database) recovers and judges the chain.
+    fn recheck(&mut self) {
+        if let Some(engine) = self.engine.as_mut() {
+            engine.recheck_replica(&self.damaged);
+            self.sched.mark_pending(self.clock.now_ms());
+        }
+    }
+
+    /// After a compaction: whether the replica's newest state still restores, judged from
+    /// one listing (its names alone, the damaged files left out). A break found here (a file
+    /// deleted from under us, say) makes the next sync recover: the engine confirms it past
+    /// a listing that may lag, and heals it. A failed listing judges nothing.
+    async fn check_chain(&mut self) {
+        let Ok(mut files) = self.replica.list_all().await else {
+            return;
+        };
+        let Some(newest) = files.iter().map(|f| f.max_txid).max() else {
+            return;
+        };
+        files.retain(|f| !self.damaged.contains(f));
+        if let Some(why) = crate::engine::chain_break(&self.replica.describe(), &files, newest) {
+            tracing::warn!(replica = %self.replica.describe(), "the replica's listing shows a break ({why}); checking it at the next sync");
+            self.recheck();
         }
     }
 

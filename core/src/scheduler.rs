@@ -158,6 +158,9 @@ pub enum Failure {
     Transient,
     /// Not worth retrying: this job stops, with this reason.
     Permanent(String),
+    /// The database is gone (removed, or replaced by another file): the engine was closed,
+    /// and the job opens it again, waiting for it to appear.
+    Gone,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -516,6 +519,20 @@ impl Scheduler {
             }
             return;
         }
+        if outcome == Outcome::Failed(Failure::Gone) {
+            self.phase = match self.phase {
+                Phase::Running => Phase::Opening,
+                // Nothing left to sync finally.
+                Phase::Draining { .. } => Phase::Releasing,
+                ref p => p.clone(),
+            };
+            self.opened = false;
+            self.open = Retry {
+                at_ms: now_ms,
+                failures: 0,
+            };
+            return;
+        }
         let failed = outcome == Outcome::Failed(Failure::Transient);
         match action {
             Action::Open => {
@@ -768,6 +785,29 @@ mod tests {
         );
         assert_eq!(s.next(now), Next::Exit);
         assert_eq!(s.stopped_by(), Some("open: page size"));
+    }
+
+    #[test]
+    fn a_database_gone_while_running_is_waited_for_and_opened_again() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        s.observe_stamp(500, Some([1, 1, 1]));
+        synced(&mut s, 1_000, 1);
+        // The file is gone: its stamp is none.
+        s.observe_stamp(4_500, None);
+        assert_eq!(s.next(5_000), Next::Run(Action::Sync));
+        s.done(5_000, Action::Sync, Outcome::Failed(Failure::Gone));
+        assert!(!s.is_open());
+        // Back to opening at once; a missing file is retried as any failed open.
+        assert_eq!(s.next(5_000), Next::Run(Action::Open));
+        s.done(5_000, Action::Open, Outcome::Failed(Failure::Transient));
+        assert!(matches!(s.next(5_000), Next::Sleep { .. }));
+        opened(&mut s, 6_000, 5);
+        assert!(s.is_open());
+        // Gone while draining: nothing left to sync finally.
+        s.shutdown(7_000);
+        s.done(7_000, Action::Sync, Outcome::Failed(Failure::Gone));
+        assert_eq!(s.next(7_000), Next::Exit);
     }
 
     #[test]

@@ -681,6 +681,45 @@ fn a_database_that_does_not_exist_yet_is_replicated_once_it_appears() {
     assert_replica_matches(&db, &replica, &ws.path("restored.db"));
 }
 
+/// Issue 11: a database removed while replicating (an application that deletes and recreates
+/// its database, a volume swapped) is said once and waited for again; the file that appears
+/// at the path is replicated from then on (it does not continue the old one: every page).
+#[test]
+fn a_database_removed_while_replicating_is_waited_for_again() {
+    let ws = Workspace::new("removed");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 5);
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    let first = wait_txid_settled(&replica, 0);
+    for side in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(side);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    sluice.wait_log("removed or replaced while replicating; waiting for it to appear");
+    assert!(
+        sluice.child.try_wait().expect("poll").is_none(),
+        "sluice exited:\n{}",
+        sluice.log()
+    );
+    create_db(&db, "wal", 9);
+    let txid = wait_txid_settled(&replica, first);
+    assert!(
+        txid > first,
+        "the new database was not replicated:\n{}",
+        sluice.log()
+    );
+    let log = sluice.stop();
+    assert_eq!(
+        log.matches("removed or replaced while replicating").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert_replica_matches(&db, &replica, &ws.path("restored.db"));
+}
+
 /// Every LTX file of a directory replica, with its bytes.
 fn ltx_files(replica: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();

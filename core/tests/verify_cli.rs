@@ -118,6 +118,7 @@ fn each_damage_is_named_and_agrees_with_restore() {
             "damaged",
         ),
     ];
+    let litestream = common::litestream_or_skip();
     for (name, damage, says) in cases {
         let ws = Workspace::new(&format!("verify-{name}"));
         let (db, replica) = replica_of(&ws, 4);
@@ -149,6 +150,17 @@ fn each_damage_is_named_and_agrees_with_restore() {
             common::checkpoint_truncate(&Connection::open(&db).expect("open"));
             common::assert_same_file(&db, &restored, 4096, "the healed replica's restore");
             common::assert_integrity_ok(&restored);
+            // The healed replica is still a Litestream replica: Litestream restores it too.
+            if let Some(bin) = &litestream {
+                let out = ws.path("litestream.db");
+                let url = file_url(&replica);
+                let (code, _, err) = common::run_litestream(bin, &[&"restore", &"-o", &out, &url]);
+                assert_eq!(
+                    code, 0,
+                    "{name}: litestream restore of the healed replica: {err}"
+                );
+                common::assert_same_file(&db, &out, 4096, "Litestream's restore of the heal");
+            }
         }
     }
 }
@@ -176,5 +188,163 @@ fn restore_targets_outside_the_replica_name_the_restorable_range() {
             "-txid {txid}: {err}"
         );
         assert!(!out.exists());
+    }
+}
+
+/// The level-`level` files' TXID ranges, oldest first.
+fn level_ranges(replica: &Path, level: u8) -> Vec<(u64, u64, PathBuf)> {
+    let dir = replica.join("ltx").join(level.to_string());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (min, max) = sluice_core::replica::parse_file_name(&name)?;
+            Some((min, max, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 11: a replica damaged while `sluice replicate` runs (a level-0 file truncated, or
+/// deleted, before compaction reached it) was extended in silence. Now the compaction that
+/// reaches the file finds it (the merge fails on the truncated file; the listing after the
+/// compaction shows the deleted one's gap), says so, and the next sync heals the replica
+/// without waiting for a write: restores by sluice and by Litestream are byte-identical again.
+#[test]
+fn damage_while_replicating_is_found_by_compaction_and_healed() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 2] = [
+        (
+            "truncated",
+            |f| {
+                let len = std::fs::metadata(f).expect("meta").len();
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(f)
+                    .expect("open");
+                file.set_len(len / 2).expect("truncate");
+            },
+            "a replica file is damaged",
+        ),
+        (
+            "deleted",
+            |f| std::fs::remove_file(f).expect("delete"),
+            "the replica's listing shows a break",
+        ),
+    ];
+    let litestream = common::litestream_or_skip();
+    for (name, damage, says) in cases {
+        let ws = Workspace::new(&format!("damage-live-{name}"));
+        let db = ws.path("app.db");
+        let replica = ws.dir("replica");
+        let conn = Connection::open(&db).expect("open");
+        conn.pragma_update(None, "journal_mode", "wal")
+            .expect("wal");
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", [])
+            .expect("create");
+        let cfg = ws.path("sluice.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "levels:\n  - interval: 2s\ndbs:\n  - path: {}\n    monitor-interval: 5ms\n    replicas:\n      - url: {}\n        sync-interval: 20ms\n",
+                db.display(),
+                file_url(&replica)
+            ),
+        )
+        .expect("config");
+        let log = ws.path("sluice.log");
+        let mut cmd = std::process::Command::new(common::sluice_bin());
+        cmd.args(["replicate", "-config"])
+            .arg(&cfg)
+            .env("SLUICE_LOG", "info")
+            .env_remove("AWS_CA_BUNDLE")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"));
+        let mut child = Guard(cmd.spawn().expect("start sluice replicate"));
+        let mut txid = 0;
+        let mut commit = |round: u32| {
+            conn.execute(
+                "INSERT INTO t (v) VALUES (?1)",
+                params![vec![round as u8; 3000]],
+            )
+            .expect("insert");
+            txid = common::wait_txid_settled(&replica, txid);
+        };
+        // Level-0 files past level 1's newest: compaction has not read them yet. (Its
+        // interval is aligned to 2 s; a run that just passed them is waited out.)
+        let mut round = 0;
+        let target = loop {
+            commit(round);
+            round += 1;
+            let l1_max = level_ranges(&replica, 1).last().map_or(0, |f| f.1);
+            let fresh: Vec<_> = level_ranges(&replica, 0)
+                .into_iter()
+                .filter(|f| f.0 > l1_max)
+                .collect();
+            if fresh.len() >= 3 {
+                break fresh[fresh.len() - 2].2.clone();
+            }
+            assert!(round < 200, "{name}: no fresh level-0 files");
+        };
+        damage(&target);
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        common::wait_for(&format!("{name}: the heal"), || {
+            assert!(
+                child.0.try_wait().expect("poll").is_none(),
+                "{name}: sluice exited:\n{}",
+                read()
+            );
+            read().contains("healed the replica").then_some(())
+        });
+        let text = read();
+        assert!(text.contains(says), "{name}: expected {says:?} in:\n{text}");
+        commit(round);
+        child.stop();
+        drop(conn);
+        common::checkpoint_truncate(&Connection::open(&db).expect("open"));
+        let (code, out, err) = verify(&replica, &[]);
+        assert_eq!(code, 0, "{name}: verify after the heal:\n{out}{err}");
+        let restored = ws.path("restored.db");
+        let (code, _, err) = run_sluice(&[&"restore", &"-o", &restored, &file_url(&replica)]);
+        assert_eq!(code, 0, "{name}: {err}");
+        common::assert_same_file(&db, &restored, 4096, "restore after a live heal");
+        if let Some(bin) = &litestream {
+            let out = ws.path("litestream.db");
+            let url = file_url(&replica);
+            let (code, _, err) = common::run_litestream(bin, &[&"restore", &"-o", &out, &url]);
+            assert_eq!(
+                code, 0,
+                "{name}: litestream restore after a live heal: {err}"
+            );
+            common::assert_same_file(&db, &out, 4096, "Litestream's restore after a live heal");
+        }
+    }
+}
+
+/// Kills the process if a test fails before stopping it.
+struct Guard(std::process::Child);
+
+impl Guard {
+    /// SIGTERM, then waits: a clean exit.
+    fn stop(&mut self) {
+        let pid = self.0.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.0.wait().expect("wait");
+        assert!(exit.success(), "sluice exited with {exit}");
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -105,6 +105,9 @@ impl DbFiles for SimFiles {
     fn db_path(&self) -> &Path {
         &self.db_path
     }
+    fn replaced(&self) -> io::Result<bool> {
+        Ok(vfs::with(|s| s.disk.len(&self.db).is_none()))
+    }
 }
 
 /// The simulated clock (the VFS holds the time so SQLite and the engine agree).

@@ -74,6 +74,10 @@ pub enum EngineError {
     Incompatible { replica: String, message: String },
     #[error("encoding LTX: {0}")]
     Ltx(#[from] LtxError),
+    /// The database was removed (or replaced by another file) while replicating: this engine
+    /// reads a file nobody writes any more.
+    #[error("database {path} was removed or replaced while replicating")]
+    Gone { path: PathBuf },
 }
 
 impl EngineError {
@@ -84,9 +88,10 @@ impl EngineError {
         match self {
             EngineError::Store(e) => e.kind == StoreErrorKind::Fenced,
             EngineError::Incompatible { .. } | EngineError::Ltx(_) => true,
-            EngineError::Database { .. } | EngineError::Io { .. } | EngineError::Replica { .. } => {
-                false
-            }
+            EngineError::Database { .. }
+            | EngineError::Io { .. }
+            | EngineError::Replica { .. }
+            | EngineError::Gone { .. } => false,
         }
     }
 }
@@ -207,8 +212,16 @@ pub struct Engine {
     /// Why the replica cannot be restored to its newest state, as found at the last position
     /// recovery (from the listing alone), if it cannot.
     replica_break: Option<String>,
-    /// The full-state file this start shipped to heal a broken replica.
+    /// The full-state file shipped to heal a broken replica (at a start, or after a recovery
+    /// a running driver asked for), until the driver takes it to write the heal's snapshot.
     heal_file: Option<FileInfo>,
+    /// The upload being prepared or sent is a heal: acknowledged, it becomes `heal_file`;
+    /// failed, the next sync recovers (and judges the chain) again.
+    heal_pending: bool,
+    /// Files found damaged (by a merge that read them), left out when the chain is judged.
+    damaged: Vec<FileInfo>,
+    /// Position recoveries so far (each judges the chain anew).
+    recoveries: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -291,6 +304,9 @@ impl Engine {
             recover_needed: false,
             replica_break: None,
             heal_file: None,
+            heal_pending: false,
+            damaged: Vec::new(),
+            recoveries: 0,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;
@@ -304,12 +320,8 @@ impl Engine {
             // file and the driver's snapshot schedule decides as usual.
             let snapshot = p.min_txid == 1;
             let upload = engine.upload_of(p, false, false, None);
-            let file = upload.ack.info.clone();
             engine.send(upload).await?;
             engine.opened_with_snapshot = snapshot;
-            if engine.replica_break.is_some() {
-                engine.heal_file = Some(file);
-            }
         }
         Ok(engine)
     }
@@ -326,10 +338,28 @@ impl Engine {
         self.replica_break.as_deref()
     }
 
-    /// The file of every page this start shipped because the replica was broken: the driver
-    /// writes it again as a snapshot (`compact::snapshot_of_full`).
-    pub fn heal_file(&self) -> Option<&FileInfo> {
-        self.heal_file.as_ref()
+    /// How many times the position was recovered (at the start, and in syncs after an upload
+    /// found its TXID taken or a driver asked): each judged [`Self::replica_break`] anew.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
+    }
+
+    /// The file of every page shipped because the replica was broken (taken: once): the
+    /// driver writes it again as a snapshot (`compact::snapshot_of_full`).
+    pub fn take_heal_file(&mut self) -> Option<FileInfo> {
+        self.heal_file.take()
+    }
+
+    /// A running driver found the replica's chain broken from a listing, or `damaged` files
+    /// (which a merge could not read) in it: the next sync recovers the position first,
+    /// judging the chain without those files, and heals a break it confirms.
+    pub fn recheck_replica(&mut self, damaged: &[FileInfo]) {
+        for f in damaged {
+            if !self.damaged.contains(f) {
+                self.damaged.push(f.clone());
+            }
+        }
+        self.recover_needed = true;
     }
 
     pub fn position(&self) -> Position {

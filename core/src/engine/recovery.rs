@@ -68,6 +68,8 @@ impl Engine {
 
     /// Finds the replica's newest file and proves how the local database relates to it.
     pub(super) async fn recover_position_once(&mut self) -> Result<Option<Prepared>, EngineError> {
+        self.heal_pending = false;
+        self.recoveries += 1;
         let files = self.replica.list_all().await?;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
@@ -93,6 +95,8 @@ impl Engine {
             known.push(next.clone());
             newest = Some(next);
         }
+        // Damaged files a merge found count as missing (the newest one is read back below).
+        known.retain(|f| !self.damaged.contains(f));
         self.replica_break = newest
             .as_ref()
             .and_then(|n| chain_break(&self.replica.describe(), &known, n.max_txid));
@@ -128,9 +132,10 @@ impl Engine {
                 );
                 self.replica_break = Some(why);
                 self.refuse_foreign_lineage()?;
-                return self
-                    .prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)
-                    .map(Some);
+                let p =
+                    self.prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)?;
+                self.heal_pending = true;
+                return Ok(Some(p));
             }
         };
         if rh.page_size != self.page_size {
@@ -151,9 +156,10 @@ impl Engine {
                 txid = format_args!("{:016x}", newest.max_txid + 1),
                 "healing the replica: shipping every page"
             );
-            return self
-                .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
-                .map(Some);
+            let p =
+                self.prepare_full(&current, current_sums, current_wal, newest.max_txid, post)?;
+            self.heal_pending = true;
+            return Ok(Some(p));
         }
         let replica_sum = DbChecksum::from_raw(post);
         let mut proven = None;

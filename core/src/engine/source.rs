@@ -23,6 +23,9 @@ pub trait DbFiles: Send + Sync {
     fn db_stamp(&self) -> io::Result<(u64, u64)>;
     /// Path of the database, for messages.
     fn db_path(&self) -> &Path;
+    /// Whether the path no longer names the file these reads see: the database was removed
+    /// (or replaced by another file) while replicating.
+    fn replaced(&self) -> io::Result<bool>;
 }
 
 /// The real files. The database descriptor is opened once and never closed while the engine
@@ -121,6 +124,16 @@ impl DbFiles for OsFiles {
 
     fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    fn replaced(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.db.metadata()?;
+        match std::fs::metadata(&self.db_path) {
+            Ok(now) => Ok((now.dev(), now.ino()) != (open.dev(), open.ino())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -47,6 +47,11 @@ impl Engine {
     /// upload to perform, or what the sync did when there is nothing to ship. Nothing moves
     /// until [`Engine::acknowledge`].
     pub async fn prepare(&mut self) -> Result<Ready, EngineError> {
+        if self.files.replaced().map_err(|e| self.io_err(e))? {
+            return Err(EngineError::Gone {
+                path: self.cfg.db_path.clone(),
+            });
+        }
         let mut outcome = SyncOutcome::default();
         if self.recover_needed {
             self.begin_read()?;
@@ -89,6 +94,11 @@ impl Engine {
         ack: Ack,
         answer: Result<(), StoreError>,
     ) -> Result<SyncOutcome, EngineError> {
+        let heals = std::mem::take(&mut self.heal_pending);
+        if heals && answer.is_err() {
+            // Judge the chain again and ship the heal again at the next sync.
+            self.recover_needed = true;
+        }
         match answer {
             Ok(()) => {}
             Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
@@ -108,6 +118,9 @@ impl Engine {
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
+        }
+        if heals {
+            self.heal_file = Some(ack.info.clone());
         }
         self.pos = ack.pos;
         self.sums = ack.sums;

@@ -681,6 +681,65 @@ fn a_database_that_does_not_exist_yet_is_replicated_once_it_appears() {
     assert_replica_matches(&db, &replica, &ws.path("restored.db"));
 }
 
+/// Issue 11: `sluice replicate -exec "app"`, where the app creates its database on its first
+/// start, exited at once with "database … does not exist" and never started the app. Now the
+/// app starts, sluice waits for the database, replicates what the app writes while it runs and
+/// after it exits (the final sync), and exits with the app's code; the restore is the app's
+/// database byte for byte. The app is python3's sqlite3 (a writer that is not ours).
+#[test]
+fn exec_app_that_creates_its_database_is_started_and_replicated() {
+    let python_ok = Command::new("python3")
+        .args(["-c", "import sqlite3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ok {
+        assert_ne!(
+            std::env::var("SLUICE_REQUIRE_PEERS").as_deref(),
+            Ok("1"),
+            "python3 with sqlite3 is required"
+        );
+        println!("skipping: python3 with sqlite3 not found");
+        return;
+    }
+    let ws = Workspace::new("exec-creates");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    let cfg = write_config(&ws, &db, &[&replica], "5ms", "50ms");
+    let (go, app) = (ws.path("go"), ws.path("app.py"));
+    std::fs::write(
+        &app,
+        format!(
+            r#"import os, sqlite3, time
+c = sqlite3.connect({db:?}, isolation_level=None)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+for i in range(20):
+    c.execute("INSERT INTO t (v) VALUES (?)", ("first %d" % i,))
+while not os.path.exists({go:?}):
+    time.sleep(0.01)
+for i in range(20):
+    c.execute("INSERT INTO t (v) VALUES (?)", ("last %d" % i,))
+c.close()
+"#,
+            db = db.display().to_string(),
+            go = go.display().to_string()
+        ),
+    )
+    .expect("write the app");
+    let exec = format!("python3 {}", app.display());
+    let mut sluice = Replicate::start(&[&"-exec", &exec, &"-config", &cfg], ws.path("sluice.log"));
+    // Replicated while the app runs: the first rows.
+    let txid = wait_txid_settled(&replica, 0);
+    assert!(txid > 0, "nothing replicated:\n{}", sluice.log());
+    std::fs::write(&go, b"").expect("let the app finish");
+    let code = sluice.wait_exit();
+    let log = sluice.log();
+    assert_eq!(code, 0, "sluice exits with the app's code:\n{log}");
+    assert!(!log.contains("does not exist\n"), "{log}");
+    assert_replica_matches(&db, &replica, &ws.path("restored.db"));
+    assert_eq!(row_count(&db), 40, "the app ran to its end");
+}
+
 /// Issue 11: a database removed while replicating (an application that deletes and recreates
 /// its database, a volume swapped) is said once and waited for again; the file that appears
 /// at the path is replicated from then on (it does not continue the old one: every page).

@@ -222,6 +222,7 @@ impl Driver {
                 let recoveries = engine.recoveries();
                 match engine.sync().await {
                     Ok(out) => {
+                        tracing::debug!(db = %self.cfg.db_path.display(), txid = format_args!("{:016x}", engine.position().txid), shipped = out.shipped.is_some(), "sync done");
                         let judged = engine.recoveries() != recoveries;
                         let txid = engine.position().txid;
                         let shipped = out.shipped.is_some();

@@ -33,11 +33,16 @@ struct Replicate {
 
 impl Replicate {
     fn start(args: &[&dyn AsRef<OsStr>], log_path: PathBuf) -> Self {
+        Self::start_logging(args, log_path, "info")
+    }
+
+    /// With `SLUICE_LOG` = `level` (`debug` logs every sync).
+    fn start_logging(args: &[&dyn AsRef<OsStr>], log_path: PathBuf, level: &str) -> Self {
         let log = std::fs::File::create(&log_path).expect("create the sluice log");
         let child = Command::new(sluice_bin())
             .arg("replicate")
             .args(args)
-            .env("SLUICE_LOG", "info")
+            .env("SLUICE_LOG", level)
             .env_remove("SLUICE_CONFIG")
             .env_remove("LITESTREAM_CONFIG")
             .env_remove("AWS_CA_BUNDLE")
@@ -251,8 +256,15 @@ fn exec_child_exit_code_becomes_sluices_after_a_final_sync() {
         "sh -c 'while [ ! -e {} ]; do sleep 0.01; done; exit 3'",
         go.display()
     );
-    let mut sluice = Replicate::start(&[&"-exec", &child, &"-config", &cfg], ws.path("sluice.log"));
+    let mut sluice = Replicate::start_logging(
+        &[&"-exec", &child, &"-config", &cfg],
+        ws.path("sluice.log"),
+        "sluice_core::replicate=debug,info",
+    );
     let snapshot_txid = wait_txid_settled(&replica, 0);
+    // The sync right after the start (due at once: whatever was committed while nobody
+    // watched) is over; from here on only the final sync may ship.
+    sluice.wait_log("sync done");
 
     insert(&open_db(&db), 5);
     assert_eq!(

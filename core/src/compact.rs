@@ -8,9 +8,12 @@
 //!   retention window needs.
 //!
 //! Merging streams every input from disk (downloaded to a scratch directory when the store is
-//! remote), so memory is one page per input plus the encoded output.
+//! remote) and spools the output (`scratch::Spool`), so memory is one page per input plus a
+//! bounded buffer.
 
-use crate::scratch::Scratch;
+use std::sync::Arc;
+
+use crate::scratch::{Scratch, Spool, SpoolBody};
 
 use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
@@ -88,7 +91,8 @@ pub fn merge(
     min_txid: u64,
     timestamp_ms: i64,
     known_post: Option<u64>,
-) -> Result<(Vec<u8>, Header), CompactError> {
+    out: Spool,
+) -> Result<(SpoolBody, Header), CompactError> {
     let what = || format!("{} files into {min_txid:016x}", inputs.len());
     let mut opened = Vec::with_capacity(inputs.len());
     for f in inputs {
@@ -171,7 +175,7 @@ pub fn merge(
         ext,
         ..Header::default()
     };
-    let mut enc = Encoder::new(Vec::new(), header).map_err(|error| CompactError::Ltx {
+    let mut enc = Encoder::new(out, header).map_err(|error| CompactError::Ltx {
         file: what(),
         error,
     })?;
@@ -199,11 +203,15 @@ pub fn merge(
         let info = i.info.clone();
         i.dec.finish().map_err(|error| input_error(&info, error))?;
     }
-    let (bytes, _) = enc.finish(None).map_err(|error| CompactError::Ltx {
+    let (spool, _) = enc.finish(None).map_err(|error| CompactError::Ltx {
         file: what(),
         error,
     })?;
-    Ok((bytes, header))
+    let body = spool.finish().map_err(|error| CompactError::Ltx {
+        file: what(),
+        error: error.into(),
+    })?;
+    Ok((body, header))
 }
 
 async fn fetch_all(
@@ -231,18 +239,21 @@ async fn merge_and_write(
     inputs: Vec<FileInfo>,
     level: u8,
     min_txid: u64,
-    scratch: &dyn Scratch,
+    scratch: &Arc<dyn Scratch>,
     known_post: Option<u64>,
 ) -> Result<FileInfo, CompactError> {
     let timestamp_ms = inputs.last().map_or(0, |f| f.created_ms);
-    let fetched = fetch_all(replica, inputs, scratch).await?;
-    let (bytes, header) =
-        tokio::task::spawn_blocking(move || merge(&fetched, min_txid, timestamp_ms, known_post))
-            .await
-            .map_err(|e| CompactError::Invalid {
-                what: "merge".into(),
-                message: e.to_string(),
-            })??;
+    let fetched = fetch_all(replica, inputs, scratch.as_ref()).await?;
+    // The output is spooled too: memory is one page per input plus the spool's buffer.
+    let out = Spool::new(scratch.clone());
+    let (bytes, header) = tokio::task::spawn_blocking(move || {
+        merge(&fetched, min_txid, timestamp_ms, known_post, out)
+    })
+    .await
+    .map_err(|e| CompactError::Invalid {
+        what: "merge".into(),
+        message: e.to_string(),
+    })??;
     let info = replica
         .write(
             level,
@@ -284,7 +295,7 @@ pub async fn compact_level(
     level: u8,
     up_to_txid: u64,
     known_max_txid: u64,
-    scratch: &dyn Scratch,
+    scratch: &Arc<dyn Scratch>,
     damaged: &[FileInfo],
 ) -> Result<Compacted, CompactError> {
     let dst_max = replica
@@ -363,7 +374,7 @@ pub async fn compact_level(
 pub async fn snapshot(
     replica: &Replica,
     up_to_txid: u64,
-    scratch: &dyn Scratch,
+    scratch: &Arc<dyn Scratch>,
     damaged: &[FileInfo],
 ) -> Result<FileInfo, CompactError> {
     let mut files = replica.list_all().await.map_err(RestoreError::from)?;
@@ -381,7 +392,7 @@ pub async fn snapshot_of_full(
     replica: &Replica,
     full: FileInfo,
     post: u64,
-    scratch: &dyn Scratch,
+    scratch: &Arc<dyn Scratch>,
 ) -> Result<FileInfo, CompactError> {
     merge_and_write(replica, vec![full], SNAPSHOT_LEVEL, 1, scratch, Some(post)).await
 }

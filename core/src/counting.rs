@@ -58,6 +58,14 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
         self.count(0, self.inner.put(key, data, opts).await)
     }
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn crate::scratch::ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        self.count(0, self.inner.put_spooled(key, body, opts).await)
+    }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         self.count(1, self.inner.get_range(key, offset, len).await)
     }

@@ -51,6 +51,7 @@ pub async fn cmd_demo(args: DemoArgs) -> Result<i32> {
         files,
         replica.clone(),
         Arc::new(SystemClock),
+        Arc::new(crate::scratch::OsScratch::new(dir.join("scratch"))),
     )
     .await?;
     println!("2. replicating to {}", replica_dir.display());

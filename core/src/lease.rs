@@ -485,6 +485,17 @@ impl ObjectStore for FencedStore {
         self.answered("put", key)
     }
 
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn crate::scratch::ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        self.check("put", key)?;
+        self.inner.put_spooled(key, body, opts).await?;
+        self.answered("put", key)
+    }
+
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         self.inner.get_range(key, offset, len).await
     }

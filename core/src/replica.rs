@@ -181,15 +181,21 @@ impl Replica {
         level: u8,
         min_txid: u64,
         max_txid: u64,
-        data: Vec<u8>,
+        body: crate::scratch::SpoolBody,
         timestamp_ms: i64,
         mode: PutMode,
     ) -> Result<FileInfo, StoreError> {
-        let size = data.len() as u64;
         let key = self.layout.key(level, min_txid, max_txid);
-        self.store
-            .put(&key, data, PutOptions { mode, timestamp_ms })
-            .await?;
+        let size = body
+            .len()
+            .map_err(|e| StoreError::from_io("put", format!("{}/{key}", self.describe()), &e))?;
+        crate::store::put_body(
+            self.store.as_ref(),
+            &key,
+            body,
+            PutOptions { mode, timestamp_ms },
+        )
+        .await?;
         Ok(FileInfo {
             level,
             min_txid,

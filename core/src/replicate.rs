@@ -289,7 +289,7 @@ impl Driver {
                     level,
                     up_to_txid,
                     known_max_txid,
-                    self.scratch.as_ref(),
+                    &self.scratch,
                     &self.damaged,
                 )
                 .await;
@@ -309,13 +309,8 @@ impl Driver {
                 }
             }
             Action::Snapshot { up_to_txid } => {
-                match compact::snapshot(
-                    &self.replica,
-                    up_to_txid,
-                    self.scratch.as_ref(),
-                    &self.damaged,
-                )
-                .await
+                match compact::snapshot(&self.replica, up_to_txid, &self.scratch, &self.damaged)
+                    .await
                 {
                     Ok(info) => {
                         tracing::info!(file = %info, "snapshot written");
@@ -365,6 +360,7 @@ impl Driver {
                     files,
                     self.replica.clone(),
                     self.clock.clone(),
+                    self.scratch.clone(),
                 )
                 .await
             }
@@ -445,7 +441,7 @@ impl Driver {
         full: FileInfo,
         post: u64,
     ) -> Result<Option<String>, (Failure, String)> {
-        let written = compact::snapshot_of_full(&self.replica, full, post, self.scratch.as_ref())
+        let written = compact::snapshot_of_full(&self.replica, full, post, &self.scratch)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "healing the replica: the snapshot failed; will retry");

@@ -77,6 +77,21 @@ pub const MULTIPART_PART_BYTES: usize = 16 << 20;
 pub const MULTIPART_PART_BYTES_MIN: usize = 5 << 20;
 /// Parts of one upload in flight at once.
 pub const MULTIPART_PARTS_IN_FLIGHT_MAX: usize = 4;
+/// The shape of one multipart upload.
+#[derive(Clone, Copy, Debug)]
+struct Multipart {
+    size: u64,
+    /// Parts in memory at once.
+    in_flight: usize,
+    /// A `Create`: the key is checked again before the upload completes.
+    create: bool,
+}
+
+/// A spooled body up to this size goes up as one PUT (read into memory).
+pub const SPOOLED_SINGLE_PUT_BYTES_MAX: u64 = 16 << 20;
+/// Parts of a spooled body in memory at once (read from its file as they are sent): the
+/// upload's memory is this many parts.
+pub const SPOOLED_PARTS_IN_FLIGHT_MAX: usize = 2;
 
 /// An access key pair. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -345,14 +360,23 @@ impl S3Store {
         self
     }
 
-    /// A multipart upload of `data`, aborted (parts deleted) if any part fails.
+    /// A multipart upload of `size` bytes, each part read by `part(offset, len)` as it is
+    /// sent (at most `in_flight` parts in memory), aborted (parts deleted) if a part fails to
+    /// read or to upload. `before_complete` runs before the upload completes: an error there
+    /// aborts it too (a `Create` finding the key taken meanwhile).
     async fn put_multipart(
         &self,
         key: &str,
         path: &OsPath,
-        data: Vec<u8>,
+        m: Multipart,
+        mut part: impl FnMut(u64, usize) -> std::io::Result<bytes::Bytes> + Send,
         attributes: Attributes,
     ) -> Result<object_store::PutResult, StoreError> {
+        let Multipart {
+            size,
+            in_flight,
+            create,
+        } = m;
         let client = self.client("put", key).await?;
         let opts = object_store::PutMultipartOptions {
             attributes,
@@ -364,22 +388,80 @@ impl S3Store {
             .map_err(|e| self.error("put", key, &e))?;
         let mut writer =
             object_store::WriteMultipart::new_with_chunk_size(upload, self.multipart_part_bytes);
-        let mut rest = bytes::Bytes::from(data);
-        while !rest.is_empty() {
-            if let Err(e) = writer
-                .wait_for_capacity(MULTIPART_PARTS_IN_FLIGHT_MAX)
-                .await
-            {
+        let mut offset = 0u64;
+        while offset < size {
+            if let Err(e) = writer.wait_for_capacity(in_flight).await {
                 let _ = writer.abort().await;
                 return Err(self.error("put", key, &e));
             }
-            let part = rest.split_to(self.multipart_part_bytes.min(rest.len()));
-            writer.put(part);
+            let len = usize::try_from(size - offset)
+                .unwrap_or(usize::MAX)
+                .min(self.multipart_part_bytes);
+            match part(offset, len) {
+                Ok(bytes) => {
+                    offset += bytes.len() as u64;
+                    writer.put(bytes);
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(StoreError::from_io("put", self.location(key), &e));
+                }
+            }
+        }
+        if create {
+            // object_store has no conditional completion: the key is checked again before
+            // the upload completes (check-then-write; the lease fences writers).
+            if let Err(e) = writer.wait_for_capacity(0).await {
+                let _ = writer.abort().await;
+                return Err(self.error("put", key, &e));
+            }
+            if let Err(e) = self.refuse_existing(key, path).await {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
         }
         writer
             .finish()
             .await
             .map_err(|e| self.error("put", key, &e))
+    }
+
+    /// `AlreadyExists` if `key` exists (the check of a `Create` that cannot be conditional).
+    async fn refuse_existing(&self, key: &str, path: &OsPath) -> Result<(), StoreError> {
+        match self.head_object("put", key, path).await {
+            Ok(_) => Err(StoreError::new(
+                StoreErrorKind::AlreadyExists,
+                "put",
+                self.location(key),
+                "object exists",
+            )),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a finished put leaves in the timestamp cache.
+    fn finish_put(
+        &self,
+        key: &str,
+        size: u64,
+        timestamp_ms: i64,
+        result: Result<object_store::PutResult, StoreError>,
+    ) -> Result<(), StoreError> {
+        match result {
+            Ok(res) => {
+                match res.e_tag {
+                    Some(tag) => self.cache_put(key, tag, timestamp_ms),
+                    None => self.cache_forget(key),
+                }
+                tracing::trace!(key, size, "s3 put");
+                Ok(())
+            }
+            Err(e) => {
+                self.cache_forget(key);
+                Err(e)
+            }
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -749,7 +831,17 @@ impl ObjectStore for S3Store {
         };
         // Create needs one conditional PUT; the lease and other small objects use it.
         let result = if size > self.multipart_threshold_bytes && opts.mode == PutMode::Overwrite {
-            self.put_multipart(key, &path, data, put_opts.attributes)
+            let data = bytes::Bytes::from(data);
+            let part = |offset: u64, len: usize| {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                Ok(data.slice(start..start + len))
+            };
+            let m = Multipart {
+                size,
+                in_flight: MULTIPART_PARTS_IN_FLIGHT_MAX,
+                create: false,
+            };
+            self.put_multipart(key, &path, m, part, put_opts.attributes)
                 .await
         } else {
             self.client("put", key)
@@ -758,20 +850,47 @@ impl ObjectStore for S3Store {
                 .await
                 .map_err(|e| self.error("put", key, &e))
         };
-        match result {
-            Ok(res) => {
-                match res.e_tag {
-                    Some(tag) => self.cache_put(key, tag, opts.timestamp_ms),
-                    None => self.cache_forget(key),
-                }
-                tracing::trace!(key, size, "s3 put");
-                Ok(())
-            }
-            Err(e) => {
-                self.cache_forget(key);
-                Err(e)
-            }
+        self.finish_put(key, size, opts.timestamp_ms, result)
+    }
+
+    /// Up to [`SPOOLED_SINGLE_PUT_BYTES_MAX`] one PUT (read into memory; conditional for
+    /// `Create`), above it a multipart upload read from the file a part at a time, at most
+    /// [`SPOOLED_PARTS_IN_FLIGHT_MAX`] parts in memory. A `Create` above it checks the key
+    /// before and again before completing: object_store offers no conditional multipart
+    /// completion, so two racing creators of one large file could both succeed (the lease
+    /// fences writers; see lease.rs).
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn crate::scratch::ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        let path = self.object_path("put", key)?;
+        let io = |e: std::io::Error| StoreError::from_io("put", self.location(key), &e);
+        let size = body.size().map_err(io)?;
+        if size <= SPOOLED_SINGLE_PUT_BYTES_MAX {
+            let bytes = crate::store::read_spooled(body).map_err(io)?;
+            return self.put(key, bytes, opts).await;
         }
+        let create = opts.mode == PutMode::Create;
+        if create {
+            self.refuse_existing(key, &path).await?;
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(METADATA_KEY_TIMESTAMP.into()),
+            format_timestamp(opts.timestamp_ms).into(),
+        );
+        let part = |offset: u64, len: usize| {
+            crate::store::read_part(body, offset, len, size).map(bytes::Bytes::from)
+        };
+        let m = Multipart {
+            size,
+            in_flight: SPOOLED_PARTS_IN_FLIGHT_MAX,
+            create,
+        };
+        let result = self.put_multipart(key, &path, m, part, attributes).await;
+        self.finish_put(key, size, opts.timestamp_ms, result)
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

@@ -4,6 +4,11 @@
 //! directory ([`OsScratch`]); the simulator puts them on its simulated disk, so a simulated run
 //! does no real I/O. A file of at most [`Scratch::in_memory_bytes_max`] bytes is fetched into
 //! memory instead (`restore::fetch`).
+//!
+//! The other way round, a [`Spool`] holds a file being encoded (a snapshot, a compaction, the
+//! engine's every-page file): in memory up to [`Scratch::in_memory_bytes_max`], then in a
+//! scratch file, so an encoder of any size holds at most that much; the store uploads a
+//! spooled file a part at a time (`store::ObjectStore::put_spooled`).
 
 use std::fmt;
 use std::io;
@@ -36,6 +41,125 @@ pub trait ScratchFile: Send + Sync {
     /// Reads at `offset`; fewer bytes than `buf` holds only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn size(&self) -> io::Result<u64>;
+}
+
+/// The most bytes a [`Spool`] holds in memory once it writes to its scratch file (its write
+/// buffer).
+pub const SPOOL_BUFFER_BYTES: usize = 1 << 20;
+
+/// A file being written by an encoder: in memory while small, then in a scratch file.
+pub struct Spool {
+    scratch: std::sync::Arc<dyn Scratch>,
+    in_memory_max: usize,
+    /// The bytes in memory: the whole body while small, else the unwritten tail.
+    buf: Vec<u8>,
+    /// The scratch file once the body outgrew memory, and how much of it is written.
+    file: Option<(Box<dyn ScratchFile>, u64)>,
+}
+
+/// A finished body: its bytes, or the scratch file holding them.
+pub enum SpoolBody {
+    Memory(Vec<u8>),
+    File(Box<dyn ScratchFile>),
+}
+
+impl fmt::Debug for SpoolBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolBody::Memory(b) => write!(f, "Memory({} bytes)", b.len()),
+            SpoolBody::File(file) => write!(f, "File({})", file.name().display()),
+        }
+    }
+}
+
+impl SpoolBody {
+    pub fn len(&self) -> io::Result<u64> {
+        match self {
+            SpoolBody::Memory(b) => Ok(b.len() as u64),
+            SpoolBody::File(f) => f.size(),
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The whole body in memory (small bodies, tests).
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            SpoolBody::Memory(b) => Ok(b),
+            SpoolBody::File(f) => {
+                let mut out = Vec::new();
+                io::Read::read_to_end(&mut ScratchReader::new(f.as_ref()), &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl Spool {
+    pub fn new(scratch: std::sync::Arc<dyn Scratch>) -> Spool {
+        let in_memory_max = usize::try_from(scratch.in_memory_bytes_max()).unwrap_or(usize::MAX);
+        Spool {
+            scratch,
+            in_memory_max,
+            buf: Vec::new(),
+            file: None,
+        }
+    }
+
+    fn flush_to_file(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some((self.scratch.create()?, 0));
+        }
+        if let Some((file, written)) = self.file.as_mut()
+            && !self.buf.is_empty()
+        {
+            file.write_at(&self.buf, *written)?;
+            *written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// The body as written.
+    pub fn finish(mut self) -> io::Result<SpoolBody> {
+        if self.file.is_none() {
+            return Ok(SpoolBody::Memory(self.buf));
+        }
+        self.flush_to_file()?;
+        match self.file {
+            Some((file, _)) => Ok(SpoolBody::File(file)),
+            None => Ok(SpoolBody::Memory(Vec::new())),
+        }
+    }
+}
+
+impl io::Write for Spool {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let limit = if self.file.is_some() {
+            SPOOL_BUFFER_BYTES
+        } else {
+            self.in_memory_max
+        };
+        if self.buf.len() + data.len() > limit {
+            self.flush_to_file()?;
+            if data.len() > SPOOL_BUFFER_BYTES
+                && let Some((file, written)) = self.file.as_mut()
+            {
+                file.write_at(data, *written)?;
+                *written += data.len() as u64;
+                return Ok(data.len());
+            }
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads a scratch file from its start.
@@ -130,7 +254,48 @@ impl ScratchFile for OsScratchFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
+
+    /// A scratch whose files hold up to `max` bytes in memory.
+    #[derive(Debug)]
+    struct Small(OsScratch, u64);
+
+    impl Scratch for Small {
+        fn create(&self) -> io::Result<Box<dyn ScratchFile>> {
+            self.0.create()
+        }
+        fn location(&self) -> PathBuf {
+            self.0.location()
+        }
+        fn in_memory_bytes_max(&self) -> u64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_spool_stays_in_memory_while_small_and_moves_to_a_file_past_its_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let small = std::sync::Arc::new(Small(OsScratch::new(dir.path()), 10));
+        let mut spool = Spool::new(small.clone());
+        spool.write_all(b"0123456789").expect("write");
+        assert!(
+            matches!(spool.finish().expect("finish"), SpoolBody::Memory(b) if b == b"0123456789")
+        );
+        let mut spool = Spool::new(small);
+        let big: Vec<u8> = (0..3 * SPOOL_BUFFER_BYTES + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for chunk in big.chunks(4099) {
+            spool.write_all(chunk).expect("write");
+        }
+        spool.write_all(&big).expect("one large write");
+        let body = spool.finish().expect("finish");
+        assert!(matches!(body, SpoolBody::File(_)), "{body:?}");
+        assert_eq!(body.len().expect("len"), 2 * big.len() as u64);
+        let bytes = body.into_bytes().expect("read back");
+        assert_eq!(&bytes[..big.len()], &big[..]);
+        assert_eq!(&bytes[big.len()..], &big[..]);
+    }
 
     #[test]
     fn a_scratch_file_reads_back_what_was_written_and_goes_when_dropped() {

@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use crate::scratch::{ScratchFile, ScratchReader, SpoolBody};
+
 /// What kind of failure, so callers can decide whether to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -66,7 +68,7 @@ impl StoreError {
         }
     }
 
-    fn from_io(op: &'static str, location: impl Into<String>, e: &std::io::Error) -> Self {
+    pub fn from_io(op: &'static str, location: impl Into<String>, e: &std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let kind = match e.kind() {
             K::NotFound => StoreErrorKind::NotFound,
@@ -108,6 +110,23 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError>;
+
+    /// `put` of a body spooled to a local file (`scratch::Spool`), with the same contract, read
+    /// a part at a time so that no backend holds all of it in memory. A failure (of the store,
+    /// or of reading `body`) leaves no object; on S3 the multipart upload is aborted (a
+    /// process killed midway leaves its parts unlisted until the bucket's lifecycle rule for
+    /// incomplete uploads removes them). The default reads the body whole and calls `put`
+    /// (stores that hold everything in memory anyway).
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        let bytes = read_spooled(body)
+            .map_err(|e| StoreError::from_io("put", format!("{}/{key}", self.describe()), &e))?;
+        self.put(key, bytes, opts).await
+    }
 
     /// Reads `len` bytes from `offset` (fewer at the end of the object).
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
@@ -151,6 +170,41 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Uploads a finished body: in memory through `put`, spooled through `put_spooled`.
+pub async fn put_body(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: SpoolBody,
+    opts: PutOptions,
+) -> Result<(), StoreError> {
+    match body {
+        SpoolBody::Memory(bytes) => store.put(key, bytes, opts).await,
+        SpoolBody::File(file) => store.put_spooled(key, file.as_ref(), opts).await,
+    }
+}
+
+/// A spooled body read whole.
+pub fn read_spooled(body: &dyn ScratchFile) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut ScratchReader::new(body), &mut out)?;
+    Ok(out)
+}
+
+/// The bytes of a spooled body, in parts of at most `part_bytes` (the last one shorter).
+pub(crate) fn read_part(
+    body: &dyn ScratchFile,
+    offset: u64,
+    part_bytes: usize,
+    size: u64,
+) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(size.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(part_bytes);
+    let mut buf = vec![0u8; len];
+    crate::scratch::read_exact_at(body, &mut buf, offset)?;
+    Ok(buf)
+}
 
 fn unsupported<S: ObjectStore + ?Sized>(store: &S, op: &'static str, key: &str) -> StoreError {
     StoreError::new(
@@ -222,6 +276,31 @@ fn mtime_ms(meta: &std::fs::Metadata) -> i64 {
 }
 
 fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result<()> {
+    put_file_with(final_path, opts, |f| f.write_all(data))
+}
+
+/// The bytes of a spooled body copied into `f`, a part at a time.
+fn copy_spooled(body: &dyn ScratchFile, f: &mut std::fs::File) -> std::io::Result<()> {
+    let size = body.size()?;
+    let mut offset = 0;
+    while offset < size {
+        let part = read_part(body, offset, COPY_PART_BYTES, size)?;
+        f.write_all(&part)?;
+        offset += part.len() as u64;
+    }
+    Ok(())
+}
+
+/// How much of a spooled body a directory store copies at a time.
+const COPY_PART_BYTES: usize = 1 << 20;
+
+/// Writes a temporary file with `write`, fsyncs it, and moves it into place (`rename`, or
+/// `link` for `Create`), then fsyncs the directory. A failure removes the temporary.
+fn put_file_with(
+    final_path: &Path,
+    opts: PutOptions,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = final_path
         .parent()
         .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
@@ -236,7 +315,7 @@ fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result
     let tmp = dir.join(name);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        write(&mut f)?;
         let when = UNIX_EPOCH
             + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
         f.set_modified(when)?;
@@ -392,6 +471,26 @@ impl ObjectStore for DirStore {
             put_file(&path, &data, opts).map_err(|e| StoreError::from_io("put", loc, &e))
         })
         .await
+    }
+
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        check_key("put", &self.describe(), key)?;
+        let (path, loc) = (self.path(key), self.location(key));
+        // Blocking, in place (`body` is borrowed; a copy is local disk to local disk): other
+        // tasks move to another worker where the runtime has them.
+        let copy = || {
+            put_file_with(&path, opts, |f| copy_spooled(body, f))
+                .map_err(|e| StoreError::from_io("put", loc, &e))
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(copy),
+            _ => copy(),
+        }
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

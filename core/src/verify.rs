@@ -336,7 +336,7 @@ mod tests {
                 0,
                 1,
                 1,
-                b"not an ltx file".to_vec(),
+                crate::scratch::SpoolBody::Memory(b"not an ltx file".to_vec()),
                 0,
                 crate::store::PutMode::Create,
             )

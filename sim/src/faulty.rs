@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sluice_core::scratch::ScratchFile;
 use sluice_core::store::{ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind};
 
 use crate::vfs;
@@ -192,6 +193,33 @@ impl<S> FaultyStore<S> {
     }
 }
 
+impl<S: ObjectStore> FaultyStore<S> {
+    /// A put (`write`, not started yet) under the store's faults: the zombie's stall gate,
+    /// then a failure before it is applied, after it (the reply lost), or none.
+    async fn faulted_put(
+        &self,
+        key: &str,
+        write: impl std::future::Future<Output = Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        let stall = self.lock().stall.take();
+        if let Some(gate) = stall {
+            // Opened or dropped, the writer goes on.
+            let _ = gate.await;
+        }
+        let fate = self.fate(true);
+        if matches!(fate, Fate::FailBefore) {
+            return Err(injected("put", key));
+        }
+        write.await?;
+        let now = vfs::with(|v| v.now_ms);
+        self.lock().written_ms.insert(key.to_string(), now);
+        match fate {
+            Fate::Ok => Ok(()),
+            _ => Err(injected("put", key)),
+        }
+    }
+}
+
 fn injected(op: &'static str, key: &str) -> StoreError {
     StoreError::new(StoreErrorKind::Transient, op, key, "injected fault")
 }
@@ -204,22 +232,17 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
-        let stall = self.lock().stall.take();
-        if let Some(gate) = stall {
-            // Opened or dropped, the writer goes on.
-            let _ = gate.await;
-        }
-        let fate = self.fate(true);
-        if matches!(fate, Fate::FailBefore) {
-            return Err(injected("put", key));
-        }
-        self.inner.put(key, data, opts).await?;
-        let now = vfs::with(|v| v.now_ms);
-        self.lock().written_ms.insert(key.to_string(), now);
-        match fate {
-            Fate::Ok => Ok(()),
-            _ => Err(injected("put", key)),
-        }
+        self.faulted_put(key, self.inner.put(key, data, opts)).await
+    }
+
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        self.faulted_put(key, self.inner.put_spooled(key, body, opts))
+            .await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

@@ -45,21 +45,31 @@ impl Engine {
             after_checksum,
             sums.total(),
         );
-        let mut enc = Encoder::new(Vec::new(), header)?;
+        let mut enc = Encoder::new(Spool::new(self.scratch.clone()), header)?;
         let lock = lock_pgno(self.page_size);
         let mut buf = vec![0u8; self.page_size as usize];
         for pgno in (1..=map.commit).filter(|&p| p != lock) {
             self.read_page(map, pgno, &mut buf)?;
             enc.encode_page(pgno, &buf)?;
         }
-        let (bytes, _) = enc.finish(None)?;
+        let (spool, _) = enc.finish(None)?;
+        let body = spool.finish().map_err(|e| self.spool_err(e))?;
         Ok(Prepared {
             min_txid,
-            bytes,
+            size: body.len().map_err(|e| self.spool_err(e))?,
+            body,
             timestamp_ms: header.timestamp_ms,
             pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),
             sums,
         })
+    }
+
+    /// A failure of the scratch file a large file is spooled to.
+    fn spool_err(&self, error: std::io::Error) -> EngineError {
+        EngineError::Io {
+            path: self.scratch.location(),
+            error,
+        }
     }
 
     /// The header of a file sluice writes: the no-checksum flag, so Litestream restores it, and
@@ -130,17 +140,19 @@ impl Engine {
             self.pos.checksum.raw(),
             sums.total(),
         );
-        let mut enc = Encoder::new(Vec::new(), header)?;
+        let mut enc = Encoder::new(Spool::new(self.scratch.clone()), header)?;
         // Second pass: encode. The pages cannot change in between: the read transaction pins
         // the WAL frames and the database pages they shadow.
         for &pgno in &pages {
             self.read_page(map, pgno, &mut buf)?;
             enc.encode_page(pgno, &buf)?;
         }
-        let (bytes, _) = enc.finish(None)?;
+        let (spool, _) = enc.finish(None)?;
+        let body = spool.finish().map_err(|e| self.spool_err(e))?;
         Ok(Prepared {
             min_txid: txid,
-            bytes,
+            size: body.len().map_err(|e| self.spool_err(e))?,
+            body,
             timestamp_ms: header.timestamp_ms,
             pos: self.pos.follow(txid, sums.total(), wal, self.read_stamp),
             sums,

@@ -32,6 +32,7 @@ use crate::ltx::{
 };
 use crate::planted::{self, Bug};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
+use crate::scratch::{Scratch, Spool, SpoolBody};
 use crate::store::{PutMode, PutOptions, StoreError, StoreErrorKind};
 use crate::wal::{
     Committed, FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScanner, scan_committed,
@@ -149,7 +150,8 @@ pub enum Ready {
 #[derive(Debug)]
 pub struct Upload {
     pub key: String,
-    pub bytes: Vec<u8>,
+    /// The file, in memory or spooled (`store::put_body` uploads either).
+    pub body: SpoolBody,
     pub opts: PutOptions,
     pub ack: Ack,
 }
@@ -172,7 +174,9 @@ pub struct Ack {
 /// Always a level-0 file: the engine writes nothing else (see `prepare_full`).
 struct Prepared {
     min_txid: u64,
-    bytes: Vec<u8>,
+    /// The encoded file: in memory while small, else spooled to a scratch file.
+    body: SpoolBody,
+    size: u64,
     timestamp_ms: i64,
     pos: Position,
     sums: PageSums,
@@ -222,6 +226,8 @@ pub struct Engine {
     damaged: Vec<FileInfo>,
     /// Position recoveries so far (each judges the chain anew).
     recoveries: u64,
+    /// Where files too large for memory are spooled while they are encoded and uploaded.
+    scratch: Arc<dyn Scratch>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +248,7 @@ impl Engine {
         files: Arc<dyn DbFiles>,
         replica: Replica,
         clock: Arc<dyn Clock>,
+        scratch: Arc<dyn Scratch>,
     ) -> Result<Engine, EngineError> {
         let db_err = |e: rusqlite::Error| EngineError::Database {
             path: cfg.db_path.clone(),
@@ -307,6 +314,7 @@ impl Engine {
             heal_pending: false,
             damaged: Vec::new(),
             recoveries: 0,
+            scratch,
         };
         engine.begin_read()?;
         let prepared = engine.recover_position().await;

@@ -16,7 +16,7 @@ impl Engine {
             level: 0,
             min_txid: p.min_txid,
             max_txid: p.pos.txid,
-            size: p.bytes.len() as u64,
+            size: p.size,
             created_ms: p.timestamp_ms,
         };
         let mode = if self.create_uploads {
@@ -26,7 +26,7 @@ impl Engine {
         };
         Upload {
             key: self.replica.key(&info),
-            bytes: p.bytes,
+            body: p.body,
             opts: PutOptions {
                 mode,
                 timestamp_ms: p.timestamp_ms,
@@ -141,17 +141,18 @@ impl Engine {
     pub(super) async fn send(&mut self, upload: Upload) -> Result<SyncOutcome, EngineError> {
         let Upload {
             key,
-            bytes,
+            body,
             opts,
             ack,
         } = upload;
+        let store = self.replica.store.clone();
         if planted::active(Bug::AckBeforeUpload) {
             // The position moves first, and the store's answer is ignored.
             let outcome = self.acknowledge(ack, Ok(()));
-            let _ = self.replica.store.put(&key, bytes, opts).await;
+            let _ = crate::store::put_body(store.as_ref(), &key, body, opts).await;
             return outcome;
         }
-        let answer = self.replica.store.put(&key, bytes, opts).await;
+        let answer = crate::store::put_body(store.as_ref(), &key, body, opts).await;
         self.acknowledge(ack, answer)
     }
 

@@ -45,7 +45,115 @@ pub async fn get_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("get {key}: {e}"))
 }
 
+/// A spooled body held in memory, whose reads fail from `fail_at` on (an interrupted
+/// upload: the spool's disk failed, or the process is going down).
+pub struct Body {
+    bytes: Vec<u8>,
+    fail_at: Option<u64>,
+}
+
+impl sluice_core::scratch::ScratchFile for Body {
+    fn name(&self) -> &std::path::Path {
+        std::path::Path::new("memory:body")
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("read-only"))
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if self
+            .fail_at
+            .is_some_and(|at| offset + buf.len() as u64 > at)
+        {
+            return Err(std::io::Error::other("injected read failure"));
+        }
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        let n = buf.len().min(self.bytes.len() - start);
+        buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+        Ok(n)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.bytes.len() as u64)
+    }
+}
+
+/// 17 MiB: above the size S3 uploads a spooled body with one PUT, so a multipart upload.
+fn spooled_bytes(seed: u32) -> Vec<u8> {
+    (0..(17u32 << 20))
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
 // ---- the cases ----
+
+pub async fn spooled_puts_round_trip_and_create_refuses_an_existing_key(b: &Backend) {
+    let s = &*b.store;
+    let body = Body {
+        bytes: spooled_bytes(1),
+        fail_at: None,
+    };
+    s.put_spooled("spool/a.ltx", &body, at(1_700_000_000_123))
+        .await
+        .expect("spooled put");
+    assert!(
+        get_all(s, "spool/a.ltx").await == body.bytes,
+        "spooled object differs"
+    );
+    let listed = s.list("spool/").await.expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|m| (m.key.as_str(), m.size, m.timestamp_ms))
+            .collect::<Vec<_>>(),
+        [("spool/a.ltx", body.bytes.len() as u64, 1_700_000_000_123)]
+    );
+    let other = Body {
+        bytes: spooled_bytes(2),
+        fail_at: None,
+    };
+    let err = s
+        .put_spooled("spool/a.ltx", &other, create(5))
+        .await
+        .expect_err("a spooled create must refuse an existing key");
+    assert_eq!(err.kind, StoreErrorKind::AlreadyExists, "{err}");
+    assert!(
+        get_all(s, "spool/a.ltx").await == body.bytes,
+        "the refused create replaced it"
+    );
+    s.put_spooled("spool/b.ltx", &other, create(6))
+        .await
+        .expect("a spooled create of a new key");
+    assert!(get_all(s, "spool/b.ltx").await == other.bytes);
+}
+
+pub async fn an_interrupted_spooled_put_leaves_nothing(b: &Backend) {
+    let s = &*b.store;
+    for (key, fail_at) in [("cut/early.ltx", 1u64 << 20), ("cut/late.ltx", 16 << 20)] {
+        let body = Body {
+            bytes: spooled_bytes(3),
+            fail_at: Some(fail_at),
+        };
+        s.put_spooled(key, &body, at(7))
+            .await
+            .expect_err("a body that cannot be read must fail the put");
+        let err = s.head(key).await.expect_err("nothing may be left");
+        assert_eq!(err.kind, StoreErrorKind::NotFound, "{key}: {err}");
+    }
+    assert_eq!(s.list("cut/").await.expect("list"), Vec::new());
+    // Over an existing object: the old one stays whole.
+    s.put("cut/kept.ltx", b"old".to_vec(), at(1))
+        .await
+        .expect("put");
+    let body = Body {
+        bytes: spooled_bytes(4),
+        fail_at: Some(8 << 20),
+    };
+    s.put_spooled("cut/kept.ltx", &body, at(2))
+        .await
+        .expect_err("interrupted");
+    assert_eq!(get_all(s, "cut/kept.ltx").await, b"old");
+}
 
 pub async fn put_then_get_returns_the_bytes(b: &Backend) {
     let s = &*b.store;
@@ -404,6 +512,8 @@ macro_rules! backend_tests {
             backend_tests!(@cases $backend:
                 put_then_get_returns_the_bytes,
                 large_objects_round_trip,
+                spooled_puts_round_trip_and_create_refuses_an_existing_key,
+                an_interrupted_spooled_put_leaves_nothing,
                 ranges_return_exactly_the_bytes_asked_or_fewer_at_the_end,
                 missing_objects_are_not_found,
                 list_filters_by_prefix_in_key_order_with_timestamps,

@@ -386,10 +386,16 @@ impl World {
             Err(e) => return self.log(format!("zombie could not prepare an upload: {e}")),
         };
         let file = upload.ack.info.clone();
+        // The bytes in flight: read now, before the old host's disk goes.
+        let bytes = match upload.body.into_bytes() {
+            Ok(b) => b,
+            Err(e) => return self.log(format!("zombie could not read its spooled upload: {e}")),
+        };
+        let (key, opts) = (upload.key, upload.opts);
         let gate = self.store.stall_next_put();
         let store = h.store.clone();
         let mut put: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
-            Box::pin(async move { store.put(&upload.key, upload.bytes, upload.opts).await });
+            Box::pin(async move { store.put(&key, bytes, opts).await });
         let first = self.rt.block_on(std::future::poll_fn(|cx| {
             std::task::Poll::Ready(put.as_mut().poll(cx))
         }));

@@ -83,6 +83,7 @@ struct Multipart {
     size: u64,
     /// Parts in memory at once.
     in_flight: usize,
+    part_bytes: usize,
     /// A `Create`: the key is checked again before the upload completes.
     create: bool,
 }
@@ -92,6 +93,10 @@ pub const SPOOLED_SINGLE_PUT_BYTES_MAX: u64 = 16 << 20;
 /// Parts of a spooled body in memory at once (read from its file as they are sent): the
 /// upload's memory is this many parts.
 pub const SPOOLED_PARTS_IN_FLIGHT_MAX: usize = 2;
+/// The part size of a spooled body's upload (larger only past S3's 10,000 parts: 80 GB).
+pub const SPOOLED_PART_BYTES_MAX: usize = 8 << 20;
+/// S3's limit on the parts of one upload.
+pub const MULTIPART_PARTS_MAX: u64 = 10_000;
 
 /// An access key pair. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -375,6 +380,7 @@ impl S3Store {
         let Multipart {
             size,
             in_flight,
+            part_bytes,
             create,
         } = m;
         let client = self.client("put", key).await?;
@@ -386,44 +392,59 @@ impl S3Store {
             .put_multipart_opts(path, opts)
             .await
             .map_err(|e| self.error("put", key, &e))?;
-        let mut writer =
-            object_store::WriteMultipart::new_with_chunk_size(upload, self.multipart_part_bytes);
+        let mut upload = upload;
+        let mut sending = futures::stream::FuturesUnordered::new();
         let mut offset = 0u64;
-        while offset < size {
-            if let Err(e) = writer.wait_for_capacity(in_flight).await {
-                let _ = writer.abort().await;
-                return Err(self.error("put", key, &e));
-            }
-            let len = usize::try_from(size - offset)
-                .unwrap_or(usize::MAX)
-                .min(self.multipart_part_bytes);
-            match part(offset, len) {
-                Ok(bytes) => {
-                    offset += bytes.len() as u64;
-                    writer.put(bytes);
+        let failed = 'send: {
+            while offset < size {
+                // At most `in_flight` parts in memory: each is read only when one slot frees.
+                while sending.len() >= in_flight.max(1) {
+                    if let Some(Err(e)) = futures::StreamExt::next(&mut sending).await {
+                        break 'send Some(self.error("put", key, &e));
+                    }
                 }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(StoreError::from_io("put", self.location(key), &e));
+                let len = usize::try_from(size - offset)
+                    .unwrap_or(usize::MAX)
+                    .min(part_bytes);
+                match part(offset, len) {
+                    Ok(bytes) => {
+                        offset += bytes.len() as u64;
+                        sending.push(upload.put_part(PutPayload::from(bytes)));
+                    }
+                    Err(e) => break 'send Some(StoreError::from_io("put", self.location(key), &e)),
                 }
             }
-        }
-        if create {
-            // object_store has no conditional completion: the key is checked again before
-            // the upload completes (check-then-write; the lease fences writers).
-            if let Err(e) = writer.wait_for_capacity(0).await {
-                let _ = writer.abort().await;
-                return Err(self.error("put", key, &e));
+            while let Some(r) = futures::StreamExt::next(&mut sending).await {
+                if let Err(e) = r {
+                    break 'send Some(self.error("put", key, &e));
+                }
             }
-            if let Err(e) = self.refuse_existing(key, path).await {
-                let _ = writer.abort().await;
-                return Err(e);
+            // object_store has no conditional completion: a `Create` checks the key again
+            // before the upload completes (check-then-write; the lease fences writers).
+            if create && let Err(e) = self.refuse_existing(key, path).await {
+                break 'send Some(e);
             }
+            None
+        };
+        if let Some(e) = failed {
+            drop(sending);
+            let _ = upload.abort().await;
+            return Err(e);
         }
-        writer
-            .finish()
+        upload
+            .complete()
             .await
             .map_err(|e| self.error("put", key, &e))
+    }
+
+    /// The part size of a multipart upload of `size` bytes: the configured size, at most
+    /// `max`, larger only where S3's 10,000 parts would not hold the object.
+    fn part_bytes(&self, size: u64, max: usize) -> usize {
+        let needed = usize::try_from(size.div_ceil(MULTIPART_PARTS_MAX)).unwrap_or(usize::MAX);
+        self.multipart_part_bytes
+            .min(max)
+            .max(needed)
+            .max(MULTIPART_PART_BYTES_MIN)
     }
 
     /// `AlreadyExists` if `key` exists (the check of a `Create` that cannot be conditional).
@@ -839,6 +860,7 @@ impl ObjectStore for S3Store {
             let m = Multipart {
                 size,
                 in_flight: MULTIPART_PARTS_IN_FLIGHT_MAX,
+                part_bytes: self.part_bytes(size, usize::MAX),
                 create: false,
             };
             self.put_multipart(key, &path, m, part, put_opts.attributes)
@@ -887,6 +909,7 @@ impl ObjectStore for S3Store {
         let m = Multipart {
             size,
             in_flight: SPOOLED_PARTS_IN_FLIGHT_MAX,
+            part_bytes: self.part_bytes(size, SPOOLED_PART_BYTES_MAX),
             create,
         };
         let result = self.put_multipart(key, &path, m, part, attributes).await;
@@ -909,7 +932,8 @@ impl ObjectStore for S3Store {
             Err(e) => Err(e),
         };
         match result {
-            Ok(bytes) => Ok(bytes.to_vec()),
+            // Without a copy where the body is one buffer (a large GET is).
+            Ok(bytes) => Ok(Vec::from(bytes)),
             Err(e) => {
                 let err = self.error("get", key, &e);
                 if err.kind == StoreErrorKind::NotFound {

@@ -82,7 +82,7 @@ fn peak_through_snapshots(
     );
     let pid = proc.child.id();
     wait_for("the first snapshot", || {
-        files().iter().any(|f| *f == (0, 1, 1)).then_some(())
+        files().contains(&(0, 1, 1)).then_some(())
     });
     let first = peak_rss_bytes(pid).expect("VmHWM of the replicator");
     println!(
@@ -109,7 +109,7 @@ fn judge(what: &str, pages: u64, peak: u64) {
     let cap = cap_bytes(pages);
     println!(
         "{what}: database {} MiB, replicator peak RSS {:.1} MiB, cap {:.1} MiB",
-        pages * u64::from(PAGE_SIZE) >> 20,
+        (pages * u64::from(PAGE_SIZE)) >> 20,
         peak as f64 / f64::from(1 << 20),
         cap as f64 / f64::from(1 << 20)
     );

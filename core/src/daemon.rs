@@ -294,6 +294,17 @@ async fn restore_missing(
     Ok(())
 }
 
+/// Pages of a database: its size over the page size in its header (bytes 16..18, big-endian;
+/// 1 means 65,536).
+fn page_count(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    let raw = u16::from_be_bytes([header[16], header[17]]);
+    let page_size = if raw == 1 { 65_536 } else { u64::from(raw) };
+    (page_size >= 512).then(|| std::fs::metadata(path).map(|m| m.len() / page_size).ok())?
+}
+
 fn mtime_ms(path: &Path) -> Option<i64> {
     let t = std::fs::metadata(path).ok()?.modified().ok()?;
     Some(
@@ -336,6 +347,9 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
                     _ => None,
                 };
                 row["lag_seconds"] = lag.into();
+                // What a replicator of it holds per page (8 bytes each): the one part of its
+                // memory that grows with the database.
+                row["page_checksums_bytes"] = page_count(&path).map(|p| 8 * p).into();
             }
             rows.push(row);
         }
@@ -353,18 +367,21 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
         }
     } else {
         println!(
-            "{:<40} {:<14} {:<16} {:>8}  replica",
-            "database", "status", "replicated_txid", "lag_s"
+            "{:<40} {:<14} {:<16} {:>8} {:>10}  replica",
+            "database", "status", "replicated_txid", "lag_s", "sums_MiB"
         );
         for r in rows {
             println!(
-                "{:<40} {:<14} {:<16} {:>8}  {}",
+                "{:<40} {:<14} {:<16} {:>8} {:>10}  {}",
                 r["database"].as_str().unwrap_or(""),
                 r["status"].as_str().unwrap_or(""),
                 r["replicated_txid"].as_str().unwrap_or("-"),
                 r["lag_seconds"]
                     .as_f64()
                     .map_or("-".into(), |l| format!("{l:.1}")),
+                r["page_checksums_bytes"]
+                    .as_u64()
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / f64::from(1 << 20))),
                 r["replica"].as_str().unwrap_or("")
             );
         }

@@ -10,7 +10,7 @@ const REQUEST_BYTES_MAX: usize = 8192;
 
 pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, &str); 7] = [
+    let metrics: [(&str, &str, &str); 8] = [
         (
             "sluice_job_up",
             "gauge",
@@ -34,6 +34,11 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
         ("sluice_syncs_total", "counter", "Successful syncs."),
         ("sluice_sync_errors_total", "counter", "Failed syncs."),
         (
+            "sluice_page_checksums_bytes",
+            "gauge",
+            "Memory of the per-page checksum table (8 bytes a page), the part that grows with the database.",
+        ),
+        (
             "sluice_resyncs_total",
             "counter",
             "Syncs that compared the whole database because WAL continuity was lost.",
@@ -53,6 +58,7 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
                 "sluice_replica_restorable" => f64::from(u8::from(s.replica_break.is_none())),
                 "sluice_syncs_total" => s.syncs as f64,
                 "sluice_sync_errors_total" => s.sync_errors as f64,
+                "sluice_page_checksums_bytes" => s.page_checksums_bytes as f64,
                 _ => s.resyncs as f64,
             };
             let db = s.database.display().to_string().replace('"', "\\\"");

@@ -42,6 +42,9 @@ pub struct JobStatus {
     /// Why the replica cannot be restored to its newest state, as the job found it when it
     /// started (`None`: restorable, or not known yet).
     pub replica_break: Option<String>,
+    /// The engine's per-page checksum table (8 bytes a page): the one part of a replicator's
+    /// memory that grows with its database.
+    pub page_checksums_bytes: u64,
     /// Object-store requests per operation, counted by the job's `CountingStore`.
     #[serde(skip)]
     pub requests: std::sync::Arc<crate::counting::RequestCounts>,
@@ -244,7 +247,9 @@ impl Driver {
                                 Err(_) => self.recheck(),
                             }
                         }
+                        let table = self.engine.as_ref().map_or(0, Engine::page_checksums_bytes);
                         update(&self.status, |st| {
+                            st.page_checksums_bytes = table;
                             st.replicated_txid = txid;
                             st.last_sync_ms = Some(now);
                             st.syncs += 1;
@@ -415,7 +420,9 @@ impl Driver {
             })
         };
         let now = self.clock.now_ms();
+        let table = engine.page_checksums_bytes();
         update(&self.status, |st| {
+            st.page_checksums_bytes = table;
             st.replicated_txid = txid;
             st.last_sync_ms = Some(now);
             st.last_error = None;

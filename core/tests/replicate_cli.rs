@@ -471,6 +471,9 @@ fn status_and_databases_report_the_configured_database() {
     let rows: serde_json::Value = serde_json::from_str(&out).expect("status -json is JSON");
     assert_eq!(rows[0]["database"], db_path.as_str(), "{out}");
     assert_eq!(rows[0]["replicated_txid"], txid.as_str(), "{out}");
+    // The replicator's growing memory: 8 bytes a page of the database.
+    let pages = std::fs::metadata(&db).expect("size").len() / u64::from(PAGE_SIZE);
+    assert_eq!(rows[0]["page_checksums_bytes"], 8 * pages, "{out}");
 }
 
 /// A clean stop and a restart with no writes in between must resume from the replica's

@@ -370,6 +370,11 @@ impl Engine {
         self.recover_needed = true;
     }
 
+    /// The memory of the per-page checksum table (8 bytes a page).
+    pub fn page_checksums_bytes(&self) -> u64 {
+        self.sums.table_bytes()
+    }
+
     pub fn position(&self) -> Position {
         self.pos
     }

@@ -31,6 +31,12 @@ impl PageSums {
         u32::try_from(self.sums.len()).unwrap_or(u32::MAX)
     }
 
+    /// The table's memory: 8 bytes a page, the one part of a replicator that grows with its
+    /// database.
+    pub fn table_bytes(&self) -> u64 {
+        8 * self.sums.len() as u64
+    }
+
     pub fn total(&self) -> DbChecksum {
         self.total
     }

@@ -66,11 +66,16 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create scratch directory {}", dir.display()))?;
     }
+    // Databases this start restored, with the replica each came from: it continues that
+    // replica's lineage whatever path it has now (a replaced host).
+    let mut restored: Vec<(PathBuf, String)> = Vec::new();
     for db in &mut config.dbs {
         let path = PathBuf::from(&db.path);
         if !path.exists() {
             if args.restore_if_db_not_exists || db.restore_if_db_not_exists.unwrap_or(false) {
-                restore_missing(&path, db.replicas.first()).await?;
+                if let Some(from) = restore_missing(&path, db.replicas.first()).await? {
+                    restored.push((path.clone(), from));
+                }
             } else {
                 // The usual sidecar and -exec deployment: the application creates its database
                 // on first start. The job waits for it (its open is retried), as Litestream does.
@@ -95,7 +100,7 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(SystemClock);
     let mut jobs = jobs;
-    take_leases(&mut jobs, clock.now_ms(), args.force).await?;
+    take_leases(&mut jobs, clock.now_ms(), args.force, &restored).await?;
     let mut statuses = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for mut job in jobs {
@@ -202,7 +207,12 @@ fn lease_ttl_ms() -> Result<i64> {
 /// the lease holds. Refuses (releasing what it took) if another replicator holds one. A lease
 /// that names another database's lineage makes the job's engine refuse a start it cannot prove
 /// continues it, unless `force`.
-async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64, force: bool) -> Result<()> {
+async fn take_leases(
+    jobs: &mut [replicate::Job],
+    now_ms: i64,
+    force: bool,
+    restored: &[(PathBuf, String)],
+) -> Result<()> {
     let ttl_ms = lease_ttl_ms()?;
     for i in 0..jobs.len() {
         let job = &mut jobs[i];
@@ -213,7 +223,10 @@ async fn take_leases(jobs: &mut [replicate::Job], now_ms: i64, force: bool) -> R
         let holder = Holder::here(&job.engine.db_path);
         match Lease::take(store.clone(), holder, now_ms, ttl_ms).await {
             Ok(Some(lease)) => {
-                if !force {
+                let from_here = restored
+                    .iter()
+                    .any(|(db, r)| *db == job.engine.db_path && *r == job.replica.describe());
+                if !force && !from_here {
                     job.engine.foreign_lineage = lease.other_lineage().map(str::to_string);
                 }
                 job.replica.store = Arc::new(FencedStore::new(
@@ -275,10 +288,12 @@ async fn wait_child(child: &mut Option<tokio::process::Child>) -> i32 {
     }
 }
 
+/// Restores a missing database from `replica`; returns that replica's description when it
+/// restored something.
 async fn restore_missing(
     path: &Path,
     replica: Option<&crate::config::ReplicaConfig>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let r = replica
         .ok_or_else(|| anyhow!("database {} has no replica to restore from", path.display()))?;
     let target = ReplicaTarget::from_config(r).map_err(|e| anyhow!(e))?;
@@ -286,12 +301,13 @@ async fn restore_missing(
     match restore_if_missing(&OsFs, &replica, path).await? {
         Some(report) => {
             tracing::info!(db = %path.display(), txid = format_args!("{:016x}", report.txid), "restored database before replicating");
+            Ok(Some(replica.describe()))
         }
         None => {
             tracing::info!(db = %path.display(), "no backup to restore; starting with a new database");
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Pages of a database: its size over the page size in its header (bytes 16..18, big-endian;

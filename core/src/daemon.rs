@@ -315,7 +315,10 @@ async fn restore_missing(
 fn page_count(path: &Path) -> Option<u64> {
     use std::io::Read;
     let mut header = [0u8; 18];
-    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
     let raw = u16::from_be_bytes([header[16], header[17]]);
     let page_size = if raw == 1 { 65_536 } else { u64::from(raw) };
     (page_size >= 512).then(|| std::fs::metadata(path).map(|m| m.len() / page_size).ok())?
@@ -397,7 +400,10 @@ pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
                     .map_or("-".into(), |l| format!("{l:.1}")),
                 r["page_checksums_bytes"]
                     .as_u64()
-                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / f64::from(1 << 20))),
+                    .map_or("-".into(), |b| format!(
+                        "{:.1}",
+                        b as f64 / f64::from(1 << 20)
+                    )),
                 r["replica"].as_str().unwrap_or("")
             );
         }

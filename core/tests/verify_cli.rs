@@ -78,6 +78,34 @@ fn a_healthy_replica_verifies_restores_and_exits_0() {
     assert_eq!(restore_code(&ws, &replica, "r.db"), 0);
 }
 
+/// A healed replica restores byte for byte `db` (checkpointed), by sluice and, where it is
+/// installed, by Litestream: it is still a Litestream replica.
+fn both_restore(ws: &Workspace, db: &Path, replica: &Path, litestream: Option<&Path>, name: &str) {
+    let url = file_url(replica);
+    let restored = ws.path("healed.db");
+    let (code, _, err) = run_sluice(&[&"restore", &"-o", &restored, &url]);
+    assert_eq!(
+        code, 0,
+        "{name}: sluice restore of the healed replica: {err}"
+    );
+    common::assert_same_file(
+        db,
+        &restored,
+        4096,
+        "sluice's restore of the healed replica",
+    );
+    common::assert_integrity_ok(&restored);
+    if let Some(bin) = litestream {
+        let out = ws.path("litestream.db");
+        let (code, _, err) = common::run_litestream(bin, &[&"restore", &"-o", &out, &url]);
+        assert_eq!(
+            code, 0,
+            "{name}: litestream restore of the healed replica: {err}"
+        );
+        common::assert_same_file(db, &out, 4096, "Litestream's restore of the healed replica");
+    }
+}
+
 /// Each damage: verify exits 1 naming it, and restore fails too.
 #[test]
 fn each_damage_is_named_and_agrees_with_restore() {
@@ -144,23 +172,8 @@ fn each_damage_is_named_and_agrees_with_restore() {
             assert!(err.contains("healed the replica"), "{name}: {err}");
             let (code, out, err) = verify(&replica, &[]);
             assert_eq!(code, 0, "{name}: after the heal:\n{out}{err}");
-            let restored = ws.path("healed.db");
-            let (code, _, err) = run_sluice(&[&"restore", &"-o", &restored, &file_url(&replica)]);
-            assert_eq!(code, 0, "{err}");
             common::checkpoint_truncate(&Connection::open(&db).expect("open"));
-            common::assert_same_file(&db, &restored, 4096, "the healed replica's restore");
-            common::assert_integrity_ok(&restored);
-            // The healed replica is still a Litestream replica: Litestream restores it too.
-            if let Some(bin) = &litestream {
-                let out = ws.path("litestream.db");
-                let url = file_url(&replica);
-                let (code, _, err) = common::run_litestream(bin, &[&"restore", &"-o", &out, &url]);
-                assert_eq!(
-                    code, 0,
-                    "{name}: litestream restore of the healed replica: {err}"
-                );
-                common::assert_same_file(&db, &out, 4096, "Litestream's restore of the heal");
-            }
+            both_restore(&ws, &db, &replica, litestream.as_deref(), name);
         }
     }
 }
@@ -308,20 +321,7 @@ fn damage_while_replicating_is_found_by_compaction_and_healed() {
         common::checkpoint_truncate(&Connection::open(&db).expect("open"));
         let (code, out, err) = verify(&replica, &[]);
         assert_eq!(code, 0, "{name}: verify after the heal:\n{out}{err}");
-        let restored = ws.path("restored.db");
-        let (code, _, err) = run_sluice(&[&"restore", &"-o", &restored, &file_url(&replica)]);
-        assert_eq!(code, 0, "{name}: {err}");
-        common::assert_same_file(&db, &restored, 4096, "restore after a live heal");
-        if let Some(bin) = &litestream {
-            let out = ws.path("litestream.db");
-            let url = file_url(&replica);
-            let (code, _, err) = common::run_litestream(bin, &[&"restore", &"-o", &out, &url]);
-            assert_eq!(
-                code, 0,
-                "{name}: litestream restore after a live heal: {err}"
-            );
-            common::assert_same_file(&db, &out, 4096, "Litestream's restore after a live heal");
-        }
+        both_restore(&ws, &db, &replica, litestream.as_deref(), name);
     }
 }
 

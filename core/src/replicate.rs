@@ -39,8 +39,9 @@ pub struct JobStatus {
     pub last_error: Option<String>,
     /// Set once the job stopped for good (a permanent error); the process replicates on.
     pub stopped: Option<String>,
-    /// Why the replica cannot be restored to its newest state, as the job found it when it
-    /// started (`None`: restorable, or not known yet).
+    /// Why the replica cannot be restored to its newest state, as the job last judged it (at
+    /// its start, when a merge found a file damaged, at a recovery; `None`: restorable, or
+    /// not known yet).
     pub replica_break: Option<String>,
     /// The engine's per-page checksum table (8 bytes a page): the one part of a replicator's
     /// memory that grows with its database.

@@ -107,13 +107,7 @@ pub struct Driver {
     last_shipped: Option<(FileInfo, bool)>,
     /// "Waiting for the database" was logged (once, not per open retry).
     waiting_logged: bool,
-    /// Replica files a merge found damaged (at most [`DAMAGED_FILES_MAX`], newest kept).
-    damaged: Vec<FileInfo>,
 }
-
-/// The most damaged files a driver remembers; past it the oldest are forgotten (a merge that
-/// reads one again finds it again).
-pub const DAMAGED_FILES_MAX: usize = 64;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +145,6 @@ impl Driver {
             status,
             last_shipped: None,
             waiting_logged: false,
-            damaged: Vec::new(),
         }
     }
 
@@ -296,7 +289,7 @@ impl Driver {
                     up_to_txid,
                     known_max_txid,
                     &self.scratch,
-                    &self.damaged,
+                    self.damaged(),
                 )
                 .await;
                 match r {
@@ -315,7 +308,7 @@ impl Driver {
                 }
             }
             Action::Snapshot { up_to_txid } => {
-                match compact::snapshot(&self.replica, up_to_txid, &self.scratch, &self.damaged)
+                match compact::snapshot(&self.replica, up_to_txid, &self.scratch, self.damaged())
                     .await
                 {
                     Ok(info) => {
@@ -480,23 +473,26 @@ impl Driver {
     /// A merge found an input damaged: it is left out of later merges and of the chain the
     /// engine judges, and the next sync recovers, confirms the break and heals it.
     fn found_damage(&mut self, e: &compact::CompactError) {
-        let Some(file) = e.damaged() else { return };
-        if self.damaged.contains(file) {
+        let (Some(file), Some(engine)) = (e.damaged(), self.engine.as_mut()) else {
+            return;
+        };
+        if !engine.note_damaged(file) {
             return;
         }
         tracing::error!(replica = %self.replica.describe(), error = %e, "a replica file is damaged; restores through it fail: healing the replica");
-        if self.damaged.len() == DAMAGED_FILES_MAX {
-            self.damaged.remove(0);
-        }
-        self.damaged.push(file.clone());
         update(&self.status, |s| s.replica_break = Some(e.to_string()));
         self.recheck();
+    }
+
+    /// The files merges leave out: the engine's record of damaged ones.
+    fn damaged(&self) -> &[FileInfo] {
+        self.engine.as_ref().map_or(&[], Engine::damaged)
     }
 
     /// The next sync (due now, even on an idle database) recovers and judges the chain.
     fn recheck(&mut self) {
         if let Some(engine) = self.engine.as_mut() {
-            engine.recheck_replica(&self.damaged);
+            engine.recheck_replica();
             self.sched.mark_pending(self.clock.now_ms());
         }
     }
@@ -512,7 +508,7 @@ impl Driver {
         let Some(newest) = files.iter().map(|f| f.max_txid).max() else {
             return;
         };
-        files.retain(|f| !self.damaged.contains(f));
+        files.retain(|f| !self.damaged().contains(f));
         if let Some(why) = crate::engine::chain_break(&self.replica.describe(), &files, newest) {
             tracing::warn!(replica = %self.replica.describe(), "the replica's listing shows a break ({why}); checking it at the next sync");
             self.recheck();

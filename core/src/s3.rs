@@ -891,7 +891,7 @@ impl ObjectStore for S3Store {
         let io = |e: std::io::Error| StoreError::from_io("put", self.location(key), &e);
         let size = body.size().map_err(io)?;
         if size <= SPOOLED_SINGLE_PUT_BYTES_MAX {
-            let bytes = crate::store::read_spooled(body).map_err(io)?;
+            let bytes = crate::scratch::read_all(body).map_err(io)?;
             return self.put(key, bytes, opts).await;
         }
         let create = opts.mode == PutMode::Create;

@@ -89,11 +89,7 @@ impl SpoolBody {
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self {
             SpoolBody::Memory(b) => Ok(b),
-            SpoolBody::File(f) => {
-                let mut out = Vec::new();
-                io::Read::read_to_end(&mut ScratchReader::new(f.as_ref()), &mut out)?;
-                Ok(out)
-            }
+            SpoolBody::File(f) => read_all(f.as_ref()),
         }
     }
 }
@@ -124,14 +120,13 @@ impl Spool {
     }
 
     /// The body as written.
-    pub fn finish(mut self) -> io::Result<SpoolBody> {
-        if self.file.is_none() {
-            return Ok(SpoolBody::Memory(self.buf));
-        }
-        self.flush_to_file()?;
+    pub fn finish(self) -> io::Result<SpoolBody> {
         match self.file {
-            Some((file, _)) => Ok(SpoolBody::File(file)),
-            None => Ok(SpoolBody::Memory(Vec::new())),
+            None => Ok(SpoolBody::Memory(self.buf)),
+            Some((file, written)) => {
+                file.write_at(&self.buf, written)?;
+                Ok(SpoolBody::File(file))
+            }
         }
     }
 }
@@ -180,6 +175,13 @@ impl io::Read for ScratchReader<'_> {
         self.offset += n as u64;
         Ok(n)
     }
+}
+
+/// A scratch file read whole.
+pub fn read_all(file: &dyn ScratchFile) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut ScratchReader::new(file), &mut out)?;
+    Ok(out)
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::scratch::{ScratchFile, ScratchReader, SpoolBody};
+use crate::scratch::{ScratchFile, SpoolBody};
 
 /// What kind of failure, so callers can decide whether to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +123,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         body: &dyn ScratchFile,
         opts: PutOptions,
     ) -> Result<(), StoreError> {
-        let bytes = read_spooled(body)
+        let bytes = crate::scratch::read_all(body)
             .map_err(|e| StoreError::from_io("put", format!("{}/{key}", self.describe()), &e))?;
         self.put(key, bytes, opts).await
     }
@@ -182,13 +182,6 @@ pub async fn put_body(
         SpoolBody::Memory(bytes) => store.put(key, bytes, opts).await,
         SpoolBody::File(file) => store.put_spooled(key, file.as_ref(), opts).await,
     }
-}
-
-/// A spooled body read whole.
-pub fn read_spooled(body: &dyn ScratchFile) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut ScratchReader::new(body), &mut out)?;
-    Ok(out)
 }
 
 /// The bytes of a spooled body, in parts of at most `part_bytes` (the last one shorter).

@@ -14,15 +14,21 @@ use std::path::{Path, PathBuf};
 use common::{Workspace, file_url, run_sluice};
 use rusqlite::{Connection, params};
 
-/// A directory replica of a database with `rounds` syncs, each after a few commits.
-fn replica_of(ws: &Workspace, rounds: u32) -> (PathBuf, PathBuf) {
-    let db = ws.path("app.db");
-    let replica = ws.dir("replica");
-    let conn = Connection::open(&db).expect("open");
+/// A new database in WAL mode with an empty table `t (id, v BLOB)`.
+fn wal_db(db: &Path) -> Connection {
+    let conn = Connection::open(db).expect("open");
     conn.pragma_update(None, "journal_mode", "wal")
         .expect("wal");
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", [])
         .expect("create");
+    conn
+}
+
+/// A directory replica of a database with `rounds` syncs, each after a few commits.
+fn replica_of(ws: &Workspace, rounds: u32) -> (PathBuf, PathBuf) {
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    let conn = wal_db(&db);
     for round in 0..rounds {
         for i in 0..3 {
             conn.execute(
@@ -254,11 +260,7 @@ fn damage_while_replicating_is_found_by_compaction_and_healed() {
         let ws = Workspace::new(&format!("damage-live-{name}"));
         let db = ws.path("app.db");
         let replica = ws.dir("replica");
-        let conn = Connection::open(&db).expect("open");
-        conn.pragma_update(None, "journal_mode", "wal")
-            .expect("wal");
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", [])
-            .expect("create");
+        let conn = wal_db(&db);
         let cfg = ws.path("sluice.yml");
         std::fs::write(
             &cfg,

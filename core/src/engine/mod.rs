@@ -97,6 +97,10 @@ impl EngineError {
     }
 }
 
+/// The most damaged files an engine remembers; past it the oldest are forgotten (a merge that
+/// reads one again finds it again).
+pub const DAMAGED_FILES_MAX: usize = 64;
+
 /// Engine settings. Every limit is named.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -222,7 +226,8 @@ pub struct Engine {
     /// The upload being prepared or sent is a heal: acknowledged, it becomes `heal_file`;
     /// failed, the next sync recovers (and judges the chain) again.
     heal_pending: bool,
-    /// Files found damaged (by a merge that read them), left out when the chain is judged.
+    /// Files found damaged (by a merge that read them), left out of later merges and of the
+    /// chain a recovery judges; at most [`DAMAGED_FILES_MAX`], the newest kept.
     damaged: Vec<FileInfo>,
     /// Position recoveries so far (each judges the chain anew).
     recoveries: u64,
@@ -358,15 +363,27 @@ impl Engine {
         self.heal_file.take()
     }
 
-    /// A running driver found the replica's chain broken from a listing, or `damaged` files
-    /// (which a merge could not read) in it: the next sync recovers the position first,
-    /// judging the chain without those files, and heals a break it confirms.
-    pub fn recheck_replica(&mut self, damaged: &[FileInfo]) {
-        for f in damaged {
-            if !self.damaged.contains(f) {
-                self.damaged.push(f.clone());
-            }
+    /// Records `file` as damaged (a merge could not read it); `false` if it was known.
+    pub fn note_damaged(&mut self, file: &FileInfo) -> bool {
+        if self.damaged.contains(file) {
+            return false;
         }
+        if self.damaged.len() == DAMAGED_FILES_MAX {
+            self.damaged.remove(0);
+        }
+        self.damaged.push(file.clone());
+        true
+    }
+
+    /// The files found damaged, which merges and recoveries leave out.
+    pub fn damaged(&self) -> &[FileInfo] {
+        &self.damaged
+    }
+
+    /// A running driver found the replica's chain broken from a listing, or a damaged file in
+    /// it: the next sync recovers the position first, judging the chain without the damaged
+    /// files, and heals a break it confirms.
+    pub fn recheck_replica(&mut self) {
         self.recover_needed = true;
     }
 

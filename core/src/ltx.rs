@@ -461,6 +461,16 @@ pub struct Decoder<R: Read> {
     index: Vec<(u32, u64, u64)>,
 }
 
+/// Reads a whole file and checks it: header, every page, trailer and CRC. Returns the header
+/// and trailer (a damaged file's error says how it is damaged).
+pub fn check_whole<R: Read>(input: R) -> Result<(Header, Trailer), LtxError> {
+    let mut d = Decoder::new(input)?;
+    let header = *d.header();
+    let mut page = vec![0u8; header.page_size as usize];
+    while d.next_page(&mut page)?.is_some() {}
+    Ok((header, d.finish()?))
+}
+
 impl<R: Read> Decoder<R> {
     pub fn new(mut input: R) -> Result<Self, LtxError> {
         let mut hb = [0u8; HEADER_SIZE];

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::ltx::Decoder;
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::restore::{self, Target};
 use crate::scratch::Scratch;
@@ -111,17 +110,13 @@ async fn check_file(replica: &Replica, info: FileInfo, scratch: &dyn Scratch) ->
     };
     let decoded = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>, String> {
         let reader = fetched.reader(256 << 10).map_err(|e| e.to_string())?;
-        let mut d = Decoder::new(reader).map_err(|e| e.to_string())?;
-        let h = *d.header();
+        let (h, trailer) = crate::ltx::check_whole(reader).map_err(|e| e.to_string())?;
         if (h.min_txid, h.max_txid) != (fetched.info.min_txid, fetched.info.max_txid) {
             return Err(format!(
                 "its header says TXIDs {:016x}..={:016x}",
                 h.min_txid, h.max_txid
             ));
         }
-        let mut page = vec![0u8; h.page_size as usize];
-        while d.next_page(&mut page).map_err(|e| e.to_string())?.is_some() {}
-        let trailer = d.finish().map_err(|e| e.to_string())?;
         Ok(h.db_checksums(&trailer))
     })
     .await;

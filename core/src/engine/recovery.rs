@@ -266,13 +266,9 @@ impl Engine {
                 f.size
             )));
         }
-        let check = || -> Result<(), crate::ltx::LtxError> {
-            let mut d = crate::ltx::Decoder::new(&bytes[..])?;
-            let mut page = vec![0u8; d.header().page_size as usize];
-            while d.next_page(&mut page)?.is_some() {}
-            d.finish().map(|_| ())
-        };
-        Ok(check().err().map(|e| e.to_string()))
+        Ok(crate::ltx::check_whole(&bytes[..])
+            .err()
+            .map(|e| e.to_string()))
     }
 
     async fn read_range(

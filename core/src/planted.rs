@@ -50,10 +50,13 @@ pub enum Bug {
     /// replaced host whose upload stalled past its lease acknowledges it in the new holder's
     /// term.
     FenceCheckedBeforeOnly,
+    /// A recovery takes the WAL as backfilled whenever the database file has the committed
+    /// size, without comparing its pages: frames not yet checkpointed are left out of the state.
+    BackfillUnchecked,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -73,6 +76,7 @@ impl Bug {
         Bug::RenameBeforeFsync,
         Bug::RetentionSplitsLevel1,
         Bug::FenceCheckedBeforeOnly,
+        Bug::BackfillUnchecked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Bug {
             Bug::RenameBeforeFsync => "rename-before-fsync",
             Bug::RetentionSplitsLevel1 => "retention-splits-level1",
             Bug::FenceCheckedBeforeOnly => "fence-checked-before-only",
+            Bug::BackfillUnchecked => "backfill-unchecked",
         }
     }
 

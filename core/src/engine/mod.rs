@@ -231,6 +231,9 @@ pub struct Engine {
     damaged: Vec<FileInfo>,
     /// Position recoveries so far (each judges the chain anew).
     recoveries: u64,
+    /// The WAL's committed pages, when the last recovery or resync read the database file
+    /// alone because the WAL was wholly checkpointed into it (see `recover_position`).
+    read_db_only: Option<StateMap>,
     /// Where files too large for memory are spooled while they are encoded and uploaded.
     scratch: Arc<dyn Scratch>,
 }
@@ -319,6 +322,7 @@ impl Engine {
             heal_pending: false,
             damaged: Vec::new(),
             recoveries: 0,
+            read_db_only: None,
             scratch,
         };
         engine.begin_read()?;

@@ -3,6 +3,24 @@
 
 use super::*;
 
+/// How a read of the database file alone ended ([`Engine::judge_db_only_read`]).
+pub(super) enum DbOnlyRead {
+    /// Nothing it read moved.
+    Held,
+    /// The WAL restarted: the state read is where this generation begins.
+    Restarted(Option<WalPos>),
+    /// A checkpoint wrote the file under the read.
+    Torn,
+}
+
+/// The local database as one recovery read it.
+struct LocalRead {
+    all: Option<(WalHeader, Committed)>,
+    current: StateMap,
+    current_sums: PageSums,
+    current_wal: Option<WalPos>,
+}
+
 impl Engine {
     /// The file right after `newest` that a listing did not show: a level-0 file of the next
     /// TXID, or a level-9 snapshot ending there.
@@ -37,14 +55,29 @@ impl Engine {
     /// application may commit (even restart the WAL, when our read lock is on the database file
     /// alone) while we read, and a proof or snapshot read across that is torn (found by
     /// sluice-sim seed 162: a snapshot written while the application committed).
+    ///
+    /// A read of the database file alone is kept, restart or not ([`Self::judge_db_only_read`]):
+    /// otherwise the first snapshot of a busy database would be thrown away at each restart
+    /// and, on a large database under steady writes, never finish.
     pub(super) async fn recover_position(&mut self) -> Result<Option<Prepared>, EngineError> {
         const ATTEMPTS: u32 = 3;
         for _ in 0..ATTEMPTS {
-            let before = self.wal_fingerprint()?;
-            let result = self.recover_position_once().await?;
+            let (mut result, before) = self.recover_position_once().await?;
             let after = self.wal_fingerprint()?;
-            if state::read_was_stable(before, after) || planted::active(Bug::SkipRecoveryRecheck) {
-                return Ok(result);
+            match self.judge_db_only_read(before.map(|b| b.0), after.map(|a| a.0))? {
+                Some(DbOnlyRead::Held) => return Ok(result),
+                Some(DbOnlyRead::Restarted(wal)) => {
+                    self.begin_at(&mut result, wal);
+                    return Ok(result);
+                }
+                Some(DbOnlyRead::Torn) => {}
+                None => {
+                    if state::read_was_stable(before, after)
+                        || planted::active(Bug::SkipRecoveryRecheck)
+                    {
+                        return Ok(result);
+                    }
+                }
             }
             tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed while recovering the position; reading again");
         }
@@ -66,24 +99,147 @@ impl Engine {
         Ok(Some((h, c.end_offset)))
     }
 
-    /// Finds the replica's newest file and proves how the local database relates to it.
-    pub(super) async fn recover_position_once(&mut self) -> Result<Option<Prepared>, EngineError> {
+    /// Whether the database file already holds the state `map` describes: the committed size,
+    /// and every page the WAL carries with the WAL's bytes (a checkpoint backfilled them all).
+    /// Reads the WAL's pages twice, never the rest of the database.
+    pub(super) fn wal_backfilled(&self, map: &StateMap) -> Result<bool, EngineError> {
+        let db_pages = self.files.db_len().map_err(|e| self.io_err(e))? / u64::from(self.page_size);
+        if db_pages != u64::from(map.commit) {
+            return Ok(false);
+        }
+        if planted::active(Bug::BackfillUnchecked) {
+            return Ok(true);
+        }
+        let db_file = StateMap {
+            commit: map.commit,
+            wal_pages: BTreeMap::new(),
+        };
+        let mut in_wal = vec![0u8; self.page_size as usize];
+        let mut in_db = vec![0u8; self.page_size as usize];
+        for &pgno in map.wal_pages.keys() {
+            self.read_page(map, pgno, &mut in_wal)?;
+            self.read_page(&db_file, pgno, &mut in_db)?;
+            if in_wal != in_db {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The state "database file plus `committed`", read from the database file alone when there
+    /// is no WAL or it is wholly checkpointed into it (remembered in `read_db_only` for the
+    /// judgement at the read's end).
+    pub(super) fn read_map(
+        &mut self,
+        committed: Option<&Committed>,
+    ) -> Result<StateMap, EngineError> {
+        let mut map = self.state_map(committed)?;
+        self.read_db_only = None;
+        // No WAL (none yet, or truncated by a checkpoint) is a read of the file alone too.
+        if committed.is_none() || self.wal_backfilled(&map)? {
+            self.read_db_only = Some(StateMap {
+                commit: map.commit,
+                wal_pages: std::mem::take(&mut map.wal_pages),
+            });
+        }
+        Ok(map)
+    }
+
+    /// Makes the state read (shipped by `prepared`, or the position itself) end at `wal`: the
+    /// start of the generation a restart began under a read of the database file alone.
+    pub(super) fn begin_at(&mut self, prepared: &mut Option<Prepared>, wal: Option<WalPos>) {
+        let pos = prepared.as_ref().map_or(self.pos, |p| p.pos);
+        let moved = self
+            .pos
+            .follow(pos.txid, pos.checksum, wal, self.read_stamp);
+        match prepared {
+            Some(p) => p.pos = moved,
+            None => self.pos = moved,
+        }
+    }
+
+    /// Judges, once it is over, a read that took the database file alone (`None` for any other
+    /// read). `before` is the WAL header the read began with, `after` the one now.
+    ///
+    /// SQLite gives a read begun on a wholly checkpointed WAL read mark 0, under which no
+    /// checkpoint writes the database file, but a writer may still restart the WAL: then the
+    /// state read is where the new generation begins. A read that found the WAL checkpointed
+    /// while holding a later mark (the checkpoint ran after the read began) has no restart to
+    /// fear, but a checkpoint may still be copying frames up to that mark; such a read holds
+    /// only if the file still matches the WAL at its end.
+    pub(super) fn judge_db_only_read(
+        &self,
+        before: Option<WalHeader>,
+        after: Option<WalHeader>,
+    ) -> Result<Option<DbOnlyRead>, EngineError> {
+        let Some(map) = &self.read_db_only else {
+            return Ok(None);
+        };
+        let whole = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2, h.checksum));
+        if whole(before) != whole(after) {
+            tracing::debug!(db = %self.cfg.db_path.display(), "the WAL restarted while the database file was read; following the new generation from its start");
+            return Ok(Some(DbOnlyRead::Restarted(after.map(|h| WalPos {
+                header: h,
+                offset: WAL_HEADER_SIZE as u64,
+                checksum: h.checksum,
+            }))));
+        }
+        Ok(Some(if self.wal_backfilled(map)? {
+            DbOnlyRead::Held
+        } else {
+            DbOnlyRead::Torn
+        }))
+    }
+
+    /// Finds the replica's newest file and proves how the local database relates to it. Also
+    /// returns the WAL as the read found it, for [`Self::recover_position`]'s check.
+    pub(super) async fn recover_position_once(
+        &mut self,
+    ) -> Result<(Option<Prepared>, Option<(WalHeader, u64)>), EngineError> {
+        let files = self.replica.list_all().await?;
+        let local = self.read_local()?;
+        let fingerprint = local.all.as_ref().map(|(h, c)| (*h, c.end_offset));
+        Ok((self.prove_position(files, local).await?, fingerprint))
+    }
+
+    /// The local database's current state, with its page checksums.
+    fn read_local(&mut self) -> Result<LocalRead, EngineError> {
         self.heal_pending = false;
         self.recoveries += 1;
-        let files = self.replica.list_all().await?;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
         let all = match header {
             Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
             None => None,
         };
-        let current = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let current = self.read_map(all.as_ref().map(|(_, c)| c))?;
         let current_sums = self.sums_of(&current)?;
         let current_wal = all.as_ref().map(|(h, c)| WalPos {
             header: *h,
             offset: c.end_offset,
             checksum: c.end_checksum,
         });
+        Ok(LocalRead {
+            all,
+            current,
+            current_sums,
+            current_wal,
+        })
+    }
+
+    /// Proves how the local state read relates to the replica's newest file: resumes from it,
+    /// or returns every page to ship.
+    async fn prove_position(
+        &mut self,
+        files: Vec<FileInfo>,
+        local: LocalRead,
+    ) -> Result<Option<Prepared>, EngineError> {
+        let LocalRead {
+            all,
+            current,
+            current_sums,
+            current_wal,
+        } = local;
         let mut newest = files
             .iter()
             .max_by_key(|f| (f.max_txid, std::cmp::Reverse(f.level)))
@@ -164,8 +320,12 @@ impl Engine {
         let replica_sum = DbChecksum::from_raw(post);
         let mut proven = None;
         if post != 0 {
-            // (a) Same WAL generation: the state at the replica's WAL offset.
+            // (a) Same WAL generation: the state at the replica's WAL offset. Not after a read
+            // of the database file alone: its WAL frames, all checkpointed, may be overwritten
+            // under the read, and an earlier state is no longer in the file (at the WAL's end,
+            // (c) proves the same).
             if let Some((h, _)) = &all
+                && self.read_db_only.is_none()
                 && (rh.wal_salt1, rh.wal_salt2) == (h.salt1, h.salt2)
                 && rh.wal_offset > 0
             {
@@ -191,7 +351,11 @@ impl Engine {
                 .is_none_or(|(h, _)| (rh.wal_salt1, rh.wal_salt2) != (h.salt1, h.salt2));
             if proven.is_none() && restarted {
                 let map = self.state_map(None)?;
-                let sums = self.sums_of(&map)?;
+                let sums = if current.wal_pages.is_empty() && map.commit == current.commit {
+                    current_sums.clone()
+                } else {
+                    self.sums_of(&map)?
+                };
                 if sums.total() == replica_sum {
                     let wal = all.as_ref().map(|(h, _)| WalPos {
                         header: *h,

@@ -2,6 +2,7 @@
 //! and move the position only once the store acknowledged the file.
 
 use super::*;
+use recovery::DbOnlyRead;
 
 impl Engine {
     /// The upload of a prepared file, and what its acknowledgement will apply.
@@ -176,6 +177,7 @@ impl Engine {
         &mut self,
         outcome: &mut SyncOutcome,
     ) -> Result<(Option<Prepared>, u64), EngineError> {
+        self.read_db_only = None;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, wal_len) = self.wal_header()?;
         let plan = state::plan_sync(&self.pos, header, wal_len, self.read_stamp);
@@ -310,7 +312,7 @@ impl Engine {
             }
             SyncPlan::Resync => self.resync_batch(header, outcome)?,
         };
-        let prepared = match batch {
+        let mut prepared = match batch {
             Some((map, changed, wal, start)) => {
                 Some(self.prepare_incremental(&map, &changed, wal, start)?)
             }
@@ -339,6 +341,15 @@ impl Engine {
             let again = self.scan(&mut sc, u64::MAX)?;
             intact &= (again.end_offset, again.end_checksum) == (end, sum);
         }
+        match self.judge_db_only_read(header, after)? {
+            Some(DbOnlyRead::Held) => intact = true,
+            Some(DbOnlyRead::Restarted(wal)) => {
+                self.begin_at(&mut prepared, wal);
+                intact = true;
+            }
+            Some(DbOnlyRead::Torn) => intact = false,
+            None => {}
+        }
         if !intact {
             tracing::debug!(db = %self.cfg.db_path.display(), "WAL changed under the read; retrying");
             outcome.more = true;
@@ -362,7 +373,7 @@ impl Engine {
             Some(h) => Some((h, self.scan(&mut WalScanner::new(h), u64::MAX)?)),
             None => None,
         };
-        let map = self.state_map(all.as_ref().map(|(_, c)| c))?;
+        let map = self.read_map(all.as_ref().map(|(_, c)| c))?;
         let sums = self.sums_of(&map)?;
         let changed = sums
             .diff(&self.sums)

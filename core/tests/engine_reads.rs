@@ -1,0 +1,171 @@
+//! How the engine's reads of the local database behave while the application keeps writing:
+//! the real SQLite, real files, and an application write fired at an exact point of the read
+//! (a `DbFiles` wrapper), so each race happens on every run.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::Workspace;
+use sluice_core::engine::{DbFiles, Engine, EngineConfig, OsFiles, SystemClock};
+use sluice_core::replica::{Layout, Replica};
+use sluice_core::scratch::OsScratch;
+use sluice_core::store::DirStore;
+
+/// The real files, with `hook` run once, on the first read of the database file at `at`.
+struct FireOnRead {
+    inner: OsFiles,
+    at: u64,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl DbFiles for FireOnRead {
+    fn read_db(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset == self.at {
+            let hook = self
+                .hook
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.inner.read_db(offset, buf)
+    }
+    fn db_len(&self) -> io::Result<u64> {
+        self.inner.db_len()
+    }
+    fn read_wal(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read_wal(offset, buf)
+    }
+    fn wal_len(&self) -> io::Result<u64> {
+        self.inner.wal_len()
+    }
+    fn db_stamp(&self) -> io::Result<(u64, u64)> {
+        self.inner.db_stamp()
+    }
+    fn db_path(&self) -> &Path {
+        self.inner.db_path()
+    }
+    fn replaced(&self) -> io::Result<bool> {
+        self.inner.replaced()
+    }
+}
+
+/// The WAL header's salts: they change when the WAL restarts.
+fn wal_salts(db: &Path) -> [u8; 8] {
+    let wal = std::fs::read(format!("{}-wal", db.display())).expect("read the WAL");
+    wal[16..24].try_into().expect("a WAL header")
+}
+
+fn restore(replica: &Path, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    let (code, _, err) = common::run_sluice(&[&"restore", &"-o", &out, &common::file_url(replica)]);
+    assert_eq!(code, 0, "restore failed: {err}");
+    std::fs::read(out).expect("read the restored database")
+}
+
+/// The first snapshot of a busy database is read once. Its WAL is wholly checkpointed when the
+/// read begins (SQLite's read mark 0), and halfway through the read the application commits,
+/// which restarts the WAL over the frames the read began with. The database file cannot change
+/// under that read, so the snapshot is kept, not thrown away and read again (which on a large
+/// database under steady writes never finishes), and the next sync follows the new generation
+/// from its start without comparing every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_snapshot_survives_a_wal_restart_under_its_read() {
+    let ws = Workspace::new("engine-reads");
+    let db = ws.root().join("app.db");
+    let replica_dir = ws.root().join("replica");
+    let app = rusqlite::Connection::open(&db).expect("open the database");
+    app.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO t SELECT i, randomblob(300) FROM n;",
+    )
+    .expect("fill the database");
+    app.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL mode");
+    app.pragma_update(None, "wal_autocheckpoint", 0)
+        .expect("no automatic checkpoints");
+    app.execute("UPDATE t SET v = randomblob(300) WHERE id = 1", [])
+        .expect("a first WAL transaction");
+    // Backfill every frame and keep the WAL: the next writer restarts it.
+    app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        assert_eq!((busy, log), (0, done), "the WAL is wholly checkpointed");
+        Ok(())
+    })
+    .expect("checkpoint");
+    let snapshot_state = std::fs::read(&db).expect("read the database");
+    let salts_before = wal_salts(&db);
+    let page_size: i64 = app
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    let page_size = page_size as u64;
+    let pages = snapshot_state.len() as u64 / page_size;
+    assert!(
+        pages > 50,
+        "a database of {pages} pages is too small for the test"
+    );
+
+    // Halfway through the snapshot's read, another connection commits.
+    let writer = Arc::new(Mutex::new(
+        rusqlite::Connection::open(&db).expect("open a second connection"),
+    ));
+    let w = writer.clone();
+    let files = FireOnRead {
+        inner: OsFiles::open(&db).expect("open the files"),
+        at: (pages / 2) * page_size,
+        hook: Mutex::new(Some(Box::new(move || {
+            w.lock()
+                .expect("the writer")
+                .execute("UPDATE t SET v = randomblob(300) WHERE id > 1900", [])
+                .expect("a commit during the read");
+        }))),
+    };
+    let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
+    let mut engine = Engine::open(
+        EngineConfig::new(&db),
+        Arc::new(files),
+        replica,
+        Arc::new(SystemClock),
+        Arc::new(OsScratch::new(ws.root().join("scratch"))),
+    )
+    .await
+    .expect("open the engine");
+    assert_ne!(
+        wal_salts(&db),
+        salts_before,
+        "the commit during the read restarted the WAL (the race this test is about)"
+    );
+    assert_eq!(
+        engine.recoveries(),
+        1,
+        "the snapshot was read once, not thrown away at the restart"
+    );
+    assert!(engine.opened_with_snapshot());
+    assert_eq!(
+        restore(&replica_dir, &ws.root().join("first.db")),
+        snapshot_state,
+        "the snapshot is the state the read began with"
+    );
+
+    let out = engine.sync().await.expect("sync");
+    assert!(out.shipped.is_some(), "the commit is shipped");
+    assert!(
+        !out.resynced,
+        "the new generation is followed from its start, not found by comparing every page"
+    );
+    engine.close().expect("close the engine");
+    drop(writer);
+    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    assert_eq!(
+        restore(&replica_dir, &ws.root().join("latest.db")),
+        std::fs::read(&db).expect("read the database"),
+        "the replica's newest state is the database's"
+    );
+}

@@ -5,6 +5,7 @@
 //! errors, partitions and application checkpoints; then it restores and checks the result
 //! against an oracle. See `FAULT_MODEL.md` for exactly what is simulated and checked.
 
+pub mod chaos;
 pub mod disk;
 pub mod faulty;
 pub mod files;

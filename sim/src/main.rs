@@ -1,4 +1,5 @@
-//! `sluice-sim run --seed N` and `sluice-sim sweep --seeds A..B | --minutes M`.
+//! `sluice-sim run --seed N`, `sluice-sim sweep --seeds A..B | --minutes M`, and
+//! `sluice-sim chaos --sut sluice|litestream --seed N` (real processes, see `chaos`).
 
 use std::process::ExitCode;
 
@@ -59,6 +60,113 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         scenario: Option<std::path::PathBuf>,
     },
+    /// Real-process chaos: the system under test and a writer as real processes, SIGKILLed and
+    /// restarted on a seeded schedule, each cycle ending in a host loss and a restore.
+    Chaos {
+        /// The system under test.
+        #[arg(long, value_enum, default_value_t = SutKind::Sluice)]
+        sut: SutKind,
+        /// Its binary. Default: `sluice` beside this executable, or `litestream` on PATH
+        /// (`LITESTREAM_BIN` when set).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A chaos scenario file (YAML, `scenarios/chaos/`).
+        #[arg(long, value_name = "FILE")]
+        scenario: Option<std::path::PathBuf>,
+        /// Override the scenario's number of cycles.
+        #[arg(long)]
+        cycles: Option<u32>,
+        /// Where run directories go (a failed run's is kept). Default: the system's temp dir.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Internal: the chaos writer process.
+    #[command(hide = true)]
+    ChaosWriter {
+        #[arg(long)]
+        db: std::path::PathBuf,
+        #[arg(long)]
+        log: std::path::PathBuf,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        commits_per_second: u32,
+        #[arg(long)]
+        checkpoint_rate: f64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SutKind {
+    Sluice,
+    Litestream,
+}
+
+fn chaos(
+    kind: SutKind,
+    bin: Option<std::path::PathBuf>,
+    seed: u64,
+    scenario: Option<&std::path::Path>,
+    cycles: Option<u32>,
+    dir: Option<std::path::PathBuf>,
+    json: Option<&std::path::Path>,
+) -> Result<bool, String> {
+    use sluice_sim::chaos::{self, Sut};
+    let bin = match (bin, kind) {
+        (Some(b), _) => b,
+        (None, SutKind::Sluice) => std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable: {e}"))?
+            .with_file_name("sluice"),
+        (None, SutKind::Litestream) => {
+            std::env::var_os("LITESTREAM_BIN").map_or_else(|| "litestream".into(), Into::into)
+        }
+    };
+    let sut = match kind {
+        SutKind::Sluice => Sut::Sluice(bin),
+        SutKind::Litestream => Sut::Litestream(bin),
+    };
+    let mut s = match scenario {
+        Some(p) => chaos::Scenario::load(p)?,
+        None => chaos::Scenario::default(),
+    };
+    if let Some(c) = cycles {
+        s.cycles = c;
+    }
+    let parent = dir.unwrap_or_else(std::env::temp_dir);
+    let path = scenario.map(|p| p.display().to_string());
+    let report = chaos::run(&sut, seed, &s, path.as_deref(), &parent)?;
+    for (i, c) in report.cycles.iter().enumerate() {
+        println!(
+            "cycle {i}: {} commits, {} SUT kills, {} writer kills, host loss restored to commit {} in {} ms, {} lost{}",
+            c.commits_logged,
+            c.sut_kills,
+            c.writer_kills,
+            c.restored_commit,
+            c.restore_ms,
+            c.lost_commits,
+            c.oldest_lost_ms
+                .map(|ms| format!(" (oldest {ms} ms old)"))
+                .unwrap_or_default()
+        );
+    }
+    for v in report.violations() {
+        println!("VIOLATION {v}");
+    }
+    println!("{}", report.summary());
+    if !report.passed() {
+        println!("  files: {}", report.dir.display());
+        println!("  replay: {}", report.replay_line());
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(report.passed())
 }
 
 /// What every seed of a command runs under.
@@ -301,6 +409,52 @@ fn main() -> ExitCode {
             .init();
     }
     match cli.command {
+        Command::Chaos {
+            sut,
+            bin,
+            seed,
+            scenario,
+            cycles,
+            dir,
+            json,
+        } => match chaos(
+            sut,
+            bin,
+            seed,
+            scenario.as_deref(),
+            cycles,
+            dir,
+            json.as_deref(),
+        ) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ChaosWriter {
+            db,
+            log,
+            seed,
+            commits_per_second,
+            checkpoint_rate,
+        } => {
+            let args = sluice_sim::chaos::workload::WriterArgs {
+                db,
+                log,
+                seed,
+                commits_per_second,
+                checkpoint_rate,
+            };
+            match sluice_sim::chaos::workload::run_writer(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: chaos writer: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             seed,
             transactions,

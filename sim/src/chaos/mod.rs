@@ -1,0 +1,414 @@
+//! Real-process chaos: the system under test (`sluice replicate`, or the real Litestream) and
+//! a writer run as real processes on a real disk; a seeded schedule SIGKILLs and restarts them
+//! and ends each cycle with a host loss (both killed, the host's files deleted), then the SUT's
+//! own `restore` rebuilds the database exactly as a replacement host would, and the checks run:
+//!
+//! - the restore passes `integrity_check` and equals the state after some commit `k`, row for
+//!   row (every commit's content is a function of the seed, [`workload::expected_state`]);
+//! - no phantom state: `k` is at most one past the last commit the writer logged (a commit can
+//!   return just before the kill and the log line not be written);
+//! - the RPO: no commit that returned more than [`Scenario::rpo_ms`] plus
+//!   [`Scenario::upload_allowance_ms`] before the host loss is lost, once the SUT has run
+//!   [`Scenario::settle_ms`] since its last start. Both tools sync once a second by default, so a
+//!   commit made just after a sync waits one interval and then its upload.
+//!
+//! The next cycle's writer carries on from the restored database (the sidecar flow). What a
+//! replay reproduces: the schedule (which process is killed when, for how long, checkpoint
+//! modes, the rows). What it cannot: thread and I/O timing, so where in a sync a kill lands.
+
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The system under test.
+#[derive(Clone, Debug)]
+pub enum Sut {
+    Sluice(PathBuf),
+    Litestream(PathBuf),
+}
+
+impl Sut {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sut::Sluice(_) => "sluice",
+            Sut::Litestream(_) => "litestream",
+        }
+    }
+
+    fn bin(&self) -> &Path {
+        match self {
+            Sut::Sluice(p) | Sut::Litestream(p) => p,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(self.bin());
+        // Both read these; the run must not pick up a user's configuration or CA bundle.
+        cmd.env_remove("SLUICE_CONFIG")
+            .env_remove("LITESTREAM_CONFIG")
+            .env_remove("AWS_CA_BUNDLE")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `replicate DB URL`: the same command line for both tools.
+    fn replicate(&self, db: &Path, url: &str, log: &Path) -> std::io::Result<Child> {
+        let out = std::fs::File::create(log)?;
+        self.command()
+            .arg("replicate")
+            .arg(db)
+            .arg(url)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+    }
+
+    /// `restore -if-db-not-exists -o DB URL`: the replacement host's first step.
+    fn restore(&self, db: &Path, url: &str) -> Result<(), String> {
+        let out = self
+            .command()
+            .args(["restore", "-if-db-not-exists", "-o"])
+            .arg(db)
+            .arg(url)
+            .output()
+            .map_err(|e| format!("cannot run {} restore: {e}", self.name()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} restore exited {}: {}",
+                self.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// A chaos scenario file (YAML); every key is optional, unknown keys are errors.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Scenario {
+    pub description: String,
+    /// Cycles, each ending in a host loss and a restore.
+    pub cycles: u32,
+    /// Faults phase of a cycle.
+    pub cycle_ms: u64,
+    pub commits_per_second: u32,
+    /// Chance per commit of an application checkpoint (mode drawn from all four).
+    pub checkpoint_rate: f64,
+    /// Chance per schedule step (every 100–600 ms) of a SIGKILL of the SUT...
+    pub sut_kill_rate: f64,
+    /// ...and of the writer.
+    pub writer_kill_rate: f64,
+    /// How long a killed SUT stays down, at most.
+    pub down_ms_max: u64,
+    /// The SUT runs this long after its last start before a host loss.
+    pub settle_ms: u64,
+    /// The recovery point objective checked at each host loss (the sync interval)...
+    pub rpo_ms: u64,
+    /// ...plus this for the upload that ends it (the simulator's `POST_HEAL_SLACK_MS`).
+    pub upload_allowance_ms: u64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            description: String::new(),
+            cycles: 3,
+            cycle_ms: 4000,
+            commits_per_second: 100,
+            checkpoint_rate: 0.01,
+            sut_kill_rate: 0.2,
+            writer_kill_rate: 0.1,
+            down_ms_max: 1500,
+            settle_ms: 2000,
+            rpo_ms: 1000,
+            upload_allowance_ms: 300,
+        }
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read chaos scenario {}: {e}", path.display()))?;
+        let s: Scenario = serde_norway::from_str(&text)
+            .map_err(|e| format!("chaos scenario {}: {e}", path.display()))?;
+        s.check()
+            .map_err(|e| format!("chaos scenario {}: {e}", path.display()))?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("checkpoint-rate", self.checkpoint_rate),
+            ("sut-kill-rate", self.sut_kill_rate),
+            ("writer-kill-rate", self.writer_kill_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name}: {rate} is not a probability (0 to 1)"));
+            }
+        }
+        if self.cycles == 0 {
+            return Err("cycles: must be at least 1".into());
+        }
+        if self.commits_per_second == 0 {
+            return Err("commits-per-second: must be at least 1".into());
+        }
+        if self.rpo_ms == 0 || self.settle_ms < self.rpo_ms {
+            return Err(format!(
+                "settle-ms ({}) must be at least rpo-ms ({}), which must be positive",
+                self.settle_ms, self.rpo_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One cycle's figures and verdicts.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cycle {
+    pub commits_logged: u64,
+    pub restored_commit: u64,
+    pub lost_commits: u64,
+    /// Age at the host loss of the oldest lost commit.
+    pub oldest_lost_ms: Option<u64>,
+    pub sut_kills: u32,
+    pub writer_kills: u32,
+    pub restore_ms: u64,
+    pub violations: Vec<String>,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub sut: String,
+    pub seed: u64,
+    pub scenario: Option<String>,
+    pub cycles: Vec<Cycle>,
+    /// Where the run's files are (kept when it failed).
+    pub dir: PathBuf,
+}
+
+impl Report {
+    pub fn violations(&self) -> impl Iterator<Item = String> + '_ {
+        self.cycles
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| c.violations.iter().map(move |v| format!("cycle {i}: {v}")))
+    }
+
+    pub fn passed(&self) -> bool {
+        self.violations().next().is_none()
+    }
+
+    pub fn replay_line(&self) -> String {
+        let scenario = self
+            .scenario
+            .as_ref()
+            .map(|s| format!(" --scenario {s}"))
+            .unwrap_or_default();
+        format!(
+            "cargo run --release -p sluice-sim -- chaos --sut {} --seed {}{scenario}",
+            self.sut, self.seed
+        )
+    }
+
+    pub fn summary(&self) -> String {
+        let commits: u64 = self.cycles.iter().map(|c| c.commits_logged).sum();
+        let lost: u64 = self.cycles.iter().map(|c| c.lost_commits).sum();
+        let worst = self.cycles.iter().filter_map(|c| c.oldest_lost_ms).max();
+        let kills: u32 = self
+            .cycles
+            .iter()
+            .map(|c| c.sut_kills + c.writer_kills)
+            .sum();
+        format!(
+            "chaos {} seed {}: {} cycles, {commits} commits, {kills} kills, {} host losses restored, {lost} commits lost (oldest {}), {}",
+            self.sut,
+            self.seed,
+            self.cycles.len(),
+            self.cycles.len(),
+            worst.map_or("none".into(), |ms| format!("{ms} ms old")),
+            if self.passed() {
+                "all claims held"
+            } else {
+                "VIOLATED"
+            }
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How to start the writer: this executable's hidden `chaos-writer` command.
+fn spawn_writer(seed: u64, s: &Scenario, db: &Path, log: &Path) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .arg("chaos-writer")
+        .arg("--db")
+        .arg(db)
+        .arg("--log")
+        .arg(log)
+        .args(["--seed", &seed.to_string()])
+        .args(["--commits-per-second", &s.commits_per_second.to_string()])
+        .args(["--checkpoint-rate", &s.checkpoint_rate.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+}
+
+/// SIGKILL, then reap.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The longest the runner waits for the writer's first commit.
+const FIRST_COMMIT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `s` against `sut` from `seed` in a new directory under `parent`.
+pub fn run(
+    sut: &Sut,
+    seed: u64,
+    s: &Scenario,
+    scenario_path: Option<&str>,
+    parent: &Path,
+) -> Result<Report, String> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("chaos-{}-{seed}-", sut.name()))
+        .tempdir_in(parent)
+        .map_err(|e| format!("cannot create a run directory in {}: {e}", parent.display()))?;
+    let root = dir.path().to_path_buf();
+    let host = root.join("host");
+    let db = host.join("app.db");
+    let url = format!("file://{}", root.join("replica").display());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cycles = Vec::new();
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    for n in 0..s.cycles {
+        std::fs::create_dir_all(&host).map_err(|e| io("create the host directory", e))?;
+        let log = root.join(format!("commits-{n}.log"));
+        let mut c = Cycle::default();
+        let mut writer = spawn_writer(seed, s, &db, &log).map_err(|e| io("start the writer", e))?;
+        // The SUT starts on a database that exists (Litestream does not wait for one).
+        let waited = Instant::now();
+        while workload::read_log(&log)
+            .map_err(|e| io("read the commit log", e))?
+            .is_empty()
+        {
+            if waited.elapsed() > FIRST_COMMIT_WAIT_MAX {
+                kill(&mut writer);
+                return Err(format!(
+                    "the writer made no commit in {FIRST_COMMIT_WAIT_MAX:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut starts = 0u32;
+        let start_sut = |starts: &mut u32| {
+            *starts += 1;
+            sut.replicate(&db, &url, &root.join(format!("sut-{n}-{starts}.log")))
+                .map_err(|e| io("start the SUT", e))
+        };
+        let mut replicator = start_sut(&mut starts)?;
+        let mut sut_started = Instant::now();
+        let end = Instant::now() + Duration::from_millis(s.cycle_ms);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
+            if rng.random_bool(s.sut_kill_rate) {
+                kill(&mut replicator);
+                c.sut_kills += 1;
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..=s.down_ms_max)));
+                replicator = start_sut(&mut starts)?;
+                sut_started = Instant::now();
+            }
+            if rng.random_bool(s.writer_kill_rate) {
+                kill(&mut writer);
+                c.writer_kills += 1;
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+                writer =
+                    spawn_writer(seed, s, &db, &log).map_err(|e| io("restart the writer", e))?;
+            }
+        }
+        // The claim covers a SUT that has run `settle_ms` since its last start.
+        if let Some(left) = Duration::from_millis(s.settle_ms).checked_sub(sut_started.elapsed()) {
+            std::thread::sleep(left);
+        }
+        // The host is lost: both processes at once, then every file on it.
+        let loss_ms = now_ms();
+        kill(&mut writer);
+        kill(&mut replicator);
+        let logged = workload::read_log(&log).map_err(|e| io("read the commit log", e))?;
+        std::fs::remove_dir_all(&host).map_err(|e| io("delete the host's files", e))?;
+        std::fs::create_dir_all(&host).map_err(|e| io("create the host directory", e))?;
+        let restore_started = Instant::now();
+        let restored = sut
+            .restore(&db, &url)
+            .and_then(|()| workload::read_restored(&db));
+        c.restore_ms = u64::try_from(restore_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        c.commits_logged = logged.len() as u64;
+        let last_logged = logged.iter().map(|&(seq, _)| seq).max().unwrap_or(0);
+        match restored {
+            Err(e) => c
+                .violations
+                .push(format!("no restorable state after the host loss: {e}")),
+            Ok(rows) => {
+                let k = rows.keys().next_back().copied().unwrap_or(0);
+                c.restored_commit = k;
+                if rows != workload::expected_state(seed, k) {
+                    c.violations.push(format!(
+                        "the restored database holds rows up to {k} but is not the state after commit {k}"
+                    ));
+                }
+                if k > last_logged + 1 {
+                    c.violations.push(format!(
+                        "restored commit {k}, but the writer's last commit was {last_logged}"
+                    ));
+                }
+                let lost: Vec<_> = logged.iter().filter(|&&(seq, _)| seq > k).collect();
+                c.lost_commits = lost.len() as u64;
+                c.oldest_lost_ms = lost.iter().map(|&&(_, t)| loss_ms.saturating_sub(t)).max();
+                if let Some(&&(seq, t)) = lost.iter().min_by_key(|&&&(_, t)| t)
+                    && loss_ms.saturating_sub(t) > s.rpo_ms + s.upload_allowance_ms
+                {
+                    c.violations.push(format!(
+                        "RPO: commit {seq}, returned {} ms before the host loss, was lost (restored to commit {k}; objective {} ms plus {} ms for the upload)",
+                        loss_ms.saturating_sub(t),
+                        s.rpo_ms,
+                        s.upload_allowance_ms
+                    ));
+                }
+            }
+        }
+        // The next cycle carries on from the restored state; without a valid one there is
+        // nothing to carry on from (a new database would be a second history on the replica).
+        let carry_on = c.violations.iter().all(|v| v.starts_with("RPO"));
+        cycles.push(c);
+        if !carry_on {
+            break;
+        }
+    }
+    let report = Report {
+        sut: sut.name().into(),
+        seed,
+        scenario: scenario_path.map(str::to_string),
+        cycles,
+        dir: root,
+    };
+    if !report.passed() {
+        // Kept for the post-mortem: the SUT's logs, the commit logs, the replica.
+        let _ = dir.keep();
+    }
+    Ok(report)
+}

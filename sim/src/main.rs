@@ -41,9 +41,12 @@ enum Command {
         /// A range `A..B` (end exclusive).
         #[arg(long)]
         seeds: Option<String>,
-        /// Or run consecutive seeds from 0 for this many minutes.
+        /// Or run consecutive seeds for this many minutes...
         #[arg(long)]
         minutes: Option<f64>,
+        /// ...from this seed (the nightly starts from the date).
+        #[arg(long, default_value_t = 0, requires = "minutes")]
+        start: u64,
         #[arg(long, default_value_t = 1000)]
         transactions: u32,
         /// Plant a deliberate engine bug (needs the `planted-bugs` feature).
@@ -499,6 +502,7 @@ fn main() -> ExitCode {
         Command::Sweep {
             seeds,
             minutes,
+            start,
             transactions,
             plant: bug,
             jobs,
@@ -532,7 +536,7 @@ fn main() -> ExitCode {
                     (a, Some(b), None)
                 }
                 (None, Some(m)) => (
-                    0,
+                    start,
                     None,
                     Some(std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0)),
                 ),

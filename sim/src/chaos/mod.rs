@@ -7,6 +7,8 @@
 //!   row (every commit's content is a function of the seed, [`workload::expected_state`]);
 //! - no phantom state: `k` is at most one past the last commit the writer logged (a commit can
 //!   return just before the kill and the log line not be written);
+//! - the application is not blocked: no writer process waits more than
+//!   [`Scenario::stall_ms_max`] between two commits;
 //! - the RPO: no commit that returned more than [`Scenario::rpo_ms`] plus
 //!   [`Scenario::upload_allowance_ms`] before the host loss is lost, once the SUT has run
 //!   [`Scenario::settle_ms`] since its last start. Both tools sync once a second by default, so a
@@ -115,6 +117,10 @@ pub struct Scenario {
     pub rpo_ms: u64,
     /// ...plus this for the upload that ends it (the simulator's `POST_HEAL_SLACK_MS`).
     pub upload_allowance_ms: u64,
+    /// The longest one writer process may wait between two commits: an application blocked
+    /// on the replicator (a RESTART or TRUNCATE checkpoint waiting for its read lock) beyond
+    /// this is a violation. Default: one sync interval plus the upload allowance.
+    pub stall_ms_max: u64,
 }
 
 impl Default for Scenario {
@@ -131,6 +137,7 @@ impl Default for Scenario {
             settle_ms: 2000,
             rpo_ms: 1000,
             upload_allowance_ms: 300,
+            stall_ms_max: 1300,
         }
     }
 }
@@ -183,6 +190,8 @@ pub struct Cycle {
     pub sut_kills: u32,
     pub writer_kills: u32,
     pub restore_ms: u64,
+    /// The longest wait between two commits of one writer process.
+    pub longest_stall_ms: u64,
     pub violations: Vec<String>,
 }
 
@@ -358,7 +367,18 @@ pub fn run(
             .and_then(|()| workload::read_restored(&db));
         c.restore_ms = u64::try_from(restore_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         c.commits_logged = logged.len() as u64;
-        let last_logged = logged.iter().map(|&(seq, _)| seq).max().unwrap_or(0);
+        let last_logged = logged.iter().map(|l| l.seq).max().unwrap_or(0);
+        c.longest_stall_ms = workload::longest_stall_ms(&logged, loss_ms);
+        if c.longest_stall_ms > s.stall_ms_max {
+            c.violations.push(format!(
+                "the writer waited {} ms between two commits (limit {} ms): the application was blocked",
+                c.longest_stall_ms, s.stall_ms_max
+            ));
+        }
+        // The next cycle carries on from a restored state that is a committed one; without
+        // one there is nothing to carry on from (a new database would be a second history on
+        // the replica).
+        let mut carry_on = false;
         match restored {
             Err(e) => c
                 .violations
@@ -366,20 +386,24 @@ pub fn run(
             Ok(rows) => {
                 let k = rows.keys().next_back().copied().unwrap_or(0);
                 c.restored_commit = k;
+                carry_on = true;
                 if rows != workload::expected_state(seed, k) {
                     c.violations.push(format!(
                         "the restored database holds rows up to {k} but is not the state after commit {k}"
                     ));
+                    carry_on = false;
                 }
                 if k > last_logged + 1 {
                     c.violations.push(format!(
                         "restored commit {k}, but the writer's last commit was {last_logged}"
                     ));
+                    carry_on = false;
                 }
-                let lost: Vec<_> = logged.iter().filter(|&&(seq, _)| seq > k).collect();
+                let lost: Vec<_> = logged.iter().filter(|l| l.seq > k).collect();
                 c.lost_commits = lost.len() as u64;
-                c.oldest_lost_ms = lost.iter().map(|&&(_, t)| loss_ms.saturating_sub(t)).max();
-                if let Some(&&(seq, t)) = lost.iter().min_by_key(|&&&(_, t)| t)
+                c.oldest_lost_ms = lost.iter().map(|l| loss_ms.saturating_sub(l.ms)).max();
+                if let Some(&&workload::Logged { seq, ms: t, .. }) =
+                    lost.iter().min_by_key(|l| l.ms)
                     && loss_ms.saturating_sub(t) > s.rpo_ms + s.upload_allowance_ms
                 {
                     c.violations.push(format!(
@@ -391,9 +415,6 @@ pub fn run(
                 }
             }
         }
-        // The next cycle carries on from the restored state; without a valid one there is
-        // nothing to carry on from (a new database would be a second history on the replica).
-        let carry_on = c.violations.iter().all(|v| v.starts_with("RPO"));
         cycles.push(c);
         if !carry_on {
             break;

@@ -64,7 +64,7 @@ fn now_ms() -> u64 {
 }
 
 /// Commits until killed: commit `seq` inserts row `seq` and updates one older row, then the
-/// line `seq unix_ms` is appended to the log. Continues after the database's highest row, so a
+/// line `seq unix_ms pid` is appended to the log. Continues after the database's highest row, so a
 /// writer restarted (or started on a restored database) carries on where the database is.
 pub fn run_writer(args: &WriterArgs) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -100,7 +100,7 @@ pub fn run_writer(args: &WriterArgs) -> anyhow::Result<()> {
             rusqlite::params![u as i64, value(args.seed, seq, u)],
         )?;
         tx.commit()?;
-        writeln!(log, "{seq} {}", now_ms())?;
+        writeln!(log, "{seq} {} {}", now_ms(), std::process::id())?;
         if rng.random_bool(args.checkpoint_rate) {
             let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.random_range(0..4)];
             // A busy checkpoint is the application's everyday lot, not an error.
@@ -114,8 +114,18 @@ pub fn run_writer(args: &WriterArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The commits a writer logged: sequence number and the wall-clock time it returned.
-pub fn read_log(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
+/// One logged commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub seq: u64,
+    /// Wall-clock time `COMMIT` returned.
+    pub ms: u64,
+    /// The writer process that made it.
+    pub pid: u32,
+}
+
+/// The commits writers logged, in order.
+pub fn read_log(path: &Path) -> std::io::Result<Vec<Logged>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -126,10 +136,26 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
         .split_inclusive('\n')
         .filter(|l| l.ends_with('\n'))
         .filter_map(|l| {
-            let (a, b) = l.trim().split_once(' ')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
+            let mut f = l.split_whitespace();
+            Some(Logged {
+                seq: f.next()?.parse().ok()?,
+                ms: f.next()?.parse().ok()?,
+                pid: f.next()?.parse().ok()?,
+            })
         })
         .collect())
+}
+
+/// The longest wait between two consecutive commits of one writer process, or between the
+/// last one's last commit and `end_ms` (it was alive until then): time the application spent
+/// blocked (an application checkpoint waiting on the replicator's read lock, Litestream #724),
+/// or the writer descheduled.
+pub fn longest_stall_ms(log: &[Logged], end_ms: u64) -> u64 {
+    let tail = log.last().map_or(0, |l| end_ms.saturating_sub(l.ms));
+    log.windows(2)
+        .filter(|w| w[0].pid == w[1].pid)
+        .map(|w| w[1].ms.saturating_sub(w[0].ms))
+        .fold(tail, u64::max)
 }
 
 /// Reads a restored database: `integrity_check`, then the table. Opened immutable: nothing is
@@ -171,5 +197,25 @@ mod tests {
         assert_eq!(a.len(), 50);
         assert_ne!(expected_state(7, 49), a);
         assert!((1..=50).all(|s| (1..=s).contains(&updated_row(7, s))));
+    }
+
+    #[test]
+    fn a_stall_is_measured_within_one_writer_process() {
+        let at = |seq, ms, pid| Logged { seq, ms, pid };
+        let log = [
+            at(1, 100, 7),
+            at(2, 110, 7),
+            at(3, 900, 8),
+            at(4, 1400, 8),
+            at(5, 1410, 8),
+        ];
+        // 110 -> 900 is a restart of the writer, not a stall.
+        assert_eq!(longest_stall_ms(&log, 1420), 500);
+        assert_eq!(
+            longest_stall_ms(&log, 3000),
+            1590,
+            "blocked since its last commit"
+        );
+        assert_eq!(longest_stall_ms(&log[..1], 100), 0);
     }
 }

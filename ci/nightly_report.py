@@ -1,6 +1,7 @@
 """Assembles ci/nightly's outputs into target/nightly/report.md and report.json.
 
-Usage: nightly_report.py OUT_DIR START_SEED MINUTES DETERMINISM CANARY
+Usage: nightly_report.py OUT_DIR START_SEED MINUTES DETERMINISM CANARY SHARD
+       nightly_report.py --merge OUT_DIR SHARD_DIR...   (joins the shards' report.json)
 Exits 1 on a simulator failure, a sluice chaos violation, a determinism difference or a
 canary that was not caught; Litestream's violations are reported only.
 """
@@ -71,33 +72,50 @@ def version(cmd):
         return None
 
 
-def main():
-    out = Path(sys.argv[1])
-    start_seed, minutes, determinism, canary = int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
-    families = sweeps(out)
-    runs = chaos_runs(out)
-    report = {
+def shard_report(out, start_seed, minutes, determinism, canary, shard):
+    return {
         "start_seed": start_seed,
         "minutes": minutes,
+        "shards": [shard],
         "machine": {"cpus": os.cpu_count(), "system": platform.platform()},
         "versions": {
             "rustc": version(["rustc", "--version"]),
             "litestream": version([os.environ.get("LITESTREAM_BIN", "litestream"), "version"]),
         },
-        "sweeps": families,
-        "determinism": determinism,
-        "canary": canary,
-        "chaos": runs,
+        "sweeps": sweeps(out),
+        "determinism": [determinism],
+        "canary": [canary],
+        "chaos": chaos_runs(out),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    lines = [f"# Nightly chaos run", "",
-             f"Starting seed {start_seed} (from the date), {minutes:g} minutes, "
-             f"{os.cpu_count()} CPUs; Litestream {report['versions']['litestream']}.", "",
+
+def merged(dirs):
+    parts = [json.loads((Path(d) / "report.json").read_text()) for d in dirs]
+    first = parts[0]
+    return {
+        "start_seed": min(p["start_seed"] for p in parts),
+        "minutes": first["minutes"],
+        "shards": [s for p in parts for s in p["shards"]],
+        "machine": first["machine"],
+        "versions": first["versions"],
+        "sweeps": [f for p in parts for f in p["sweeps"]],
+        "determinism": [d for p in parts for d in p["determinism"]],
+        "canary": [c for p in parts for c in p["canary"]],
+        "chaos": [r for p in parts for r in p["chaos"]],
+    }
+
+
+def render(report):
+    determinism = "ok" if all(d == "ok" for d in report["determinism"]) else "; ".join(report["determinism"])
+    canary = "caught" if all(c == "caught" for c in report["canary"]) else "not caught"
+    lines = ["# Nightly chaos run", "",
+             f"Starting seed {report['start_seed']} (from the date), {report['minutes']:g} minutes, "
+             f"shards {', '.join(report['shards'])}, {report['machine']['cpus']} CPUs each; "
+             f"Litestream {report['versions']['litestream']}.", "",
              "## Simulator sweeps", "", "| family | seeds | failed | seeds/min |", "| --- | --- | --- | --- |"]
-    for f in families:
+    for f in report["sweeps"]:
         lines.append(f"| {f['family']} | {f['seeds']} | {f['failed'] if f['failed'] is not None else 'error'} | {f['seeds_per_minute'] or ''} |")
-    for f in families:
+    for f in report["sweeps"]:
         for x in f["failures"]:
             lines.append(f"- {f['family']} seed {x['seed']}: {x['why']}  \n  replay: `{x['replay']}`")
         if f["error"]:
@@ -107,19 +125,31 @@ def main():
               "## Real-process chaos", "",
               "| SUT | scenario | seed | cycles | commits | lost | oldest lost | verdict |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in runs:
+    for r in report["chaos"]:
         verdict = "all claims held" if not r["violations"] else f"{len(r['violations'])} violated"
         lines.append(f"| {r['sut']} | {r['scenario']} | {r['seed']} | {r['cycles']} | {r['commits']} | "
                      f"{r['lost']} | {r['oldest_lost_ms']} ms | {verdict} |")
-    for r in runs:
+    for r in report["chaos"]:
         for v in r["violations"]:
             lines.append(f"- {r['sut']} {r['scenario']} seed {r['seed']}: {v}  \n  replay: `{r['replay']}`")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print((out / "report.md").read_text())
+    ok = (all(f["failed"] == 0 for f in report["sweeps"])
+          and not any(r["sut"] == "sluice" and r["violations"] for r in report["chaos"])
+          and determinism == "ok" and canary == "caught")
+    return "\n".join(lines) + "\n", ok
 
-    bad = [f for f in families if f["failed"] != 0]
-    bad_chaos = [r for r in runs if r["sut"] == "sluice" and r["violations"]]
-    ok = not bad and not bad_chaos and determinism == "ok" and canary == "caught"
+
+def main():
+    if sys.argv[1] == "--merge":
+        out = Path(sys.argv[2])
+        report = merged(sys.argv[3:])
+    else:
+        out = Path(sys.argv[1])
+        report = shard_report(out, int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    text, ok = render(report)
+    (out / "report.md").write_text(text)
+    print(text)
     print(f"nightly: {'passed' if ok else 'FAILED'}; reports in {out}")
     sys.exit(0 if ok else 1)
 

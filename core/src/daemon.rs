@@ -54,13 +54,15 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         .context("cannot create a scratch directory")?;
     let jobs = jobs_from_config(&config, scratch.path()).map_err(|e| anyhow!(e))?;
     // Reach every replica once before starting: wrong keys, a missing bucket or an unreachable
-    // endpoint are refused now, naming the cause, instead of being retried in the background.
-    // Failures after this are outages: replication retries them and catches up.
+    // endpoint are refused now, naming the cause, instead of being retried in the background
+    // (a transient failure is retried a few times first: a store blinking as the replicator
+    // starts is an outage, found by sluice-sim chaos). Failures after this are outages:
+    // replication retries them and catches up.
     for job in &jobs {
-        job.replica
-            .list_level(SNAPSHOT_LEVEL)
+        let db = job.engine.db_path.display().to_string();
+        at_start(&db, || job.replica.list_level(SNAPSHOT_LEVEL), |e| Some(e))
             .await
-            .map_err(|e| anyhow!("database {}: {e}", job.engine.db_path.display()))?;
+            .map_err(|e| anyhow!("database {db}: {e}"))?;
         // Compaction and snapshots download large inputs here.
         let dir = job.scratch.location();
         std::fs::create_dir_all(&dir)
@@ -221,7 +223,19 @@ async fn take_leases(
             continue;
         }
         let holder = Holder::here(&job.engine.db_path);
-        match Lease::take(store.clone(), holder, now_ms, ttl_ms).await {
+        let db = job.engine.db_path.display().to_string();
+        // Retrying is safe: a take whose answer was lost left a lease naming this holder,
+        // which the next attempt takes again.
+        let taken = at_start(
+            &db,
+            || Lease::take(store.clone(), holder.clone(), now_ms, ttl_ms),
+            |e| match e {
+                crate::lease::LeaseError::Store(e) => Some(e),
+                _ => None,
+            },
+        )
+        .await;
+        match taken {
             Ok(Some(lease)) => {
                 let from_here = restored
                     .iter()
@@ -249,6 +263,42 @@ async fn take_leases(
         }
     }
     Ok(())
+}
+
+/// Attempts of a start's first request to a replica while it fails transiently; the waits
+/// between them double from [`START_RETRY_FIRST_MS`] (about 4 s in all).
+const START_ATTEMPTS: u32 = 5;
+const START_RETRY_FIRST_MS: u64 = 250;
+
+/// Runs `request` (a start's first request to the replica of database `db`) until it succeeds,
+/// fails for good, or failed transiently [`START_ATTEMPTS`] times. `store_error` finds the
+/// store's answer in the request's error type.
+async fn at_start<T, E, Fut>(
+    db: &str,
+    mut request: impl FnMut() -> Fut,
+    store_error: impl Fn(&E) -> Option<&crate::store::StoreError>,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut wait_ms = START_RETRY_FIRST_MS;
+    let mut attempt = 1;
+    loop {
+        match request().await {
+            Err(e)
+                if attempt < START_ATTEMPTS
+                    && store_error(&e)
+                        .is_some_and(|s| s.kind == crate::store::StoreErrorKind::Transient) =>
+            {
+                tracing::warn!(db, error = %e, "the replica failed transiently at the start; retrying in {wait_ms} ms (attempt {attempt} of {START_ATTEMPTS})");
+                tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                wait_ms *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Litestream accepts `:9090`; so do we.

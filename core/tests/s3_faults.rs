@@ -14,12 +14,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Mode, Proxy};
 use common::s3::{
     Running, open_wal, output, page_size, s3_max_txid, s3s_or_skip, sluice, wait_settled,
     wait_upload, write,
 };
 use common::{Workspace, assert_integrity_ok, assert_same_file, checkpoint_truncate};
+use faultnet::{Mode, Proxy};
 
 /// Pause between two commits of the writer.
 const COMMIT_EVERY: Duration = Duration::from_millis(40);
@@ -39,7 +39,7 @@ fn replication_rides_out_resets_503s_stalls_and_a_partition() {
         .host_port()
         .parse()
         .expect("the server listens on an IP address");
-    let proxy = Proxy::start(upstream);
+    let proxy = Proxy::start(upstream).expect("start the proxy");
     let ws = Workspace::new("s3-faults");
     let path = server.fresh_path("faults");
     let db = ws.path("app.db");
@@ -108,4 +108,41 @@ fn replication_rides_out_resets_503s_stalls_and_a_partition() {
     assert_eq!(code, 0, "restore failed: {err}\nreplicate log:\n{log}");
     assert_same_file(&db, &out, page, "restore after faults vs source");
     assert_integrity_ok(&out);
+}
+
+/// A store that blinks as the replicator starts is an outage, not a bad configuration: the
+/// start retries it and replicates (it used to exit, found by `sluice-sim chaos` with a
+/// partition landing on a restart).
+#[test]
+fn a_start_during_a_short_outage_retries_and_replicates() {
+    let Some(server) = s3s_or_skip() else { return };
+    let upstream: SocketAddr = server
+        .host_port()
+        .parse()
+        .expect("the server listens on an IP address");
+    let proxy = Proxy::start(upstream).expect("start the proxy");
+    let ws = Workspace::new("s3-start-outage");
+    let path = server.fresh_path("start-outage");
+    let db = ws.path("app.db");
+    let conn = open_wal(&db);
+    write(&conn, 5, 0);
+    proxy.set(Mode::Reset);
+    let mut cmd = sluice(server, ws.root());
+    cmd.args(["replicate"]).arg(&db).arg(format!(
+        "s3://{}/{path}?endpoint={}",
+        server.bucket,
+        proxy.endpoint()
+    ));
+    let mut proc = Running::start(cmd, &ws.path("sluice.log"));
+    // The outage outlasts the S3 client's own retries, until the start retries it itself (the
+    // process must not exit meanwhile); then it heals.
+    common::wait_for("the start to retry the outage", || {
+        proc.assert_running();
+        proc.log()
+            .contains("the replica failed transiently at the start; retrying")
+            .then_some(())
+    });
+    proxy.set(Mode::Pass);
+    wait_upload(server, &path, 0, &mut proc);
+    proc.stop();
 }

@@ -64,6 +64,45 @@ fn sluice_keeps_every_claim_through_kills_and_host_losses() {
     );
 }
 
+/// The same over a real S3 server (the one `ci/test.sh` starts) behind the fault proxy:
+/// partitions, stalls, 503s and dropped answers besides the kills.
+#[test]
+fn sluice_keeps_every_claim_over_s3_through_network_faults() {
+    let Some(bin) = sluice_bin() else { return };
+    if std::env::var_os("SLUICE_S3_ENDPOINT").is_none() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_PEERS").is_none(),
+            "SLUICE_S3_ENDPOINT is not set"
+        );
+        eprintln!("skipped: SLUICE_S3_ENDPOINT is not set (ci/test.sh starts s3s-fs)");
+        return;
+    }
+    let quick = scenario("quick-s3.yaml");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json = dir.path().join("report.json");
+    let (out, text) = chaos(&[
+        "--bin",
+        bin.to_str().expect("utf-8 path"),
+        "--seed",
+        "2",
+        "--scenario",
+        quick.to_str().expect("utf-8 path"),
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all claims held"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read the report")).expect("JSON");
+    let faults: u64 = report["cycles"]
+        .as_array()
+        .expect("cycles")
+        .iter()
+        .map(|c| c["network_faults"].as_u64().expect("network_faults"))
+        .sum();
+    assert!(faults > 0, "the run injected no network fault: {text}");
+}
+
 /// The harness can fail: a replicator that syncs every 5 s (a config the wrapper passes to the
 /// real sluice) loses commits older than the RPO at the host loss, and the run says so, with
 /// the line that replays it.
@@ -140,6 +179,8 @@ fn a_bad_scenario_file_is_refused_naming_file_and_field() {
         ("cycles: 2\nkill-rate: 0.5\n", "kill-rate"),
         ("sut-kill-rate: 1.5\n", "sut-kill-rate"),
         ("cycles: 0\n", "cycles"),
+        ("network-fault-rate: 0.1\n", "network-fault-rate"),
+        ("store: nfs\n", "store"),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, body).expect("write the scenario");

@@ -8,7 +8,6 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod proxy;
 pub mod s3;
 
 use std::ffi::OsStr;

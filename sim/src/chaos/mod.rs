@@ -49,35 +49,36 @@ impl Sut {
         }
     }
 
-    fn command(&self) -> Command {
+    fn command(&self, target: &Target) -> Command {
         let mut cmd = Command::new(self.bin());
         // Both read these; the run must not pick up a user's configuration or CA bundle.
         cmd.env_remove("SLUICE_CONFIG")
             .env_remove("LITESTREAM_CONFIG")
             .env_remove("AWS_CA_BUNDLE")
+            .envs(target.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
 
     /// `replicate DB URL`: the same command line for both tools.
-    fn replicate(&self, db: &Path, url: &str, log: &Path) -> std::io::Result<Child> {
+    fn replicate(&self, db: &Path, target: &Target, log: &Path) -> std::io::Result<Child> {
         let out = std::fs::File::create(log)?;
-        self.command()
+        self.command(target)
             .arg("replicate")
             .arg(db)
-            .arg(url)
+            .arg(&target.url)
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
     }
 
     /// `restore -if-db-not-exists -o DB URL`: the replacement host's first step.
-    fn restore(&self, db: &Path, url: &str) -> Result<(), String> {
+    fn restore(&self, db: &Path, target: &Target) -> Result<(), String> {
         let out = self
-            .command()
+            .command(target)
             .args(["restore", "-if-db-not-exists", "-o"])
             .arg(db)
-            .arg(url)
+            .arg(&target.url)
             .output()
             .map_err(|e| format!("cannot run {} restore: {e}", self.name()))?;
         if out.status.success() {
@@ -111,6 +112,14 @@ pub struct Scenario {
     pub writer_kill_rate: f64,
     /// How long a killed SUT stays down, at most.
     pub down_ms_max: u64,
+    /// Where the replica lives: `dir` (a directory on this disk) or `s3` (the S3 server
+    /// `SLUICE_S3_ENDPOINT` names, reached through a fault proxy).
+    pub store: StoreKind,
+    /// Chance per schedule step of a network fault between the SUT and an `s3` store: a
+    /// partition, a stall, 503 answers or dropped answers (ambiguous writes), drawn alike...
+    pub network_fault_rate: f64,
+    /// ...lasting up to this long.
+    pub network_fault_ms_max: u64,
     /// The SUT runs this long after its last start before a host loss.
     pub settle_ms: u64,
     /// The recovery point objective checked at each host loss (the sync interval)...
@@ -134,6 +143,9 @@ impl Default for Scenario {
             sut_kill_rate: 0.2,
             writer_kill_rate: 0.1,
             down_ms_max: 1500,
+            store: StoreKind::Dir,
+            network_fault_rate: 0.0,
+            network_fault_ms_max: 3000,
             settle_ms: 2000,
             rpo_ms: 1000,
             upload_allowance_ms: 300,
@@ -154,7 +166,11 @@ impl Scenario {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.network_fault_rate > 0.0 && self.store != StoreKind::S3 {
+            return Err("network-fault-rate: network faults need store: s3".into());
+        }
         for (name, rate) in [
+            ("network-fault-rate", self.network_fault_rate),
             ("checkpoint-rate", self.checkpoint_rate),
             ("sut-kill-rate", self.sut_kill_rate),
             ("writer-kill-rate", self.writer_kill_rate),
@@ -179,6 +195,74 @@ impl Scenario {
     }
 }
 
+/// Where a chaos run's replica lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    #[default]
+    Dir,
+    S3,
+}
+
+/// The replica as both tools are given it: a URL, the environment that reaches it, and the
+/// fault proxy in front of an S3 server.
+pub struct Target {
+    url: String,
+    env: Vec<(String, String)>,
+    proxy: Option<faultnet::Proxy>,
+}
+
+fn env_var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| {
+        format!("store: s3 needs {name} (with SLUICE_S3_ENDPOINT, SLUICE_S3_BUCKET, SLUICE_S3_ACCESS_KEY and SLUICE_S3_SECRET_KEY: ci/test.sh sets them)")
+    })
+}
+
+impl Target {
+    /// The replica for the run in `root`: a directory beside it, or a fresh prefix on the S3
+    /// server behind a new proxy.
+    fn new(kind: StoreKind, root: &Path) -> Result<Self, String> {
+        match kind {
+            StoreKind::Dir => Ok(Self {
+                url: format!("file://{}", root.join("replica").display()),
+                env: Vec::new(),
+                proxy: None,
+            }),
+            StoreKind::S3 => {
+                let endpoint = env_var("SLUICE_S3_ENDPOINT")?;
+                let bucket = env_var("SLUICE_S3_BUCKET")?;
+                let key = env_var("SLUICE_S3_ACCESS_KEY")?;
+                let secret = env_var("SLUICE_S3_SECRET_KEY")?;
+                let upstream = endpoint
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .parse()
+                    .map_err(|e| {
+                        format!("SLUICE_S3_ENDPOINT {endpoint:?} is not http://IP:PORT: {e}")
+                    })?;
+                let proxy = faultnet::Proxy::start(upstream)
+                    .map_err(|e| format!("cannot start the fault proxy: {e}"))?;
+                let run = root
+                    .file_name()
+                    .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+                Ok(Self {
+                    // The endpoint in the host, as both tools take it.
+                    url: format!("s3://{bucket}.localhost:{}/chaos/{run}", proxy.port),
+                    env: [
+                        ("AWS_ACCESS_KEY_ID", &key),
+                        ("AWS_SECRET_ACCESS_KEY", &secret),
+                        ("LITESTREAM_ACCESS_KEY_ID", &key),
+                        ("LITESTREAM_SECRET_ACCESS_KEY", &secret),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .into(),
+                    proxy: Some(proxy),
+                })
+            }
+        }
+    }
+}
+
 /// One cycle's figures and verdicts.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Cycle {
@@ -189,6 +273,7 @@ pub struct Cycle {
     pub oldest_lost_ms: Option<u64>,
     pub sut_kills: u32,
     pub writer_kills: u32,
+    pub network_faults: u32,
     pub restore_ms: u64,
     /// The longest wait between two commits of one writer process.
     pub longest_stall_ms: u64,
@@ -301,7 +386,7 @@ pub fn run(
     let root = dir.path().to_path_buf();
     let host = root.join("host");
     let db = host.join("app.db");
-    let url = format!("file://{}", root.join("replica").display());
+    let target = Target::new(s.store, &root)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cycles = Vec::new();
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
@@ -327,11 +412,12 @@ pub fn run(
         let mut starts = 0u32;
         let start_sut = |starts: &mut u32| {
             *starts += 1;
-            sut.replicate(&db, &url, &root.join(format!("sut-{n}-{starts}.log")))
+            sut.replicate(&db, &target, &root.join(format!("sut-{n}-{starts}.log")))
                 .map_err(|e| io("start the SUT", e))
         };
         let mut replicator = start_sut(&mut starts)?;
-        let mut sut_started = Instant::now();
+        // Since when the SUT has run with the store reachable.
+        let mut quiet_since = Instant::now();
         let end = Instant::now() + Duration::from_millis(s.cycle_ms);
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
@@ -340,7 +426,21 @@ pub fn run(
                 c.sut_kills += 1;
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..=s.down_ms_max)));
                 replicator = start_sut(&mut starts)?;
-                sut_started = Instant::now();
+                quiet_since = Instant::now();
+            }
+            if let Some(proxy) = &target.proxy
+                && rng.random_bool(s.network_fault_rate)
+            {
+                use faultnet::Mode;
+                let mode = [Mode::Reset, Mode::Stall, Mode::Http503, Mode::DropResponses]
+                    [rng.random_range(0..4)];
+                proxy.set(mode);
+                c.network_faults += 1;
+                std::thread::sleep(Duration::from_millis(
+                    rng.random_range(100..=s.network_fault_ms_max.max(100)),
+                ));
+                proxy.set(Mode::Pass);
+                quiet_since = Instant::now();
             }
             if rng.random_bool(s.writer_kill_rate) {
                 kill(&mut writer);
@@ -350,8 +450,9 @@ pub fn run(
                     spawn_writer(seed, s, &db, &log).map_err(|e| io("restart the writer", e))?;
             }
         }
-        // The claim covers a SUT that has run `settle_ms` since its last start.
-        if let Some(left) = Duration::from_millis(s.settle_ms).checked_sub(sut_started.elapsed()) {
+        // The claim covers a SUT that has run `settle_ms` since its last start and the last
+        // network fault.
+        if let Some(left) = Duration::from_millis(s.settle_ms).checked_sub(quiet_since.elapsed()) {
             std::thread::sleep(left);
         }
         // The host is lost: both processes at once, then every file on it.
@@ -363,7 +464,7 @@ pub fn run(
         std::fs::create_dir_all(&host).map_err(|e| io("create the host directory", e))?;
         let restore_started = Instant::now();
         let restored = sut
-            .restore(&db, &url)
+            .restore(&db, &target)
             .and_then(|()| workload::read_restored(&db));
         c.restore_ms = u64::try_from(restore_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         c.commits_logged = logged.len() as u64;

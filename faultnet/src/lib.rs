@@ -1,5 +1,5 @@
 //! A TCP proxy on 127.0.0.1 that injects network faults between a client and one upstream
-//! server, switched at run time:
+//! server, switched at run time (sluice's S3 fault tests and `sluice-sim chaos`):
 //!
 //! | mode | new connections | open connections |
 //! | --- | --- | --- |
@@ -7,9 +7,11 @@
 //! | `Reset` | closed at once | cut when the mode is set |
 //! | `Http503` | answered `503 Service Unavailable` after the request head, then closed | cut when the mode is set |
 //! | `Stall` | accepted, nothing forwarded until the mode changes | stop moving until the mode changes |
+//! | `DropResponses` | forwarded; cut as the server's answer arrives, which is not relayed | the same |
 //!
-//! A partition is `Reset` held for a while. Threads only, no async runtime; every read has a
-//! short timeout so a connection notices a mode change. The proxy lives as long as the test
+//! A partition is `Reset` held for a while; `DropResponses` makes ambiguous writes (the server
+//! applied the request, the client never learns). Threads only, no async runtime; every read
+//! has a short timeout so a connection notices a mode change. The proxy lives as long as the
 //! process (its threads are detached).
 
 use std::io::{Read, Write};
@@ -29,6 +31,7 @@ pub enum Mode {
     Reset = 1,
     Http503 = 2,
     Stall = 3,
+    DropResponses = 4,
 }
 
 impl Mode {
@@ -37,6 +40,7 @@ impl Mode {
             1 => Mode::Reset,
             2 => Mode::Http503,
             3 => Mode::Stall,
+            4 => Mode::DropResponses,
             _ => Mode::Pass,
         }
     }
@@ -58,9 +62,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
+    /// Listens on a free port of 127.0.0.1 and forwards to `upstream`.
+    pub fn start(upstream: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(Mode::Pass as u8),
             generation: AtomicU64::new(0),
@@ -73,7 +78,7 @@ impl Proxy {
                 std::thread::spawn(move || serve(client, upstream, &s));
             }
         });
-        Proxy { port, shared }
+        Ok(Proxy { port, shared })
     }
 
     pub fn endpoint(&self) -> String {
@@ -87,6 +92,7 @@ impl Proxy {
         }
     }
 
+    /// Connections refused or cut, 503s sent and answers dropped so far.
     pub fn faults(&self) -> u64 {
         self.shared.faults.load(Ordering::SeqCst)
     }
@@ -110,7 +116,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, s: &Arc<Shared>) {
                 return;
             }
             Mode::Stall => std::thread::sleep(POLL),
-            Mode::Pass => break,
+            Mode::Pass | Mode::DropResponses => break,
         }
     }
     let Ok(up) = TcpStream::connect(upstream) else {
@@ -123,12 +129,13 @@ fn serve(client: TcpStream, upstream: SocketAddr, s: &Arc<Shared>) {
         _ => return,
     };
     let s2 = s.clone();
-    std::thread::spawn(move || pump(c2, u2, &s2, generation));
-    pump(up, client, s, generation);
+    std::thread::spawn(move || pump(c2, u2, &s2, generation, false));
+    pump(up, client, s, generation, true);
 }
 
-/// Copies `from` to `to` until either side closes or the connection is cut.
-fn pump(mut from: TcpStream, mut to: TcpStream, s: &Shared, generation: u64) {
+/// Copies `from` to `to` until either side closes or the connection is cut; `answers` is the
+/// server-to-client direction, which `DropResponses` cuts.
+fn pump(mut from: TcpStream, mut to: TcpStream, s: &Shared, generation: u64, answers: bool) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
@@ -142,6 +149,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, s: &Shared, generation: u64) {
         }
         match from.read(&mut buf) {
             Ok(0) => break,
+            Ok(_) if answers && mode(s) == Mode::DropResponses => {
+                s.faults.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;

@@ -8,6 +8,7 @@
 //! | `Http503` | answered `503 Service Unavailable` after the request head, then closed | cut when the mode is set |
 //! | `Stall` | accepted, nothing forwarded until the mode changes | stop moving until the mode changes |
 //! | `DropResponses` | forwarded; cut as the server's answer arrives, which is not relayed | the same |
+//! | `Slow` | forwarded, each chunk [`SLOW_CHUNK_DELAY`] late (a slow store: latency per round trip) | the same |
 //!
 //! A partition is `Reset` held for a while; `DropResponses` makes ambiguous writes (the server
 //! applied the request, the client never learns). Threads only, no async runtime; every read
@@ -23,6 +24,8 @@ use std::time::Duration;
 /// How often a blocked connection looks at the mode.
 const POLL: Duration = Duration::from_millis(20);
 const CHUNK_BYTES: usize = 64 << 10;
+/// How late `Slow` forwards each chunk it reads, in each direction.
+pub const SLOW_CHUNK_DELAY: Duration = Duration::from_millis(150);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -32,6 +35,7 @@ pub enum Mode {
     Http503 = 2,
     Stall = 3,
     DropResponses = 4,
+    Slow = 5,
 }
 
 impl Mode {
@@ -41,6 +45,7 @@ impl Mode {
             2 => Mode::Http503,
             3 => Mode::Stall,
             4 => Mode::DropResponses,
+            5 => Mode::Slow,
             _ => Mode::Pass,
         }
     }
@@ -116,7 +121,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, s: &Arc<Shared>) {
                 return;
             }
             Mode::Stall => std::thread::sleep(POLL),
-            Mode::Pass | Mode::DropResponses => break,
+            Mode::Pass | Mode::DropResponses | Mode::Slow => break,
         }
     }
     let Ok(up) = TcpStream::connect(upstream) else {
@@ -154,6 +159,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, s: &Shared, generation: u64, ans
                 break;
             }
             Ok(n) => {
+                if mode(s) == Mode::Slow {
+                    std::thread::sleep(SLOW_CHUNK_DELAY);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

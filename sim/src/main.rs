@@ -145,12 +145,14 @@ fn chaos(
     let report = chaos::run(&sut, seed, &s, path.as_deref(), &parent)?;
     for (i, c) in report.cycles.iter().enumerate() {
         println!(
-            "cycle {i}: {} commits (longest stall {} ms), {} SUT kills, {} writer kills, {} network faults, host loss restored to commit {} in {} ms, {} lost{}",
+            "cycle {i}: {} commits (longest stall {} ms), {} SUT kills, {} writer kills, {} network faults, {} of {} second replicators refused, host loss restored to commit {} in {} ms, {} lost{}",
             c.commits_logged,
             c.longest_stall_ms,
             c.sut_kills,
             c.writer_kills,
             c.network_faults,
+            c.second_replicators_refused,
+            c.second_replicators,
             c.restored_commit,
             c.restore_ms,
             c.lost_commits,

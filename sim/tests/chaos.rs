@@ -40,10 +40,28 @@ fn chaos(args: &[&str]) -> (Output, String) {
     (out, text)
 }
 
+/// A run's per-cycle figure `name`, summed, from its JSON report.
+fn total(json: &Path, name: &str) -> u64 {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("read the report")).expect("JSON");
+    report["cycles"]
+        .as_array()
+        .expect("cycles")
+        .iter()
+        .map(|c| {
+            c[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {name} in {c}"))
+        })
+        .sum()
+}
+
 #[test]
 fn sluice_keeps_every_claim_through_kills_and_host_losses() {
     let Some(bin) = sluice_bin() else { return };
     let quick = scenario("quick.yaml");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json = dir.path().join("report.json");
     let (out, text) = chaos(&[
         "--sut",
         "sluice",
@@ -53,15 +71,22 @@ fn sluice_keeps_every_claim_through_kills_and_host_losses() {
         "1",
         "--scenario",
         quick.to_str().expect("utf-8 path"),
+        "--json",
+        json.to_str().expect("utf-8 path"),
     ]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all claims held"), "{text}");
-    // Two host losses, each restored: the run did what it says.
+    // Two host losses, each restored, kills and refused second replicators: the run did what
+    // it says.
     assert_eq!(
         text.matches("host loss restored to commit").count(),
         2,
         "{text}"
     );
+    assert!(total(&json, "sut_kills") > 0, "{text}");
+    let second = total(&json, "second_replicators");
+    assert!(second > 0, "no second replicator was started: {text}");
+    assert_eq!(total(&json, "second_replicators_refused"), second, "{text}");
 }
 
 /// The same over a real S3 server (the one `ci/test.sh` starts) behind the fault proxy:
@@ -92,15 +117,10 @@ fn sluice_keeps_every_claim_over_s3_through_network_faults() {
     ]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all claims held"), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("read the report")).expect("JSON");
-    let faults: u64 = report["cycles"]
-        .as_array()
-        .expect("cycles")
-        .iter()
-        .map(|c| c["network_faults"].as_u64().expect("network_faults"))
-        .sum();
-    assert!(faults > 0, "the run injected no network fault: {text}");
+    assert!(
+        total(&json, "network_faults") > 0,
+        "the run injected no network fault: {text}"
+    );
 }
 
 /// The harness can fail: a replicator that syncs every 5 s (a config the wrapper passes to the

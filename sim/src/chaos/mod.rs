@@ -11,8 +11,13 @@
 //!   [`Scenario::stall_ms_max`] between two commits;
 //! - the RPO: no commit that returned more than [`Scenario::rpo_ms`] plus
 //!   [`Scenario::upload_allowance_ms`] before the host loss is lost, once the SUT has run
-//!   [`Scenario::settle_ms`] since its last start. Both tools sync once a second by default, so a
-//!   commit made just after a sync waits one interval and then its upload.
+//!   [`Scenario::settle_ms`] since its last start and the last network fault. Both tools sync
+//!   once a second by default, so a commit made just after a sync waits one interval and then
+//!   its upload;
+//! - fencing: a second replicator started on the replica from another host is refused.
+//!
+//! The replica is a directory or a prefix on a real S3 server behind `faultnet`'s proxy
+//! (partitions, stalls, 503s, dropped answers, a slow store).
 //!
 //! The next cycle's writer carries on from the restored database (the sidecar flow). What a
 //! replay reproduces: the schedule (which process is killed when, for how long, checkpoint
@@ -116,10 +121,14 @@ pub struct Scenario {
     /// `SLUICE_S3_ENDPOINT` names, reached through a fault proxy).
     pub store: StoreKind,
     /// Chance per schedule step of a network fault between the SUT and an `s3` store: a
-    /// partition, a stall, 503 answers or dropped answers (ambiguous writes), drawn alike...
+    /// partition, a stall, 503 answers, dropped answers (ambiguous writes) or a slow store
+    /// (150 ms per chunk each way), drawn alike...
     pub network_fault_rate: f64,
     /// ...lasting up to this long.
     pub network_fault_ms_max: u64,
+    /// Chance per schedule step that a second host, with a consistent copy of the database,
+    /// starts replicating to the same replica for 0.5–2 s: fencing must refuse it.
+    pub second_replicator_rate: f64,
     /// The SUT runs this long after its last start before a host loss.
     pub settle_ms: u64,
     /// The recovery point objective checked at each host loss (the sync interval)...
@@ -146,6 +155,7 @@ impl Default for Scenario {
             store: StoreKind::Dir,
             network_fault_rate: 0.0,
             network_fault_ms_max: 3000,
+            second_replicator_rate: 0.0,
             settle_ms: 2000,
             rpo_ms: 1000,
             upload_allowance_ms: 300,
@@ -171,6 +181,7 @@ impl Scenario {
         }
         for (name, rate) in [
             ("network-fault-rate", self.network_fault_rate),
+            ("second-replicator-rate", self.second_replicator_rate),
             ("checkpoint-rate", self.checkpoint_rate),
             ("sut-kill-rate", self.sut_kill_rate),
             ("writer-kill-rate", self.writer_kill_rate),
@@ -274,6 +285,9 @@ pub struct Cycle {
     pub sut_kills: u32,
     pub writer_kills: u32,
     pub network_faults: u32,
+    /// Second replicators started on the replica, and how many of them were refused.
+    pub second_replicators: u32,
+    pub second_replicators_refused: u32,
     pub restore_ms: u64,
     /// The longest wait between two commits of one writer process.
     pub longest_stall_ms: u64,
@@ -362,6 +376,38 @@ fn spawn_writer(seed: u64, s: &Scenario, db: &Path, log: &Path) -> std::io::Resu
         .spawn()
 }
 
+/// Starts a second host's replicator on the replica: a consistent copy of the database
+/// (`VACUUM INTO`) at another path, replicated to the same target for `ran_ms`. Whether it
+/// was refused (it exited with a failure by then).
+fn second_replicator(
+    sut: &Sut,
+    db: &Path,
+    target: &Target,
+    root: &Path,
+    cycle: u32,
+    n: u32,
+    ran_ms: u64,
+) -> Result<bool, String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let host = root.join(format!("second-{cycle}-{n}"));
+    std::fs::create_dir_all(&host).map_err(|e| io("create the second host", e))?;
+    let copy = host.join("app.db");
+    let conn = rusqlite::Connection::open(db).map_err(|e| format!("open {}: {e}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .map_err(|e| format!("copy {} to {}: {e}", db.display(), copy.display()))?;
+    drop(conn);
+    let mut second = sut
+        .replicate(&copy, target, &root.join(format!("second-{cycle}-{n}.log")))
+        .map_err(|e| io("start the second replicator", e))?;
+    std::thread::sleep(Duration::from_millis(ran_ms));
+    let refused = matches!(second.try_wait(), Ok(Some(status)) if !status.success());
+    kill(&mut second);
+    std::fs::remove_dir_all(&host).map_err(|e| io("delete the second host", e))?;
+    Ok(refused)
+}
+
 /// SIGKILL, then reap.
 fn kill(child: &mut Child) {
     let _ = child.kill();
@@ -428,12 +474,30 @@ pub fn run(
                 replicator = start_sut(&mut starts)?;
                 quiet_since = Instant::now();
             }
+            if rng.random_bool(s.second_replicator_rate) {
+                let ran_ms = rng.random_range(500..2000);
+                let refused =
+                    second_replicator(sut, &db, &target, &root, n, c.second_replicators, ran_ms)?;
+                c.second_replicators += 1;
+                if refused {
+                    c.second_replicators_refused += 1;
+                } else {
+                    c.violations.push(format!(
+                        "fencing: a second replicator on another host ran against the replica for {ran_ms} ms without being refused"
+                    ));
+                }
+            }
             if let Some(proxy) = &target.proxy
                 && rng.random_bool(s.network_fault_rate)
             {
                 use faultnet::Mode;
-                let mode = [Mode::Reset, Mode::Stall, Mode::Http503, Mode::DropResponses]
-                    [rng.random_range(0..4)];
+                let mode = [
+                    Mode::Reset,
+                    Mode::Stall,
+                    Mode::Http503,
+                    Mode::DropResponses,
+                    Mode::Slow,
+                ][rng.random_range(0..5)];
                 proxy.set(mode);
                 c.network_faults += 1;
                 std::thread::sleep(Duration::from_millis(

@@ -1,4 +1,7 @@
-//! Every scenario file in `scenarios/` passes every check with each of its seeds.
+//! Every scenario file in `scenarios/` passes every check with each of its seeds, and each
+//! run's outcome (checks, and the figures that are deterministic in the simulator) matches its
+//! reviewed snapshot in `sim/tests/snapshots/` (insta: after a change that moves them, review
+//! and rewrite with `INSTA_UPDATE=always cargo test -p sluice-sim --test scenarios`).
 
 use std::path::PathBuf;
 
@@ -20,6 +23,20 @@ fn scenario_files() -> Vec<PathBuf> {
     files
 }
 
+/// What a scenario run is expected to do, for its snapshot: every figure here is a function of
+/// the seed and the code.
+fn outcome(r: &sluice_sim::run::Report) -> String {
+    let verdict = if r.passed() {
+        "every check passed".to_string()
+    } else {
+        format!("failed: {}", r.failures.join("; "))
+    };
+    format!(
+        "{verdict}\ncommits: {}\nrestores checked: {}\nmost commits lost at a crash: {}\nworst lag: {} ms\nworst post-heal lag: {} ms\n",
+        r.commits, r.restores, r.lost_commits_max, r.worst_lag_ms, r.post_heal_lag_ms_max
+    )
+}
+
 #[test]
 fn every_scenario_file_passes_with_its_seeds() {
     let files = scenario_files();
@@ -38,6 +55,10 @@ fn every_scenario_file_passes_with_its_seeds() {
             .unwrap_or(&path);
         for &seed in &s.seeds {
             let r = run_scenario(seed, TRANSACTIONS, &s, Some(&shown.display().to_string()));
+            let stem = path
+                .file_stem()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            insta::assert_snapshot!(format!("{stem}-seed-{seed}"), outcome(&r));
             assert!(
                 r.restores > 0,
                 "{}: seed {seed} checked no restore",

@@ -263,7 +263,7 @@ impl Lease {
     ) -> Result<Option<Lease>, LeaseError> {
         match Lease::acquire(store.clone(), holder, now_ms, ttl_ms).await {
             Ok(lease) => Ok(Some(lease)),
-            Err(LeaseError::Store(e)) if e.kind == StoreErrorKind::Permanent => {
+            Err(LeaseError::Store(e)) if e.kind == StoreErrorKind::Unsupported => {
                 tracing::warn!(replica = %store.describe(), error = %e, "cannot take the replica's lease; replicating without writer fencing");
                 Ok(None)
             }

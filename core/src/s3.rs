@@ -729,7 +729,9 @@ fn classify(
     bucket: &str,
     endpoint: &str,
 ) -> (StoreErrorKind, String) {
-    use StoreErrorKind::{AlreadyExists, NotFound, Permanent, Precondition, Transient};
+    use StoreErrorKind::{
+        AlreadyExists, NotFound, Permanent, Precondition, Transient, Unsupported,
+    };
     if d.code.as_deref() == Some("NoSuchBucket") {
         return (
             Permanent,
@@ -760,9 +762,10 @@ fn classify(
         object_store::Error::AlreadyExists { .. } => {
             return (AlreadyExists, "object exists".into());
         }
-        object_store::Error::NotImplemented { .. }
-        | object_store::Error::NotSupported { .. }
-        | object_store::Error::InvalidPath { .. }
+        object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. } => {
+            return (Unsupported, one_line(&e.to_string()));
+        }
+        object_store::Error::InvalidPath { .. }
         | object_store::Error::UnknownConfigurationKey { .. } => {
             return (Permanent, one_line(&e.to_string()));
         }
@@ -774,6 +777,12 @@ fn classify(
         return (
             Transient,
             format!("cannot reach {endpoint} ({kind:?}): {}", d.cause),
+        );
+    }
+    if d.status == Some(501) || d.code.as_deref() == Some("NotImplemented") {
+        return (
+            Unsupported,
+            format!("{endpoint} does not implement the request ({})", d.reply()),
         );
     }
     match d.status {

@@ -34,8 +34,12 @@ pub enum StoreErrorKind {
     AlreadyExists,
     /// Worth retrying: timeouts, 5xx, throttling, resets.
     Transient,
-    /// Not worth retrying: permissions, missing bucket, bad configuration, full disk.
+    /// Not worth retrying: permissions, missing bucket, bad configuration.
     Permanent,
+    /// The store does not implement the request: a conditional write it cannot honour (HTTP
+    /// 501, S3's `NotImplemented`). A conditional upload falls back to a plain one, with a
+    /// warning; nothing else does (a full disk or a refused write must not turn fencing off).
+    Unsupported,
     /// A conditional write found the object changed (or gone) since it was read.
     Precondition,
     /// The write was refused because this replicator lost the replica's lease: another
@@ -73,7 +77,13 @@ impl StoreError {
         let kind = match e.kind() {
             K::NotFound => StoreErrorKind::NotFound,
             K::AlreadyExists => StoreErrorKind::AlreadyExists,
-            K::Interrupted | K::TimedOut | K::WouldBlock => StoreErrorKind::Transient,
+            // A full disk is an outage: freeing space heals it (found by sluice-sim chaos, which
+            // fills a directory replica's filesystem: the upload's ENOSPC turned conditional
+            // writes off for good).
+            K::Interrupted | K::TimedOut | K::WouldBlock | K::StorageFull | K::QuotaExceeded => {
+                StoreErrorKind::Transient
+            }
+            K::Unsupported => StoreErrorKind::Unsupported,
             _ => StoreErrorKind::Permanent,
         };
         Self::new(kind, op, location, e.to_string())
@@ -714,5 +724,24 @@ impl ObjectStore for MemStore {
         let new = next_mem_version();
         objects.insert(key.to_string(), (data, timestamp_ms, new));
         Ok(new.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is an outage, retried until space is freed; only a store that cannot honour
+    /// a request is `Unsupported` (the one answer that turns conditional uploads off).
+    #[test]
+    fn io_errors_are_classified_by_what_heals_them() {
+        use std::io::{Error, ErrorKind as K};
+        let kind = |k: K| StoreError::from_io("put", "k", &Error::from(k)).kind;
+        assert_eq!(kind(K::StorageFull), StoreErrorKind::Transient);
+        assert_eq!(kind(K::QuotaExceeded), StoreErrorKind::Transient);
+        assert_eq!(kind(K::TimedOut), StoreErrorKind::Transient);
+        assert_eq!(kind(K::PermissionDenied), StoreErrorKind::Permanent);
+        assert_eq!(kind(K::Unsupported), StoreErrorKind::Unsupported);
+        assert_eq!(kind(K::NotFound), StoreErrorKind::NotFound);
     }
 }

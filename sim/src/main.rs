@@ -65,29 +65,7 @@ enum Command {
     },
     /// Real-process chaos: the system under test and a writer as real processes, SIGKILLed and
     /// restarted on a seeded schedule, each cycle ending in a host loss and a restore.
-    Chaos {
-        /// The system under test.
-        #[arg(long, value_enum, default_value_t = SutKind::Sluice)]
-        sut: SutKind,
-        /// Its binary. Default: `sluice` beside this executable, or `litestream` on PATH
-        /// (`LITESTREAM_BIN` when set).
-        #[arg(long, value_name = "PATH")]
-        bin: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// A chaos scenario file (YAML, `scenarios/chaos/`).
-        #[arg(long, value_name = "FILE")]
-        scenario: Option<std::path::PathBuf>,
-        /// Override the scenario's number of cycles.
-        #[arg(long)]
-        cycles: Option<u32>,
-        /// Where run directories go (a failed run's is kept). Default: the system's temp dir.
-        #[arg(long, value_name = "DIR")]
-        dir: Option<std::path::PathBuf>,
-        /// Also write the report as JSON here.
-        #[arg(long, value_name = "FILE")]
-        json: Option<std::path::PathBuf>,
-    },
+    Chaos(ChaosArgs),
     /// Internal: the chaos writer process.
     #[command(hide = true)]
     ChaosWriter {
@@ -104,21 +82,54 @@ enum Command {
     },
 }
 
+/// `sluice-sim chaos`'s flags.
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// The system under test.
+    #[arg(long, value_enum, default_value_t = SutKind::Sluice)]
+    sut: SutKind,
+    /// Its binary. Default: `sluice` beside this executable, or `litestream` on PATH
+    /// (`LITESTREAM_BIN` when set).
+    #[arg(long, value_name = "PATH")]
+    bin: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A chaos scenario file (YAML, `scenarios/chaos/`).
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<std::path::PathBuf>,
+    /// Override the scenario's number of cycles.
+    #[arg(long)]
+    cycles: Option<u32>,
+    /// Where run directories go (a failed run's is kept). Default: the system's temp dir.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Keep the run's directory (the SUT's logs, commit logs, replica) even if it passed.
+    #[arg(long)]
+    keep: bool,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum SutKind {
     Sluice,
     Litestream,
 }
 
-fn chaos(
-    kind: SutKind,
-    bin: Option<std::path::PathBuf>,
-    seed: u64,
-    scenario: Option<&std::path::Path>,
-    cycles: Option<u32>,
-    dir: Option<std::path::PathBuf>,
-    json: Option<&std::path::Path>,
-) -> Result<bool, String> {
+fn chaos(args: ChaosArgs) -> Result<bool, String> {
+    let ChaosArgs {
+        sut: kind,
+        bin,
+        seed,
+        scenario,
+        cycles,
+        dir,
+        json,
+        keep,
+    } = args;
+    let scenario = scenario.as_deref();
+    let json = json.as_deref();
     use sluice_sim::chaos::{self, Sut};
     let bin = match (bin, kind) {
         (Some(b), _) => b,
@@ -142,15 +153,16 @@ fn chaos(
     }
     let parent = dir.unwrap_or_else(std::env::temp_dir);
     let path = scenario.map(|p| p.display().to_string());
-    let report = chaos::run(&sut, seed, &s, path.as_deref(), &parent)?;
+    let report = chaos::run(&sut, seed, &s, path.as_deref(), &parent, keep)?;
     for (i, c) in report.cycles.iter().enumerate() {
         println!(
-            "cycle {i}: {} commits (longest stall {} ms), {} SUT kills, {} writer kills, {} network faults, {} of {} second replicators refused, host loss restored to commit {} in {} ms, {} lost{}",
+            "cycle {i}: {} commits (longest stall {} ms), {} SUT kills, {} writer kills, {} network faults, {} disk fulls, {} of {} second replicators refused, host loss restored to commit {} in {} ms, {} lost{}",
             c.commits_logged,
             c.longest_stall_ms,
             c.sut_kills,
             c.writer_kills,
             c.network_faults,
+            c.disk_fulls,
             c.second_replicators_refused,
             c.second_replicators,
             c.restored_commit,
@@ -161,12 +173,17 @@ fn chaos(
                 .unwrap_or_default()
         );
     }
+    for why in &report.skipped {
+        println!("skipped {why}");
+    }
     for v in report.violations() {
         println!("VIOLATION {v}");
     }
     println!("{}", report.summary());
-    if !report.passed() {
+    if keep || !report.passed() {
         println!("  files: {}", report.dir.display());
+    }
+    if !report.passed() {
         println!("  replay: {}", report.replay_line());
     }
     if let Some(path) = json {
@@ -416,23 +433,7 @@ fn main() -> ExitCode {
             .init();
     }
     match cli.command {
-        Command::Chaos {
-            sut,
-            bin,
-            seed,
-            scenario,
-            cycles,
-            dir,
-            json,
-        } => match chaos(
-            sut,
-            bin,
-            seed,
-            scenario.as_deref(),
-            cycles,
-            dir,
-            json.as_deref(),
-        ) {
+        Command::Chaos(args) => match chaos(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {

@@ -112,7 +112,7 @@ impl Engine {
                     ),
                 });
             }
-            Err(e) if self.create_uploads && e.kind == StoreErrorKind::Permanent => {
+            Err(e) if self.create_uploads && e.kind == StoreErrorKind::Unsupported => {
                 // A store without conditional writes: carry on unprotected, and say so.
                 tracing::warn!(error = %e, replica = %self.replica.describe(), "the store refused a conditional write; uploading without If-None-Match from now on (a second writer could replace files)");
                 self.create_uploads = false;

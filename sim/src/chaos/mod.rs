@@ -129,6 +129,11 @@ pub struct Scenario {
     /// Chance per schedule step that a second host, with a consistent copy of the database,
     /// starts replicating to the same replica for 0.5–2 s: fencing must refuse it.
     pub second_replicator_rate: f64,
+    /// Chance per schedule step that a directory replica's filesystem (a tmpfs of
+    /// `replica-fs-mib`, mounted by the runner) fills up for up to `disk-full-ms-max`.
+    pub disk_full_rate: f64,
+    pub disk_full_ms_max: u64,
+    pub replica_fs_mib: u64,
     /// The SUT runs this long after its last start before a host loss.
     pub settle_ms: u64,
     /// The recovery point objective checked at each host loss (the sync interval)...
@@ -156,6 +161,9 @@ impl Default for Scenario {
             network_fault_rate: 0.0,
             network_fault_ms_max: 3000,
             second_replicator_rate: 0.0,
+            disk_full_rate: 0.0,
+            disk_full_ms_max: 2000,
+            replica_fs_mib: 64,
             settle_ms: 2000,
             rpo_ms: 1000,
             upload_allowance_ms: 300,
@@ -179,9 +187,13 @@ impl Scenario {
         if self.network_fault_rate > 0.0 && self.store != StoreKind::S3 {
             return Err("network-fault-rate: network faults need store: s3".into());
         }
+        if self.disk_full_rate > 0.0 && self.store != StoreKind::Dir {
+            return Err("disk-full-rate: a full replica disk needs store: dir".into());
+        }
         for (name, rate) in [
             ("network-fault-rate", self.network_fault_rate),
             ("second-replicator-rate", self.second_replicator_rate),
+            ("disk-full-rate", self.disk_full_rate),
             ("checkpoint-rate", self.checkpoint_rate),
             ("sut-kill-rate", self.sut_kill_rate),
             ("writer-kill-rate", self.writer_kill_rate),
@@ -288,6 +300,8 @@ pub struct Cycle {
     /// Second replicators started on the replica, and how many of them were refused.
     pub second_replicators: u32,
     pub second_replicators_refused: u32,
+    /// Times the replica's filesystem was filled up.
+    pub disk_fulls: u32,
     pub restore_ms: u64,
     /// The longest wait between two commits of one writer process.
     pub longest_stall_ms: u64,
@@ -303,6 +317,8 @@ pub struct Report {
     pub cycles: Vec<Cycle>,
     /// Where the run's files are (kept when it failed).
     pub dir: PathBuf,
+    /// Faults the run could not inject here, with the reason.
+    pub skipped: Vec<String>,
 }
 
 impl Report {
@@ -376,6 +392,54 @@ fn spawn_writer(seed: u64, s: &Scenario, db: &Path, log: &Path) -> std::io::Resu
         .spawn()
 }
 
+/// A small tmpfs the runner mounts (as root) for a replica directory, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, mib: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs on {} (needs root): {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes a file until the filesystem is full; returns it (deleting it frees the space).
+    fn fill(&self) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        let filler = self.path.join(".chaos-filler");
+        let mut f = std::fs::File::create(&filler)?;
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(filler),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
 /// Starts a second host's replicator on the replica: a consistent copy of the database
 /// (`VACUUM INTO`) at another path, replicated to the same target for `ran_ms`. Whether it
 /// was refused (it exited with a failure by then).
@@ -418,12 +482,14 @@ fn kill(child: &mut Child) {
 const FIRST_COMMIT_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Runs `s` against `sut` from `seed` in a new directory under `parent`.
+/// The run's directory is kept when it failed, or always with `keep`.
 pub fn run(
     sut: &Sut,
     seed: u64,
     s: &Scenario,
     scenario_path: Option<&str>,
     parent: &Path,
+    keep: bool,
 ) -> Result<Report, String> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("chaos-{}-{seed}-", sut.name()))
@@ -433,6 +499,19 @@ pub fn run(
     let host = root.join("host");
     let db = host.join("app.db");
     let target = Target::new(s.store, &root)?;
+    // Dropped before `dir`: unmounted before the run's directory is removed.
+    let mut skipped = Vec::new();
+    let replica_fs = if s.disk_full_rate > 0.0 {
+        match Tmpfs::mount(&root.join("replica"), s.replica_fs_mib) {
+            Ok(fs) => Some(fs),
+            Err(e) => {
+                skipped.push(format!("disk full: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cycles = Vec::new();
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
@@ -472,6 +551,20 @@ pub fn run(
                 c.sut_kills += 1;
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..=s.down_ms_max)));
                 replicator = start_sut(&mut starts)?;
+                quiet_since = Instant::now();
+            }
+            if let Some(fs) = &replica_fs
+                && rng.random_bool(s.disk_full_rate)
+            {
+                let filler = fs
+                    .fill()
+                    .map_err(|e| io("fill the replica's filesystem", e))?;
+                c.disk_fulls += 1;
+                std::thread::sleep(Duration::from_millis(
+                    rng.random_range(100..=s.disk_full_ms_max.max(100)),
+                ));
+                std::fs::remove_file(&filler)
+                    .map_err(|e| io("free the replica's filesystem", e))?;
                 quiet_since = Instant::now();
             }
             if rng.random_bool(s.second_replicator_rate) {
@@ -591,9 +684,12 @@ pub fn run(
         scenario: scenario_path.map(str::to_string),
         cycles,
         dir: root,
+        skipped,
     };
-    if !report.passed() {
-        // Kept for the post-mortem: the SUT's logs, the commit logs, the replica.
+    drop(replica_fs);
+    if keep || !report.passed() {
+        // Kept for the post-mortem: the SUT's logs, the commit logs (and the replica, unless
+        // it lived on the runner's tmpfs).
         let _ = dir.keep();
     }
     Ok(report)

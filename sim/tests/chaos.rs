@@ -87,6 +87,11 @@ fn sluice_keeps_every_claim_through_kills_and_host_losses() {
     let second = total(&json, "second_replicators");
     assert!(second > 0, "no second replicator was started: {text}");
     assert_eq!(total(&json, "second_replicators_refused"), second, "{text}");
+    // The replica's disk filled up, unless this machine refuses the tmpfs (then the run says so).
+    assert!(
+        total(&json, "disk_fulls") > 0 || text.contains("skipped disk full"),
+        "{text}"
+    );
 }
 
 /// The same over a real S3 server (the one `ci/test.sh` starts) behind the fault proxy:

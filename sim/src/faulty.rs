@@ -36,6 +36,8 @@ struct Inner {
     partitions: Vec<(i64, i64)>,
     /// Counts by outcome, for the report.
     injected: u64,
+    /// Simulated time of the last injected fault (`i64::MIN`: none yet).
+    last_injected_ms: i64,
     /// Requests that must fail next (a plan's `fail-next`), and whether mutations apply first.
     fail_next: u32,
     fail_next_ambiguous: bool,
@@ -45,6 +47,13 @@ struct Inner {
     /// passed its lease check and then stalled: the simulator opens the gate when the zombie
     /// wakes).
     stall: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Inner {
+    fn note_injected(&mut self) {
+        self.injected += 1;
+        self.last_injected_ms = vfs::with(|v| v.now_ms);
+    }
 }
 
 #[derive(Debug)]
@@ -66,6 +75,7 @@ impl<S> FaultyStore<S> {
             faults,
             partitions,
             injected: 0,
+            last_injected_ms: i64::MIN,
             fail_next: 0,
             fail_next_ambiguous: false,
             written_ms: std::collections::HashMap::new(),
@@ -119,6 +129,11 @@ impl<S> FaultyStore<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Simulated time of the last injected fault, `i64::MIN` if none.
+    pub fn last_injected_ms(&self) -> i64 {
+        self.lock().last_injected_ms
+    }
+
     pub fn injected(&self) -> u64 {
         self.state
             .lock()
@@ -145,7 +160,7 @@ impl<S> FaultyStore<S> {
         }
         if faults.latency_spike > 0.0 && s.rng.random_bool(faults.latency_spike.min(1.0)) {
             delay = s.rng.random_range(200..2000);
-            s.injected += 1;
+            s.note_injected();
         }
         let now = vfs::with(|v| {
             v.now_ms += delay;
@@ -172,7 +187,7 @@ impl<S> FaultyStore<S> {
             }
         };
         if !matches!(fate, Fate::Ok) {
-            s.injected += 1;
+            s.note_injected();
         }
         fate
     }
@@ -187,7 +202,7 @@ impl<S> FaultyStore<S> {
         let rate = s.faults.truncated_get;
         let cut = rate > 0.0 && s.rng.random_bool(rate.min(1.0));
         if cut {
-            s.injected += 1;
+            s.note_injected();
         }
         cut
     }

@@ -137,3 +137,28 @@ fn two_processes_agree_on_every_smoke_seed() {
     hashes.dedup();
     assert_eq!(hashes.len(), 4, "seeds must drive their runs");
 }
+
+/// Regression: the first nightly (seed 20261202002000184 under `checkpoint-storm.yaml`) found
+/// that after a WAL restart with nothing committed in the old tail or the new generation, the
+/// engine took the database's size from the file's length; a checkpoint had left the file 9
+/// pages longer than the database, and a level-0 file of a state that never existed was
+/// shipped. The state's size now continues the position's until a commit sets it.
+#[test]
+fn a_file_longer_than_its_database_does_not_grow_the_state() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/checkpoint-storm.yaml");
+    let scenario = sluice_sim::plan::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let seed = 20_261_202_002_000_184;
+    let r = sluice_sim::run::run_scenario(
+        seed,
+        1000,
+        &scenario,
+        Some("scenarios/checkpoint-storm.yaml"),
+    );
+    assert!(
+        r.passed(),
+        "seed {seed}: {}\n  replay: {}",
+        r.failures.join("; "),
+        r.replay_line()
+    );
+}

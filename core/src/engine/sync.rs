@@ -275,6 +275,12 @@ impl Engine {
                     // the old tail meanwhile.
                     tail_check = Some((tail_start, t.end_offset, t.end_checksum, *new.header()));
                     let mut map = self.state_map(None)?;
+                    // The state continues ours: its size is ours until a commit of the tail or
+                    // of the new generation sets it. Not the file's length, which a checkpoint
+                    // may leave longer than the database (simulator seed 20261202002000184,
+                    // the first nightly: a file of 1,089 pages under a database of 1,080
+                    // shipped as 1,089 pages).
+                    map.commit = self.sums.commit();
                     // The old generation's tail happened before the new generation.
                     for c in [&t, &n] {
                         if let Some(size) = c.commit_size {

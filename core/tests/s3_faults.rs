@@ -32,19 +32,46 @@ fn partition() -> Duration {
     Duration::from_millis(ms)
 }
 
-#[test]
-fn replication_rides_out_resets_503s_stalls_and_a_partition() {
-    let Some(server) = s3s_or_skip() else { return };
+/// A proxy in front of the server, a workspace, a fresh replica path and a WAL database with
+/// five commits.
+struct Setup {
+    proxy: Proxy,
+    ws: Workspace,
+    path: String,
+    db: std::path::PathBuf,
+    conn: rusqlite::Connection,
+}
+
+fn setup(server: &common::s3::S3Server, label: &str) -> Setup {
     let upstream: SocketAddr = server
         .host_port()
         .parse()
         .expect("the server listens on an IP address");
     let proxy = Proxy::start(upstream).expect("start the proxy");
-    let ws = Workspace::new("s3-faults");
-    let path = server.fresh_path("faults");
+    let ws = Workspace::new(&format!("s3-{label}"));
+    let path = server.fresh_path(label);
     let db = ws.path("app.db");
     let conn = open_wal(&db);
     write(&conn, 5, 0);
+    Setup {
+        proxy,
+        ws,
+        path,
+        db,
+        conn,
+    }
+}
+
+#[test]
+fn replication_rides_out_resets_503s_stalls_and_a_partition() {
+    let Some(server) = s3s_or_skip() else { return };
+    let Setup {
+        proxy,
+        ws,
+        path,
+        db,
+        conn,
+    } = setup(server, "faults");
     let config = ws.path("sluice.yml");
     std::fs::write(
         &config,
@@ -116,16 +143,13 @@ fn replication_rides_out_resets_503s_stalls_and_a_partition() {
 #[test]
 fn a_start_during_a_short_outage_retries_and_replicates() {
     let Some(server) = s3s_or_skip() else { return };
-    let upstream: SocketAddr = server
-        .host_port()
-        .parse()
-        .expect("the server listens on an IP address");
-    let proxy = Proxy::start(upstream).expect("start the proxy");
-    let ws = Workspace::new("s3-start-outage");
-    let path = server.fresh_path("start-outage");
-    let db = ws.path("app.db");
-    let conn = open_wal(&db);
-    write(&conn, 5, 0);
+    let Setup {
+        proxy,
+        ws,
+        path,
+        db,
+        conn: _app,
+    } = setup(server, "start-outage");
     proxy.set(Mode::Reset);
     let mut cmd = sluice(server, ws.root());
     cmd.args(["replicate"]).arg(&db).arg(format!(

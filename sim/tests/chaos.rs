@@ -56,26 +56,32 @@ fn total(json: &Path, name: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn sluice_keeps_every_claim_through_kills_and_host_losses() {
-    let Some(bin) = sluice_bin() else { return };
-    let quick = scenario("quick.yaml");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let json = dir.path().join("report.json");
+/// Runs the real sluice on scenario file `name` with `seed`; asserts every claim held and
+/// returns the output and the run's JSON report (kept in `dir`).
+fn sluice_passes(bin: &Path, name: &str, seed: &str, dir: &Path) -> (String, PathBuf) {
+    let json = dir.join("report.json");
     let (out, text) = chaos(&[
         "--sut",
         "sluice",
         "--bin",
         bin.to_str().expect("utf-8 path"),
         "--seed",
-        "1",
+        seed,
         "--scenario",
-        quick.to_str().expect("utf-8 path"),
+        scenario(name).to_str().expect("utf-8 path"),
         "--json",
         json.to_str().expect("utf-8 path"),
     ]);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all claims held"), "{text}");
+    (text, json)
+}
+
+#[test]
+fn sluice_keeps_every_claim_through_kills_and_host_losses() {
+    let Some(bin) = sluice_bin() else { return };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (text, json) = sluice_passes(&bin, "quick.yaml", "1", dir.path());
     // Two host losses, each restored, kills and refused second replicators: the run did what
     // it says.
     assert_eq!(
@@ -107,21 +113,8 @@ fn sluice_keeps_every_claim_over_s3_through_network_faults() {
         eprintln!("skipped: SLUICE_S3_ENDPOINT is not set (ci/test.sh starts s3s-fs)");
         return;
     }
-    let quick = scenario("quick-s3.yaml");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let json = dir.path().join("report.json");
-    let (out, text) = chaos(&[
-        "--bin",
-        bin.to_str().expect("utf-8 path"),
-        "--seed",
-        "2",
-        "--scenario",
-        quick.to_str().expect("utf-8 path"),
-        "--json",
-        json.to_str().expect("utf-8 path"),
-    ]);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("all claims held"), "{text}");
+    let (text, json) = sluice_passes(&bin, "quick-s3.yaml", "2", dir.path());
     assert!(
         total(&json, "network_faults") > 0,
         "the run injected no network fault: {text}"

@@ -291,7 +291,9 @@ where
                     && store_error(&e)
                         .is_some_and(|s| s.kind == crate::store::StoreErrorKind::Transient) =>
             {
-                tracing::warn!(db, error = %e, "the replica failed transiently at the start; retrying in {wait_ms} ms (attempt {attempt} of {START_ATTEMPTS})");
+                // Debug: a start that recovers needs no warning, and one that does not ends in
+                // one error line naming the cause (bad input is one line).
+                tracing::debug!(db, error = %e, "the replica failed transiently at the start; retrying in {wait_ms} ms (attempt {attempt} of {START_ATTEMPTS})");
                 tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
                 wait_ms *= 2;
                 attempt += 1;

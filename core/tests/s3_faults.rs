@@ -152,11 +152,15 @@ fn a_start_during_a_short_outage_retries_and_replicates() {
     } = setup(server, "start-outage");
     proxy.set(Mode::Reset);
     let mut cmd = sluice(server, ws.root());
-    cmd.args(["replicate"]).arg(&db).arg(format!(
-        "s3://{}/{path}?endpoint={}",
-        server.bucket,
-        proxy.endpoint()
-    ));
+    // The start's retries are logged at debug level.
+    cmd.env("SLUICE_LOG", "info,sluice_core::daemon=debug")
+        .args(["replicate"])
+        .arg(&db)
+        .arg(format!(
+            "s3://{}/{path}?endpoint={}",
+            server.bucket,
+            proxy.endpoint()
+        ));
     let mut proc = Running::start(cmd, &ws.path("sluice.log"));
     // The outage outlasts the S3 client's own retries, until the start retries it itself (the
     // process must not exit meanwhile); then it heals.

@@ -196,6 +196,8 @@ impl Engine {
     pub(super) async fn recover_position_once(
         &mut self,
     ) -> Result<(Option<Prepared>, Option<(WalHeader, u64)>), EngineError> {
+        self.heal_pending = false;
+        self.recoveries += 1;
         let files = self.replica.list_all().await?;
         let local = self.read_local()?;
         let fingerprint = local.all.as_ref().map(|(h, c)| (*h, c.end_offset));
@@ -204,8 +206,6 @@ impl Engine {
 
     /// The local database's current state, with its page checksums.
     fn read_local(&mut self) -> Result<LocalRead, EngineError> {
-        self.heal_pending = false;
-        self.recoveries += 1;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
         let all = match header {

@@ -134,7 +134,11 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
         }
     }
 
-    let files = replica.list_all().await?;
+    // Only a point-in-time restore reads the files' timestamps (on S3, a HEAD per file).
+    let files = match target {
+        Target::Before(_) => replica.list_all().await?,
+        Target::Latest | Target::Txid(_) => replica.list_all_untimed().await?,
+    };
     let chosen = match restore::plan(&replica.describe(), &files, target) {
         Ok(p) => p,
         Err(RestoreError::ReplicaEmpty { .. }) if args.if_replica_exists => {
@@ -272,7 +276,7 @@ async fn cmd_verify(args: VerifyArgs) -> Result<i32> {
     // -restore: the latest state restored for real, then SQLite's own check.
     let mut restored = None;
     if args.restore && report.latest_restorable() {
-        let files = replica.list_all().await?;
+        let files = replica.list_all_untimed().await?;
         let plan = restore::plan(&replica.describe(), &files, Target::Latest)?;
         let out = tmp.path().join("verify.db");
         match restore_into_place(

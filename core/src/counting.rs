@@ -75,6 +75,9 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.count(3, self.inner.list(prefix).await)
     }
+    async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.count(3, self.inner.list_untimed(prefix).await)
+    }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.count(4, self.inner.delete(key).await)
     }

@@ -508,6 +508,10 @@ impl ObjectStore for FencedStore {
         self.inner.list(prefix).await
     }
 
+    async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list_untimed(prefix).await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check("delete", key)?;
         self.inner.delete(key).await?;

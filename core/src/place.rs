@@ -181,7 +181,7 @@ pub async fn restore_if_missing(
     if fs.exists(path) {
         return Ok(None);
     }
-    let files = replica.list_all().await?;
+    let files = replica.list_all_untimed().await?;
     match restore::plan(&replica.describe(), &files, restore::Target::Latest) {
         Ok(plan) => {
             let report = restore_into_place(

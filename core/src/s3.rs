@@ -557,6 +557,76 @@ impl S3Store {
         })
     }
 
+    /// LIST, then (when `timed`) a HEAD of every object whose timestamp is not cached: S3
+    /// returns no user metadata in a listing.
+    async fn list_objects(&self, prefix: &str, timed: bool) -> Result<Vec<ObjectMeta>, StoreError> {
+        // S3 lists by any string prefix, the client by whole path segments: list the segment
+        // holding the prefix and keep what matches.
+        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+        let list_path = if dir.is_empty() {
+            OsPath::parse(&self.path)
+        } else {
+            OsPath::parse(format!("{}/{dir}", self.path))
+        }
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                "list",
+                self.location(prefix),
+                format!("invalid prefix: {e}"),
+            )
+        })?;
+        let listed: Vec<object_store::ObjectMeta> = self
+            .client("list", prefix)
+            .await?
+            .list(Some(&list_path))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", prefix, &e))?;
+        let mut out = Vec::with_capacity(listed.len());
+        let mut unknown = Vec::new();
+        for meta in &listed {
+            let Some(key) = self.key_of(&meta.location) else {
+                continue;
+            };
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let version = version_of(meta);
+            match self.cache_get(key, &version) {
+                Some(timestamp_ms) => out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: meta.size,
+                    timestamp_ms,
+                }),
+                None if !timed => out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: meta.size,
+                    timestamp_ms: meta.last_modified.timestamp_millis(),
+                }),
+                None => unknown.push((key.to_string(), meta.location.clone())),
+            }
+        }
+        let looked_up: Vec<Option<(ObjectMeta, String)>> = futures::stream::iter(unknown)
+            .map(|(key, path)| async move {
+                match self.head_object("list", &key, &path).await {
+                    Ok(found) => Ok(Some(found)),
+                    // Deleted between the listing and the HEAD: it is gone.
+                    Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(METADATA_HEADS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await?;
+        for (meta, version) in looked_up.into_iter().flatten() {
+            self.cache_put(&meta.key, version, meta.timestamp_ms);
+            out.push(meta);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     /// The key of an object path under the replica path, or `None` for anything else.
     fn key_of<'a>(&self, path: &'a OsPath) -> Option<&'a str> {
         path.as_ref()
@@ -966,66 +1036,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        // S3 lists by any string prefix, the client by whole path segments: list the segment
-        // holding the prefix and keep what matches.
-        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
-        let list_path = if dir.is_empty() {
-            OsPath::parse(&self.path)
-        } else {
-            OsPath::parse(format!("{}/{dir}", self.path))
-        }
-        .map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Permanent,
-                "list",
-                self.location(prefix),
-                format!("invalid prefix: {e}"),
-            )
-        })?;
-        let listed: Vec<object_store::ObjectMeta> = self
-            .client("list", prefix)
-            .await?
-            .list(Some(&list_path))
-            .try_collect()
-            .await
-            .map_err(|e| self.error("list", prefix, &e))?;
-        let mut out = Vec::with_capacity(listed.len());
-        let mut unknown = Vec::new();
-        for meta in &listed {
-            let Some(key) = self.key_of(&meta.location) else {
-                continue;
-            };
-            if !key.starts_with(prefix) {
-                continue;
-            }
-            let version = version_of(meta);
-            match self.cache_get(key, &version) {
-                Some(timestamp_ms) => out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: meta.size,
-                    timestamp_ms,
-                }),
-                None => unknown.push((key.to_string(), meta.location.clone())),
-            }
-        }
-        let looked_up: Vec<Option<(ObjectMeta, String)>> = futures::stream::iter(unknown)
-            .map(|(key, path)| async move {
-                match self.head_object("list", &key, &path).await {
-                    Ok(found) => Ok(Some(found)),
-                    // Deleted between the listing and the HEAD: it is gone.
-                    Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(METADATA_HEADS_IN_FLIGHT_MAX)
-            .try_collect()
-            .await?;
-        for (meta, version) in looked_up.into_iter().flatten() {
-            self.cache_put(&meta.key, version, meta.timestamp_ms);
-            out.push(meta);
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_objects(prefix, true).await
+    }
+
+    /// One LIST per 1,000 keys and nothing else: LastModified stands in for timestamps not
+    /// cached.
+    async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.list_objects(prefix, false).await
     }
 
     fn supports_conditional_writes(&self) -> bool {

@@ -145,6 +145,15 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
 
+    /// `list` for callers that do not read `timestamp_ms` (a restore to the latest state or to
+    /// a TXID: the plan never looks at it, as one level holds one file per TXID range): the
+    /// same keys and sizes, but `timestamp_ms` may be the store's own modification time
+    /// instead of the stored timestamp, so a store that keeps the timestamp in per-object
+    /// metadata (S3) needs no request per object. The default is `list`.
+    async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.list(prefix).await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
     /// Whether [`ObjectStore::get_versioned`] and [`ObjectStore::put_if_version`] work: a

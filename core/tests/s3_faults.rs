@@ -174,3 +174,77 @@ fn a_start_during_a_short_outage_retries_and_replicates() {
     wait_upload(server, &path, 0, &mut proc);
     proc.stop();
 }
+
+/// A restore from S3 is ruled by round trips. To the latest state it needs the files' names and
+/// sizes only: one LIST per level, sent together, and no HEAD per file for the timestamp a
+/// point-in-time restore reads (which a restore of a replica it did not write would otherwise
+/// send for every file, 32 at a time). A point-in-time restore still reads them.
+#[test]
+fn a_restore_to_the_latest_state_lists_each_level_once_and_sends_no_head() {
+    let Some(server) = s3s_or_skip() else { return };
+    let Setup {
+        proxy,
+        ws,
+        path,
+        db,
+        conn,
+    } = setup(server, "restore-requests");
+    let mut cmd = sluice(server, ws.root());
+    cmd.args(["replicate"]).arg(&db).arg(server.url(&path));
+    let mut proc = Running::start(cmd, &ws.path("sluice.log"));
+    let mut txid = 0;
+    for round in 0..3 {
+        wait_upload(server, &path, txid, &mut proc);
+        txid = s3_max_txid(server, &path);
+        write(&conn, 3, round);
+    }
+    let txid = wait_settled(server, &path, txid);
+    proc.stop();
+    checkpoint_truncate(&conn);
+    let files = common::s3::s3_files(server, &path).len();
+    assert!(files >= 3, "want several files to restore, got {files}");
+
+    let url = format!(
+        "s3://{}/{path}?endpoint={}",
+        server.bucket,
+        proxy.endpoint()
+    );
+    let out = ws.path("latest.db");
+    proxy.reset_requests();
+    let (code, _, stderr) = output(
+        sluice(server, ws.root())
+            .args(["restore", "-o"])
+            .arg(&out)
+            .arg(&url),
+    );
+    assert_eq!(code, 0, "restore failed: {stderr}");
+    assert_same_file(&db, &out, page_size(&conn), "the restore through the proxy");
+    let requests = proxy.requests();
+    let levels = u64::from(sluice_core::replica::LEVEL_MAX) + 1;
+    assert_eq!(requests.get("LIST"), Some(&levels), "{requests:?}");
+    assert_eq!(requests.get("HEAD"), None, "{requests:?}");
+    assert!(
+        requests
+            .get("GET")
+            .is_some_and(|&g| g >= 1 && g <= files as u64),
+        "{requests:?} for {files} files"
+    );
+    assert_eq!(requests.get(faultnet::UNPARSED), None, "{requests:?}");
+
+    // A point-in-time restore orders the files by time: it reads each one's timestamp.
+    proxy.reset_requests();
+    let out = ws.path("at-time.db");
+    let (code, _, stderr) = output(
+        sluice(server, ws.root())
+            .args(["restore", "-timestamp", "2999-01-01T00:00:00Z", "-o"])
+            .arg(&out)
+            .arg(&url),
+    );
+    assert_eq!(code, 0, "point-in-time restore failed: {stderr}");
+    assert_same_file(&db, &out, page_size(&conn), "the point-in-time restore");
+    let heads = proxy.requests().get("HEAD").copied().unwrap_or(0);
+    assert!(
+        heads >= files as u64,
+        "{heads} HEADs for {files} files (TXID {txid:x})"
+    );
+}

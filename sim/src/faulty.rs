@@ -280,6 +280,11 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         }
     }
 
+    /// The same faults as `list`: the simulated stores keep every timestamp in the listing.
+    async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.list(prefix).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         match self.fate(false) {
             Fate::Ok => {

@@ -298,6 +298,38 @@ pub async fn list_filters_by_prefix_in_key_order_with_timestamps(b: &Backend) {
     );
 }
 
+/// `list_untimed` is `list` without the promise about timestamps: the same keys in the same
+/// order with the same sizes, also from a new client (which has cached no timestamps).
+pub async fn list_untimed_lists_what_list_does(b: &Backend) {
+    let s = &*b.store;
+    for (i, k) in ["u/0000/a.ltx", "u/0000/b.ltx", "u/0001/c.ltx", "u/x"]
+        .iter()
+        .enumerate()
+    {
+        s.put(k, vec![7; i + 1], at(1_650_000_000_000))
+            .await
+            .expect("put");
+    }
+    let shape = |v: Vec<sluice_core::store::ObjectMeta>| {
+        v.into_iter().map(|m| (m.key, m.size)).collect::<Vec<_>>()
+    };
+    for prefix in ["u/", "u/0000/", "u/0000", "nope/"] {
+        assert_eq!(
+            shape(s.list_untimed(prefix).await.expect("list_untimed")),
+            shape(s.list(prefix).await.expect("list")),
+            "prefix {prefix:?}"
+        );
+    }
+    if let Some(reopen) = &b.reopen {
+        let fresh = reopen();
+        assert_eq!(
+            shape(fresh.list_untimed("u/").await.expect("list_untimed")),
+            shape(s.list("u/").await.expect("list")),
+        );
+    }
+    assert_eq!(s.list_untimed("u/").await.expect("list_untimed").len(), 4);
+}
+
 pub async fn timestamps_survive_a_new_client(b: &Backend) {
     let Some(reopen) = &b.reopen else { return };
     let s = &*b.store;
@@ -517,6 +549,7 @@ macro_rules! backend_tests {
                 ranges_return_exactly_the_bytes_asked_or_fewer_at_the_end,
                 missing_objects_are_not_found,
                 list_filters_by_prefix_in_key_order_with_timestamps,
+                list_untimed_lists_what_list_does,
                 timestamps_survive_a_new_client,
                 list_pages_past_1000_keys,
                 delete_is_idempotent,

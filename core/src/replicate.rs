@@ -609,9 +609,10 @@ pub async fn run(
             }
             Next::Sleep { until_ms } => {
                 let sleep_ms = u64::try_from(until_ms - clock.now_ms()).unwrap_or(1).max(1);
+                let listen = d.scheduler().wants_notifications();
                 tokio::select! {
                     _ = shutdown.changed(), if !stopping => {}
-                    () = wake.notified() => {}
+                    () = wake.notified(), if listen => {}
                     () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
                 }
                 d.observe();

@@ -604,13 +604,19 @@ impl S3Store {
                     size: meta.size,
                     timestamp_ms: meta.last_modified.timestamp_millis(),
                 }),
-                None => unknown.push((key.to_string(), meta.location.clone())),
+                // A listing without ETags (s3s-fs) names versions by size and mtime: cache
+                // under that name, or every listing would HEAD every object again.
+                None => unknown.push((
+                    key.to_string(),
+                    meta.location.clone(),
+                    meta.e_tag.is_none().then_some(version),
+                )),
             }
         }
         let looked_up: Vec<Option<(ObjectMeta, String)>> = futures::stream::iter(unknown)
-            .map(|(key, path)| async move {
+            .map(|(key, path, listed_as)| async move {
                 match self.head_object("list", &key, &path).await {
-                    Ok(found) => Ok(Some(found)),
+                    Ok((meta, version)) => Ok(Some((meta, listed_as.unwrap_or(version)))),
                     // Deleted between the listing and the HEAD: it is gone.
                     Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
                     Err(e) => Err(e),

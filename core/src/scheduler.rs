@@ -299,6 +299,14 @@ impl Scheduler {
         self.pending_since_ms
     }
 
+    /// Whether a file notification could change what happens next. Not while a change is
+    /// already pending: the sync it waits for is due at a time no further change moves
+    /// (`sync_due_ms`). Under a busy writer every WAL write notifies (tens of thousands a
+    /// second); the driver need not wake and stat the files for each.
+    pub fn wants_notifications(&self) -> bool {
+        self.pending_since_ms.is_none()
+    }
+
     /// The permanent error that stopped the job, if one did.
     pub fn stopped_by(&self) -> Option<&str> {
         self.stopped_by.as_deref()
@@ -721,6 +729,27 @@ mod tests {
         synced(&mut s, 1_000, 2);
         s.observe_stamp(1_200, Some([1, 1, 1]));
         assert!(matches!(s.next(1_200), Next::Sleep { .. }), "same stamp");
+    }
+
+    #[test]
+    fn notifications_matter_only_until_a_change_is_pending() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        assert!(
+            s.wants_notifications(),
+            "idle: a notification is the news of a change"
+        );
+        s.observe_stamp(300, Some([1, 1, 1]));
+        assert!(
+            !s.wants_notifications(),
+            "pending: more changes move nothing"
+        );
+        let due = s.next(300);
+        s.observe_stamp(600, Some([2, 2, 2]));
+        assert_eq!(s.next(600), due, "a later change does not move the sync");
+        synced(&mut s, 1_000, 2);
+        assert!(s.wants_notifications(), "shipped: listening again");
     }
 
     #[test]

@@ -248,3 +248,62 @@ fn a_restore_to_the_latest_state_lists_each_level_once_and_sends_no_head() {
         "{heads} HEADs for {files} files (TXID {txid:x})"
     );
 }
+
+/// A replicator lists its replica at every compaction and retention pass, and the timestamps
+/// of files it did not upload itself cost a HEAD each, once. s3s-fs lists no ETags, and the
+/// timestamp cache, keyed by the HEAD's ETag, never matched a listing's version (size and
+/// mtime): every listing HEADed every file again (100 HEADs in two idle minutes of the
+/// benchmark's cost part).
+#[test]
+fn a_second_listing_heads_nothing() {
+    let Some(server) = s3s_or_skip() else { return };
+    let path = server.fresh_path("list-twice");
+    let writer = server.store(&path);
+    let rt = common::s3::runtime();
+    for i in 0..5i64 {
+        rt.block_on(writer.store.put(
+            &format!("0000/{i}.ltx"),
+            vec![1; 10],
+            sluice_core::store::PutOptions {
+                timestamp_ms: 1_700_000_000_000 + i,
+                ..Default::default()
+            },
+        ))
+        .expect("put");
+    }
+    let upstream: SocketAddr = server.host_port().parse().expect("an IP address");
+    let proxy = Proxy::start(upstream).expect("start the proxy");
+    let url = format!(
+        "s3://{}/{path}?endpoint={}",
+        server.bucket,
+        proxy.endpoint()
+    );
+    let settings = sluice_core::config::ReplicaSettings {
+        access_key_id: Some(server.access_key.clone()),
+        secret_access_key: Some(sluice_core::config::Secret(server.secret_key.clone())),
+        ..Default::default()
+    };
+    let reader = sluice_core::url::ReplicaTarget::parse(&url)
+        .and_then(|t| t.open(&settings))
+        .expect("open the replica through the proxy");
+    let stamps = |metas: Vec<sluice_core::store::ObjectMeta>| {
+        metas
+            .into_iter()
+            .map(|m| m.timestamp_ms - 1_700_000_000_000)
+            .collect::<Vec<_>>()
+    };
+    let first = rt.block_on(reader.store.list("0000/")).expect("list");
+    assert_eq!(stamps(first), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        proxy.requests().get("HEAD"),
+        Some(&5),
+        "{:?}",
+        proxy.requests()
+    );
+    proxy.reset_requests();
+    let second = rt.block_on(reader.store.list("0000/")).expect("list again");
+    assert_eq!(stamps(second), [0, 1, 2, 3, 4]);
+    let requests = proxy.requests();
+    assert_eq!(requests.get("HEAD"), None, "{requests:?}");
+    assert_eq!(requests.get("LIST"), Some(&1), "{requests:?}");
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every check: it installs what the tests need when it is missing
 # (the real Litestream binary as the compatibility peer, S3-compatible servers), starts the
-# servers, then runs fmt, clippy and the test suite.
+# servers, then runs fmt, clippy, the test suite, the quick benchmark report and the planted bugs.
 # `.ci/run` calls exactly this; so does the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,9 @@ cargo test --workspace --locked
 # The simulator with deliberate engine and driver bugs compiled in: each must be caught (a
 # separate build, so planted bugs never reach the binaries above). In release: the hundreds of
 # simulated runs take seconds there and minutes in a debug build.
+echo "ci: benchmark report, quick: every part end to end beside Litestream (figures in target/bench)"
+cargo build --release --locked -p sluice-core -p sluice-sim -p sluice-bench
+target/release/sluice-bench --quick --out target/bench --litestream "$LITESTREAM_BIN"
 echo "ci: simulator planted bugs"
 cargo clippy -p sluice-sim --features planted-bugs --all-targets --locked -- -D warnings
 cargo test --release -p sluice-sim --features planted-bugs --locked --test planted

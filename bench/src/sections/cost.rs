@@ -1,0 +1,227 @@
+//! What replicating costs: the replicator's memory, CPU and reads, and its S3 requests by kind,
+//! counted by the proxy, for the seed's workload (300 commits paced over half a minute) and
+//! then idle; per hour and per month at public S3 prices.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{TOOLS, mib, wait_first_file};
+use crate::Ctx;
+use crate::plot;
+use crate::proc::{Sample, Sampler, Tool};
+use crate::report::{Report, verdict};
+use crate::workload;
+
+/// S3 Standard, us-east-1, per 1,000 requests: PUT, COPY, POST, LIST; then GET, HEAD and the
+/// rest. DELETE and aborts are free.
+const PRICE_WRITE_PER_1000: f64 = 0.005;
+const PRICE_READ_PER_1000: f64 = 0.0004;
+const HOURS_PER_MONTH: f64 = 730.0;
+const ROWS: u64 = 100_000;
+const COMMITS: u64 = 300;
+
+#[derive(Serialize)]
+struct Phase {
+    seconds: f64,
+    requests: BTreeMap<String, u64>,
+    requests_per_hour: BTreeMap<String, f64>,
+    dollars_per_month: f64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    tool: Tool,
+    peak_rss_kib: u64,
+    steady_rss_kib: u64,
+    cpu_s: f64,
+    read_bytes: u64,
+    writes: Phase,
+    idle: Phase,
+    #[serde(skip)]
+    samples: Vec<Sample>,
+}
+
+fn price(kind: &str) -> f64 {
+    match kind {
+        "PUT" | "UPLOAD_PART" | "CREATE_MULTIPART" | "COMPLETE_MULTIPART" | "DELETE_OBJECTS"
+        | "LIST" | "OTHER" => PRICE_WRITE_PER_1000 / 1000.0,
+        "GET" | "HEAD" => PRICE_READ_PER_1000 / 1000.0,
+        _ => 0.0,
+    }
+}
+
+fn phase(requests: BTreeMap<String, u64>, seconds: f64) -> Phase {
+    let per_hour: BTreeMap<String, f64> = requests
+        .iter()
+        .map(|(k, v)| (k.clone(), *v as f64 / seconds * 3600.0))
+        .collect();
+    let dollars_per_month =
+        per_hour.iter().map(|(k, v)| v * price(k)).sum::<f64>() * HOURS_PER_MONTH;
+    Phase {
+        seconds,
+        requests,
+        requests_per_hour: per_hour,
+        dollars_per_month,
+    }
+}
+
+fn measure(ctx: &Ctx, tool: Tool) -> Result<Row> {
+    let dir = ctx.work.join(format!("cost-{}", tool.name()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("app.db");
+    let mut conn = workload::open(&db)?;
+    conn.execute_batch("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT);")?;
+    let link = ctx.s3.link()?;
+    let path = format!("{}/cost/{}", ctx.run_id, tool.name());
+    let mut replicator =
+        ctx.tools
+            .replicate(tool, &db, &link.url(&path), &dir.join("replicate.log"))?;
+    let sampler = Sampler::start(replicator.pid());
+    wait_first_file(ctx, &link, &path, &mut replicator)?;
+    let (write_s, idle_s) = if ctx.quick {
+        (10.0, 15.0)
+    } else {
+        (30.0, 120.0)
+    };
+    // The waits for the first file above made requests of their own: count from here.
+    let start_sample = sampler.last();
+    link.proxy.reset_requests();
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(write_s / COMMITS as f64);
+    let mut n = 0u32;
+    workload::seed_rows(&mut conn, ROWS, COMMITS, || {
+        n += 1;
+        if let Some(wait) = (started + period * n).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    })?;
+    // One sync interval more, so the last commits' uploads land in the writing phase.
+    std::thread::sleep(Duration::from_millis(1500));
+    let writes = phase(link.proxy.requests(), started.elapsed().as_secs_f64());
+    link.proxy.reset_requests();
+    let idle_from = sampler.samples().len();
+    std::thread::sleep(Duration::from_secs_f64(idle_s));
+    let idle = phase(link.proxy.requests(), idle_s);
+    let end = sampler.last();
+    replicator.stop()?;
+    let samples = sampler.finish();
+    let mut idle_rss: Vec<u64> = samples[idle_from.min(samples.len())..]
+        .iter()
+        .map(|s| s.rss_kib)
+        .collect();
+    idle_rss.sort_unstable();
+    Ok(Row {
+        tool,
+        peak_rss_kib: samples.iter().map(|s| s.hwm_kib).max().unwrap_or(0),
+        steady_rss_kib: idle_rss.get(idle_rss.len() / 2).copied().unwrap_or(0),
+        cpu_s: end.cpu_s - start_sample.cpu_s,
+        read_bytes: end.read_bytes.saturating_sub(start_sample.read_bytes),
+        writes,
+        idle,
+        samples,
+    })
+}
+
+fn kinds(p: &Phase) -> String {
+    if p.requests.is_empty() {
+        return "none".into();
+    }
+    p.requests_per_hour
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let rows: Vec<Row> = TOOLS
+        .into_iter()
+        .map(|t| measure(ctx, t))
+        .collect::<Result<_>>()?;
+    report.section("What replicating costs: memory, CPU, reads, S3 requests");
+    report.line(format!(
+        "The seed's workload ({ROWS} rows in {COMMITS} commits) paced over {:.0} s, then {:.0} s \
+         idle, each tool at its defaults replicating to S3; requests counted by the proxy by \
+         kind, per hour, and the month at S3 Standard prices (${PRICE_WRITE_PER_1000} per 1,000 \
+         PUT/POST/LIST, ${PRICE_READ_PER_1000} per 1,000 GET/HEAD). \"Idle\" starts as the writes \
+         stop, so it holds the compactions of what was just written (level 1 after 30 s), then \
+         nothing but lease renewals. One run per tool. Bytes \
+         read: what the process asked the kernel for (`rchar`), page-cache hits included.",
+        rows[0].writes.seconds, rows[0].idle.seconds
+    ));
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.tool.name().to_string(),
+                format!("{:.1}", r.peak_rss_kib as f64 / 1024.0),
+                format!("{:.1}", r.steady_rss_kib as f64 / 1024.0),
+                format!("{:.2}", r.cpu_s),
+                format!("{:.1}", mib(r.read_bytes)),
+                kinds(&r.writes),
+                format!("{:.2}", r.writes.dollars_per_month),
+                kinds(&r.idle),
+                format!("{:.2}", r.idle.dollars_per_month),
+            ]
+        })
+        .collect();
+    report.table(
+        &[
+            "tool",
+            "peak RSS MiB",
+            "idle RSS MiB",
+            "CPU s",
+            "read MiB",
+            "requests/hour writing",
+            "$/month writing",
+            "requests/hour idle",
+            "$/month idle",
+        ],
+        &table,
+    );
+    if let [s, l] = &rows[..] {
+        let rss = s.peak_rss_kib as f64 / l.peak_rss_kib.max(1) as f64;
+        let cpu = s.cpu_s / l.cpu_s.max(1e-9);
+        let idle_reads: u64 = ["LIST", "GET"]
+            .iter()
+            .filter_map(|k| s.idle.requests.get(*k))
+            .sum();
+        report.line(format!(
+            "Targets: sluice / Litestream peak RSS {rss:.2}: {}; CPU {cpu:.2}: {}; LIST and GET \
+             requests while idle: {idle_reads}: {}.",
+            verdict(rss, 0.25, true),
+            verdict(cpu, 0.5, true),
+            verdict(idle_reads as f64, 0.0, true)
+        ));
+    }
+    let series: Vec<plot::Series> = rows
+        .iter()
+        .map(|r| plot::Series {
+            label: if r.tool == Tool::Sluice {
+                "sluice".into()
+            } else {
+                "Litestream".into()
+            },
+            points: r
+                .samples
+                .iter()
+                .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
+                .collect(),
+        })
+        .collect();
+    let file = "rss_replicate_seed.svg";
+    plot::lines(
+        &ctx.out.join(file),
+        "Replicator RSS: the seed's workload, then idle",
+        "seconds since start",
+        "RSS (MiB)",
+        &series,
+    )?;
+    report.plot(file, "replicator RSS over time");
+    report.put("cost", &rows);
+    Ok(())
+}

@@ -106,9 +106,20 @@ impl Report {
         );
     }
 
-    pub fn plot(&mut self, file: &str, caption: &str) {
+    /// Draws `series` as `dir/file` (an SVG line plot) and links it, titled, in the report.
+    pub fn figure(
+        &mut self,
+        dir: &std::path::Path,
+        file: &str,
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        series: &[crate::plot::Series],
+    ) -> anyhow::Result<()> {
+        crate::plot::lines(&dir.join(file), title, x_label, y_label, series)?;
         self.plots.push(file.to_string());
-        let _ = writeln!(self.md, "\n![{caption}]({file})\n");
+        let _ = writeln!(self.md, "\n![{title}]({file})\n");
+        Ok(())
     }
 }
 

@@ -213,15 +213,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 .collect(),
         })
         .collect();
-    let file = "rss_replicate_seed.svg";
-    plot::lines(
-        &ctx.out.join(file),
+    report.figure(
+        &ctx.out,
+        "rss_replicate_seed.svg",
         "Replicator RSS: the seed's workload, then idle",
         "seconds since start",
         "RSS (MiB)",
         &series,
     )?;
-    report.plot(file, "replicator RSS over time");
     report.put("cost", &rows);
     Ok(())
 }

@@ -250,15 +250,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             plot::cdf(label, &ms)
         })
         .collect();
-    let file = "lag_cdf.svg";
-    plot::lines(
-        &ctx.out.join(file),
+    report.figure(
+        &ctx.out,
+        "lag_cdf.svg",
         "Commit-to-replica lag (CDF)",
         "lag (ms)",
         "fraction of commits",
         &series,
     )?;
-    report.plot(file, "lag CDF");
     report.put("lag", &rows);
     Ok(())
 }

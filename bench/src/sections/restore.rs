@@ -265,15 +265,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             ]
         })
         .collect();
-    let file = "restore_vs_rtt.svg";
-    plot::lines(
-        &ctx.out.join(file),
+    report.figure(
+        &ctx.out,
+        "restore_vs_rtt.svg",
         "Restore time vs round-trip time",
         "round-trip time (ms)",
         "seconds (median)",
         &series,
     )?;
-    report.plot(file, "restore time vs round-trip time");
     report.put("seed_restore", &rows);
     Ok(())
 }

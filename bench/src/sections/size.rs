@@ -356,9 +356,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     .collect(),
             })
             .collect();
-        let file = "rss_replicate_large.svg";
-        plot::lines(
-            &ctx.out.join(file),
+        report.figure(
+            &ctx.out,
+            "rss_replicate_large.svg",
             &format!(
                 "Replicator RSS: first snapshot of {} MiB under load, then steady writes",
                 z.mib
@@ -367,7 +367,6 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "RSS (MiB)",
             &series,
         )?;
-        report.plot(file, "replicator RSS during a large first snapshot");
         let series: Vec<plot::Series> = z
             .restore_samples
             .iter()
@@ -379,15 +378,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     .collect(),
             })
             .collect();
-        let file = "rss_restore_large.svg";
-        plot::lines(
-            &ctx.out.join(file),
+        report.figure(
+            &ctx.out,
+            "rss_restore_large.svg",
             &format!("Restore RSS: {} MiB", z.mib),
             "seconds since start",
             "RSS (MiB)",
             &series,
         )?;
-        report.plot(file, "restore RSS over time");
     }
     let pick = |f: fn(&Size) -> f64, label: &str| plot::Series {
         label: label.into(),
@@ -399,15 +397,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         pick(|z| z.floor_s.median, "floor (GET + write + fsync)"),
         pick(|z| z.cp_s.median, "cp + fsync"),
     ];
-    let file = "restore_vs_size.svg";
-    plot::lines(
-        &ctx.out.join(file),
+    report.figure(
+        &ctx.out,
+        "restore_vs_size.svg",
         "Restore time vs database size",
         "database (MiB)",
         "seconds (median)",
         &series,
     )?;
-    report.plot(file, "restore time vs size");
     report.put("large", &sizes);
     Ok(())
 }

@@ -31,7 +31,7 @@ pub const DOWNLOAD_CHUNK_BYTES: u64 = 8 << 20;
 pub use crate::scratch::FETCH_IN_MEMORY_BYTES_MAX;
 /// Default and maximum number of files fetched at once. A restore is ruled by round trips
 /// when the replica holds many small level-0 files (the seed's 300 files at a 50 ms round trip
-/// take 10 rounds at 32, 38 at 8); [`DOWNLOAD_BYTES_IN_FLIGHT_MAX`] keeps large files from
+/// take 5 rounds at 64, 38 at 8); [`DOWNLOAD_BYTES_IN_FLIGHT_MAX`] keeps large files from
 /// multiplying memory by the same factor.
 pub const PARALLELISM_DEFAULT: usize = 64;
 pub const PARALLELISM_MAX: usize = 256;

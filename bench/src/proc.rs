@@ -36,6 +36,14 @@ impl Tool {
             Tool::Litestream => "litestream",
         }
     }
+
+    /// The name as the report and the plots write it (plot colours go by it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Tool::Sluice => "sluice",
+            Tool::Litestream => "Litestream",
+        }
+    }
 }
 
 /// Where the two binaries are, and the environment that reaches the S3 server.

@@ -200,18 +200,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let series: Vec<plot::Series> = rows
         .iter()
-        .map(|r| plot::Series {
-            label: if r.tool == Tool::Sluice {
-                "sluice".into()
-            } else {
-                "Litestream".into()
-            },
-            points: r
-                .samples
-                .iter()
-                .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
-                .collect(),
-        })
+        .map(|r| super::rss_series(r.tool, &r.samples))
         .collect();
     report.figure(
         &ctx.out,

@@ -237,15 +237,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let series: Vec<plot::Series> = rows
         .iter()
         .map(|r| {
-            let label = format!(
-                "{} {}/s",
-                if r.tool == Tool::Sluice {
-                    "sluice"
-                } else {
-                    "Litestream"
-                },
-                r.commits_per_s
-            );
+            let label = format!("{} {}/s", r.tool.label(), r.commits_per_s);
             let ms: Vec<f64> = r.lags.iter().map(|s| s * 1000.0).collect();
             plot::cdf(label, &ms)
         })

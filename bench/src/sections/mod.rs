@@ -103,6 +103,17 @@ pub fn config(dir: &Path, db: &Path, url: &str, interval: &str) -> Result<std::p
     Ok(path)
 }
 
+/// RSS over time of one process of `tool`, in MiB, for a plot.
+pub fn rss_series(tool: Tool, samples: &[crate::proc::Sample]) -> crate::plot::Series {
+    crate::plot::Series {
+        label: tool.label().into(),
+        points: samples
+            .iter()
+            .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
+            .collect(),
+    }
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }

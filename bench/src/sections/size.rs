@@ -336,25 +336,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             verdict(z.sluice_over_floor.median, TARGET_RESTORE_VS_FLOOR, true),
         ));
     }
-    let name = |t: Tool| {
-        if t == Tool::Sluice {
-            "sluice"
-        } else {
-            "Litestream"
-        }
-    };
     if let Some(z) = sizes.last() {
         let series: Vec<plot::Series> = z
             .replication
             .iter()
-            .map(|r| plot::Series {
-                label: name(r.tool).into(),
-                points: r
-                    .samples
-                    .iter()
-                    .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
-                    .collect(),
-            })
+            .map(|r| super::rss_series(r.tool, &r.samples))
             .collect();
         report.figure(
             &ctx.out,
@@ -370,13 +356,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let series: Vec<plot::Series> = z
             .restore_samples
             .iter()
-            .map(|(t, samples)| plot::Series {
-                label: name(*t).into(),
-                points: samples
-                    .iter()
-                    .map(|s| (s.t_s, s.rss_kib as f64 / 1024.0))
-                    .collect(),
-            })
+            .map(|(t, samples)| super::rss_series(*t, samples))
             .collect();
         report.figure(
             &ctx.out,

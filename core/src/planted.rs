@@ -53,10 +53,14 @@ pub enum Bug {
     /// A recovery takes the WAL as backfilled whenever the database file has the committed
     /// size, without comparing its pages: frames not yet checkpointed are left out of the state.
     BackfillUnchecked,
+    /// The engine's PASSIVE checkpoint counts the `-wal` file's length, not its current
+    /// generation: once the file reached the threshold, every sync checkpoints, and the next
+    /// write restarts the WAL over frames not read yet (a full compare every few seconds).
+    PassiveByFileLength,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -77,6 +81,7 @@ impl Bug {
         Bug::RetentionSplitsLevel1,
         Bug::FenceCheckedBeforeOnly,
         Bug::BackfillUnchecked,
+        Bug::PassiveByFileLength,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +106,7 @@ impl Bug {
             Bug::RetentionSplitsLevel1 => "retention-splits-level1",
             Bug::FenceCheckedBeforeOnly => "fence-checked-before-only",
             Bug::BackfillUnchecked => "backfill-unchecked",
+            Bug::PassiveByFileLength => "passive-by-file-length",
         }
     }
 

@@ -169,3 +169,85 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
         "the replica's newest state is the database's"
     );
 }
+
+/// The engine's own PASSIVE checkpoint backfills nothing it has not shipped. The application
+/// commits while an upload is in flight; the checkpoint due after the acknowledgement must not
+/// backfill that commit, or the application's next transaction restarts the WAL and overwrites
+/// it (a transaction larger than the old generation overwrites all of it), and the next sync can
+/// only compare every page of the database. Run after the upload with no read held, as it once
+/// was, it did exactly that at every checkpoint under steady writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
+    use sluice_core::engine::{CheckpointPolicy, Ready};
+
+    let ws = Workspace::new("engine-checkpoint");
+    let db = ws.root().join("app.db");
+    let replica_dir = ws.root().join("replica");
+    let app = rusqlite::Connection::open(&db).expect("open the database");
+    app.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO t SELECT i, randomblob(1000) FROM n;",
+    )
+    .expect("fill the database");
+    let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
+    let mut cfg = EngineConfig::new(&db);
+    // A checkpoint after every sync that ships.
+    cfg.checkpoint = CheckpointPolicy {
+        min_pages: 1,
+        truncate_pages: 0,
+        interval_ms: i64::MAX / 4,
+    };
+    let mut engine = Engine::open(
+        cfg,
+        Arc::new(OsFiles::open(&db).expect("open the files")),
+        replica,
+        Arc::new(SystemClock),
+        Arc::new(OsScratch::new(ws.root().join("scratch"))),
+    )
+    .await
+    .expect("open the engine");
+
+    for round in 0..3 {
+        app.execute(
+            "UPDATE t SET v = randomblob(1000) WHERE id = ?1",
+            [round + 1],
+        )
+        .expect("a small commit");
+        let Ready::Upload(upload) = engine.prepare().await.expect("prepare") else {
+            panic!("round {round}: the commit is shipped");
+        };
+        // Committed while the upload is in flight: not in the file being shipped.
+        app.execute("UPDATE t SET v = randomblob(1000) WHERE id = 399", [])
+            .expect("a commit during the upload");
+        let upload = *upload;
+        let store = engine.replica().store.clone();
+        let answer =
+            sluice_core::store::put_body(store.as_ref(), &upload.key, upload.body, upload.opts)
+                .await;
+        engine.acknowledge(upload.ack, answer).expect("acknowledge");
+        // A transaction larger than the WAL so far: were the WAL wholly backfilled, it would
+        // restart the WAL and overwrite every old frame, the unshipped commit's among them.
+        app.execute("UPDATE t SET v = randomblob(1000)", [])
+            .expect("a large commit");
+        let out = engine.sync().await.expect("sync");
+        assert!(
+            out.shipped.is_some(),
+            "round {round}: both commits are shipped"
+        );
+        assert!(
+            !out.resynced,
+            "round {round}: the commits were read from the WAL, not found by comparing every page"
+        );
+    }
+    engine.close().expect("close the engine");
+    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    assert_eq!(
+        restore(&replica_dir, &ws.root().join("latest.db")),
+        std::fs::read(&db).expect("read the database"),
+        "the replica's newest state is the database's"
+    );
+}

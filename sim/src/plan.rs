@@ -102,6 +102,26 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "is_false")]
         ambiguous: bool,
     },
+    /// `steps` run `times` times over (a steady workload written once: `repeat: {times: 200,
+    /// steps: [{txn: {ops: 2}}, {wait: 20}]}`).
+    Repeat { times: u32, steps: Vec<Step> },
+}
+
+/// Repeats past this many steps in all are refused: a typo must not run for an hour.
+pub const REPEATED_STEPS_MAX: u64 = 100_000;
+
+impl Step {
+    /// How many steps this one runs, repeats expanded.
+    pub fn expanded_len(&self) -> u64 {
+        match self {
+            Step::Repeat { times, steps } => steps
+                .iter()
+                .map(Step::expanded_len)
+                .sum::<u64>()
+                .saturating_mul(u64::from(*times)),
+            _ => 1,
+        }
+    }
 }
 
 #[expect(
@@ -127,6 +147,19 @@ pub struct Scenario {
     /// (`- power-loss`).
     #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
     pub steps: Option<Vec<Step>>,
+    /// Costs the run must stay within, beside the correctness checks every run makes.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+/// A scenario's cost expectations: each is a failure of the run when exceeded.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// At most this many files shipped after comparing the whole database (WAL continuity not
+    /// provable): a workload with no application RESTART or TRUNCATE checkpoint and no crash
+    /// should never need one.
+    pub resyncs_max: Option<u64>,
 }
 
 impl Scenario {
@@ -138,6 +171,13 @@ impl Scenario {
         // Catch a bad knob now, not in the middle of a sweep.
         s.knobs_for(&Knobs::default())
             .map_err(|e| format!("scenario {}: {e}", path.display()))?;
+        let expanded: u64 = s.steps.iter().flatten().map(Step::expanded_len).sum();
+        if expanded > REPEATED_STEPS_MAX {
+            return Err(format!(
+                "scenario {}: steps: {expanded} steps once repeats are expanded, at most {REPEATED_STEPS_MAX}",
+                path.display()
+            ));
+        }
         Ok(s)
     }
 

@@ -169,9 +169,9 @@ pub struct Ack {
     sums: PageSums,
     resynced: bool,
     more: bool,
-    /// The WAL size the sync saw (the checkpoint decision follows the acknowledgement); `None`
-    /// for a file shipped by a position recovery.
-    wal_len: Option<u64>,
+    /// The checkpoint the sync decided, run once the upload is acknowledged. `None` for a file
+    /// a position recovery shipped.
+    checkpoint: Option<CheckpointPlan>,
 }
 
 /// A file ready to upload, and the replica's state once it is acknowledged.
@@ -202,6 +202,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     /// A mutex only so the engine is `Sync`; the engine is driven by one task at a time.
     conn: std::sync::Mutex<Connection>,
+    /// A second connection for PASSIVE checkpoints run while `conn` holds a read: SQLite then
+    /// backfills only frames at or before that read's snapshot, all of them shipped, so no
+    /// checkpoint of ours lets a WAL restart overwrite a frame not read yet.
+    checkpointer: std::sync::Mutex<Connection>,
     reading: bool,
     page_size: u32,
     pos: Position,
@@ -262,19 +266,7 @@ impl Engine {
             path: cfg.db_path.clone(),
             message: e.to_string(),
         };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let conn = match &cfg.vfs {
-            Some(vfs) => Connection::open_with_flags_and_vfs(&cfg.db_path, flags, vfs.as_str()),
-            None => Connection::open_with_flags(&cfg.db_path, flags),
-        }
-        .map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_millis(cfg.busy_timeout_ms))
-            .map_err(db_err)?;
-        // Our connection must never checkpoint on its own: checkpoints are decisions.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(db_err)?;
+        let conn = connect(&cfg).map_err(db_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(db_err)?;
@@ -295,6 +287,7 @@ impl Engine {
         let page_size: u32 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(db_err)?;
+        let checkpointer = connect(&cfg).map_err(db_err)?;
         let now = clock.now_ms();
         let mut engine = Engine {
             cfg,
@@ -302,6 +295,7 @@ impl Engine {
             replica,
             clock,
             conn: std::sync::Mutex::new(conn),
+            checkpointer: std::sync::Mutex::new(checkpointer),
             reading: false,
             page_size,
             pos: Position {
@@ -519,14 +513,34 @@ impl Engine {
         Ok(sums)
     }
 
-    /// Runs a checkpoint on the engine's connection. The read lock is released for it (a reader
-    /// would block it) and taken again afterwards. A busy database is not an error.
-    pub fn checkpoint(&mut self, mode: &str) -> Result<(), EngineError> {
-        let r: rusqlite::Result<(i64, i64, i64)> =
-            self.conn()
-                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
+    /// Runs a checkpoint: PASSIVE on the checkpointing connection while the engine's read is
+    /// held (it backfills only what that read's snapshot covers), TRUNCATE on the engine's own
+    /// connection with no read held (a reader would block it). A busy database is not an error.
+    fn checkpoint(&mut self, plan: CheckpointPlan) -> Result<(), EngineError> {
+        let (mode, conn) = match plan {
+            CheckpointPlan::None => return Ok(()),
+            CheckpointPlan::Passive => {
+                debug_assert!(
+                    self.reading,
+                    "a PASSIVE checkpoint runs under the engine's read"
+                );
+                ("PASSIVE", &self.checkpointer)
+            }
+            CheckpointPlan::Truncate => {
+                debug_assert!(
+                    !self.reading,
+                    "a TRUNCATE checkpoint would wait on our own read"
+                );
+                ("TRUNCATE", &self.conn)
+            }
+        };
+        let r: rusqlite::Result<(i64, i64, i64)> = conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        self.last_checkpoint_ms = self.clock.now_ms();
         match r {
             Ok((busy, log, done)) => {
                 tracing::debug!(mode, busy, log, done, "checkpoint");
@@ -545,4 +559,19 @@ impl Engine {
     pub fn close(mut self) -> Result<(), EngineError> {
         self.end_read()
     }
+}
+
+/// A connection of the engine's to the database: its busy timeout, and never an automatic
+/// checkpoint (checkpoints are the engine's decisions).
+fn connect(cfg: &EngineConfig) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = match &cfg.vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(&cfg.db_path, flags, vfs.as_str()),
+        None => Connection::open_with_flags(&cfg.db_path, flags),
+    }?;
+    conn.busy_timeout(std::time::Duration::from_millis(cfg.busy_timeout_ms))?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
 }

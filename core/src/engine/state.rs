@@ -248,7 +248,10 @@ pub fn plan_sync(
             } else if h.salt1 == w.header.salt1.wrapping_add(1)
                 && h.page_size == w.header.page_size
                 && h.big_endian_checksums == w.header.big_endian_checksums
-                && wal_len > w.offset
+                // A restart leaves the file's length as it was: a file that ends where we
+                // stopped reading has an empty old tail (seen at every checkpoint that followed
+                // a sync which had read to the end). Only a shorter file was truncated.
+                && wal_len >= w.offset
             {
                 SyncPlan::OldTailThenNew {
                     old: w.scanner(),
@@ -288,15 +291,22 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// `generation_frames` counts the frames of the WAL's current generation (what a checkpoint
+/// would backfill); `file_frames` the `-wal` file's length in frames, which a restart leaves as
+/// it was. PASSIVE goes by the generation: counting the file would checkpoint after every sync
+/// once the file had reached the threshold, and each of those checkpoints lets the next write
+/// restart the WAL over frames sluice has not read yet (measured: a full compare of the database
+/// every few seconds at 100 commits a second). TRUNCATE goes by the file, the disk it holds.
 pub fn plan_checkpoint(
     policy: &CheckpointPolicy,
-    wal_frames: u64,
+    generation_frames: u64,
+    file_frames: u64,
     ms_since_checkpoint: i64,
 ) -> CheckpointPlan {
-    if policy.truncate_pages > 0 && wal_frames >= policy.truncate_pages {
+    if policy.truncate_pages > 0 && file_frames >= policy.truncate_pages {
         CheckpointPlan::Truncate
-    } else if wal_frames >= policy.min_pages
-        || (wal_frames > 0 && ms_since_checkpoint >= policy.interval_ms)
+    } else if generation_frames >= policy.min_pages
+        || (generation_frames > 0 && ms_since_checkpoint >= policy.interval_ms)
     {
         CheckpointPlan::Passive
     } else {
@@ -413,6 +423,12 @@ mod tests {
             plan_sync(&pos(10, 5000), Some(header(11, 99)), 9000, STAMP),
             SyncPlan::OldTailThenNew { .. }
         ));
+        // A restart keeps the file's length: when we had read to its end the old tail is
+        // empty, and the new generation's extent decides (`old_tail_intact`).
+        assert!(matches!(
+            plan_sync(&pos(10, 5000), Some(header(11, 99)), 5000, STAMP),
+            SyncPlan::OldTailThenNew { .. }
+        ));
     }
 
     #[test]
@@ -427,8 +443,9 @@ mod tests {
             plan_sync(&pos(10, 5000), Some(header(10, 7)), 4000, STAMP),
             SyncPlan::Resync
         );
+        // One restart, but the file is shorter than where we stopped: it was truncated.
         assert_eq!(
-            plan_sync(&pos(10, 5000), Some(header(11, 1)), 5000, STAMP),
+            plan_sync(&pos(10, 5000), Some(header(11, 1)), 4000, STAMP),
             SyncPlan::Resync
         );
         let mut big = header(10, 7);
@@ -486,11 +503,21 @@ mod tests {
     #[test]
     fn checkpoint_thresholds() {
         let p = CheckpointPolicy::default();
-        assert_eq!(plan_checkpoint(&p, 10, 1000), CheckpointPlan::None);
-        assert_eq!(plan_checkpoint(&p, 10, 60_000), CheckpointPlan::Passive);
-        assert_eq!(plan_checkpoint(&p, 0, 600_000), CheckpointPlan::None);
-        assert_eq!(plan_checkpoint(&p, 1000, 0), CheckpointPlan::Passive);
-        assert_eq!(plan_checkpoint(&p, 200_000, 0), CheckpointPlan::Truncate);
+        assert_eq!(plan_checkpoint(&p, 10, 10, 1000), CheckpointPlan::None);
+        assert_eq!(plan_checkpoint(&p, 10, 10, 60_000), CheckpointPlan::Passive);
+        assert_eq!(plan_checkpoint(&p, 0, 0, 600_000), CheckpointPlan::None);
+        assert_eq!(plan_checkpoint(&p, 1000, 1000, 0), CheckpointPlan::Passive);
+        assert_eq!(
+            plan_checkpoint(&p, 200_000, 200_000, 0),
+            CheckpointPlan::Truncate
+        );
+        // A restarted WAL keeps its file's length: a short generation in a long file is no
+        // reason for a PASSIVE checkpoint, but a file past the TRUNCATE threshold still is.
+        assert_eq!(plan_checkpoint(&p, 100, 1000, 0), CheckpointPlan::None);
+        assert_eq!(
+            plan_checkpoint(&p, 100, 200_000, 0),
+            CheckpointPlan::Truncate
+        );
     }
 
     fn tail(old_offset: u64) -> TailEvidence {

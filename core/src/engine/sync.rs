@@ -11,7 +11,7 @@ impl Engine {
         p: Prepared,
         resynced: bool,
         more: bool,
-        wal_len: Option<u64>,
+        checkpoint: Option<CheckpointPlan>,
     ) -> Upload {
         let info = FileInfo {
             level: 0,
@@ -38,7 +38,7 @@ impl Engine {
                 sums: p.sums,
                 resynced,
                 more,
-                wal_len,
+                checkpoint,
             },
         }
     }
@@ -68,19 +68,39 @@ impl Engine {
             }
         }
         self.begin_read()?;
-        let prepared = self.prepare_sync(&mut outcome);
+        let prepared = self
+            .prepare_sync(&mut outcome)
+            .and_then(|(prepared, wal_len)| {
+                // Decided on the state just read; none when the read stopped short of the WAL's
+                // end (one file's worth, or the WAL moved under it). With nothing to ship, a
+                // PASSIVE one runs now, under the read; with an upload, once it is acknowledged.
+                let generation_end = prepared.as_ref().map_or(self.pos.wal, |p| p.pos.wal);
+                let plan = if outcome.more {
+                    CheckpointPlan::None
+                } else {
+                    self.checkpoint_plan(generation_end, wal_len)
+                };
+                if prepared.is_none() && plan == CheckpointPlan::Passive {
+                    self.checkpoint(plan)?;
+                }
+                Ok((prepared, plan))
+            });
         let released = self.end_read();
-        let (prepared, wal_len) = prepared?;
+        let (prepared, plan) = prepared?;
         released?;
+        let checkpoint = (plan != CheckpointPlan::None).then_some(plan);
         match prepared {
             Some(p) => Ok(Ready::Upload(Box::new(self.upload_of(
                 p,
                 outcome.resynced,
                 outcome.more,
-                Some(wal_len),
+                checkpoint,
             )))),
             None => {
-                outcome.checkpoint = self.maybe_checkpoint(wal_len)?;
+                if plan == CheckpointPlan::Truncate {
+                    self.checkpoint(plan)?;
+                }
+                outcome.checkpoint = checkpoint;
                 Ok(Ready::Nothing(outcome))
             }
         }
@@ -125,9 +145,15 @@ impl Engine {
         }
         self.pos = ack.pos;
         self.sums = ack.sums;
-        let checkpoint = match ack.wal_len {
-            Some(wal_len) => self.maybe_checkpoint(wal_len)?,
-            None => None,
+        let checkpoint = match ack.checkpoint {
+            Some(CheckpointPlan::Truncate) => {
+                self.checkpoint(CheckpointPlan::Truncate)?;
+                ack.checkpoint
+            }
+            Some(CheckpointPlan::Passive) => self
+                .checkpoint_shipped()?
+                .then_some(CheckpointPlan::Passive),
+            _ => None,
         };
         Ok(SyncOutcome {
             shipped: Some(ack.info),
@@ -402,22 +428,68 @@ impl Engine {
         Ok(Some((map, changed, wal, WAL_HEADER_SIZE as u64)))
     }
 
-    pub(super) fn maybe_checkpoint(
-        &mut self,
-        wal_len: u64,
-    ) -> Result<Option<CheckpointPlan>, EngineError> {
-        let frame = u64::from(self.page_size) + FRAME_HEADER_SIZE as u64;
-        let frames = wal_len.saturating_sub(WAL_HEADER_SIZE as u64) / frame;
-        let now = self.clock.now_ms();
-        let plan =
-            state::plan_checkpoint(&self.cfg.checkpoint, frames, now - self.last_checkpoint_ms);
-        let mode = match plan {
-            CheckpointPlan::None => return Ok(None),
-            CheckpointPlan::Passive => "PASSIVE",
-            CheckpointPlan::Truncate => "TRUNCATE",
+    /// A PASSIVE checkpoint of what the replica now holds, once an upload is acknowledged (an
+    /// upload that failed leaves the WAL as it was, so the recovery after it can prove the
+    /// position from the frames). It runs under a fresh read, and only when nothing was written
+    /// to the WAL past the position: that read's snapshot then ends at the position, and the
+    /// checkpoint backfills no frame the replica lacks. Otherwise it waits for a later sync.
+    /// Whether it ran.
+    fn checkpoint_shipped(&mut self) -> Result<bool, EngineError> {
+        let Some(w) = self.pos.wal else {
+            return Ok(false);
         };
-        self.checkpoint(mode)?;
-        self.last_checkpoint_ms = now;
-        Ok(Some(plan))
+        self.begin_read()?;
+        let quiet = (|| -> Result<bool, EngineError> {
+            let (header, _) = self.wal_header()?;
+            if header != Some(w.header) {
+                return Ok(false);
+            }
+            // A frame of this generation past the position (committed or not): written since.
+            let mut next = [0u8; FRAME_HEADER_SIZE];
+            let got = self
+                .files
+                .read_wal(w.offset, &mut next)
+                .map_err(|e| self.io_err(e))?;
+            let salts = (
+                u32::from_be_bytes([next[8], next[9], next[10], next[11]]),
+                u32::from_be_bytes([next[12], next[13], next[14], next[15]]),
+            );
+            Ok(got < FRAME_HEADER_SIZE || salts != (w.header.salt1, w.header.salt2))
+        })();
+        let ran = match quiet {
+            Ok(true) => self.checkpoint(CheckpointPlan::Passive).map(|()| true),
+            other => other,
+        };
+        let released = self.end_read();
+        let ran = ran?;
+        released?;
+        Ok(ran)
+    }
+
+    /// The checkpoint a sync calls for, from where the state it read ends in the WAL (the
+    /// current generation's committed frames, all read) and the `-wal` file's length.
+    ///
+    /// PASSIVE runs under a read of ours, on the checkpointing connection: SQLite then
+    /// backfills only frames that read's snapshot covers, all shipped, so the restart that may
+    /// follow overwrites nothing unread. (Run with no read held, as it once was, it backfilled
+    /// frames the application committed after the sync's read, the next write restarted the
+    /// WAL over them, and the following sync compared the whole database.) TRUNCATE waits for
+    /// readers, ours too, so it runs after the read: frames committed in between are lost to
+    /// the WAL and the next sync compares the database (a file past the TRUNCATE threshold is
+    /// rare: hundreds of MiB).
+    pub(super) fn checkpoint_plan(&self, read_end: Option<WalPos>, wal_len: u64) -> CheckpointPlan {
+        let frame = u64::from(self.page_size) + FRAME_HEADER_SIZE as u64;
+        let frames = |len: u64| len.saturating_sub(WAL_HEADER_SIZE as u64) / frame;
+        let generation = if planted::active(Bug::PassiveByFileLength) {
+            frames(wal_len)
+        } else {
+            read_end.map_or(0, |w| frames(w.offset))
+        };
+        state::plan_checkpoint(
+            &self.cfg.checkpoint,
+            generation,
+            frames(wal_len),
+            self.clock.now_ms() - self.last_checkpoint_ms,
+        )
     }
 }

@@ -167,6 +167,7 @@ impl World {
                 }
                 match shipped {
                     Some((f, resynced)) => {
+                        self.report.resyncs += u64::from(resynced);
                         self.log(format!(
                             "engine ship {f} txid={txid:016x}{}",
                             if resynced { " resync" } else { "" }

@@ -71,6 +71,9 @@ pub struct Report {
     /// [`POST_HEAL_SLACK_MS`]), over the heals the checker could judge.
     pub post_heal_lag_ms_max: i64,
     pub lost_commits_max: usize,
+    /// Files shipped after comparing the whole database, because WAL continuity could not be
+    /// proven (each reads every page).
+    pub resyncs: u64,
     /// Lag of each checked restore, in ms, for the histogram.
     pub lags_ms: Vec<i64>,
     /// The scenario file the run used, for the replay line.
@@ -269,6 +272,17 @@ impl World {
     /// Runs one step of a plan (the seed's own events go through here too).
     fn exec(&mut self, step: &Step) {
         match *step {
+            Step::Repeat { times, ref steps } => {
+                for _ in 0..times {
+                    for s in steps {
+                        if !self.report.failures.is_empty() {
+                            return;
+                        }
+                        self.exec(s);
+                        self.drive();
+                    }
+                }
+            }
             Step::Wait(ms) => self.advance(ms),
             Step::Txn {
                 ops,
@@ -544,6 +558,14 @@ pub fn run_scenario(
         check_verify(&mut w);
         check_compaction_catches_up(&mut w);
         w.graceful_stop();
+    }
+    if let Some(max) = scenario.expect.resyncs_max
+        && w.report.resyncs > max
+    {
+        let n = w.report.resyncs;
+        w.fail(format!(
+            "{n} files shipped after a full compare of the database, at most {max} expected: the engine lost WAL continuity in a workload that gives it no reason to"
+        ));
     }
     w.report.commits = w.commits.len();
     w.log(format!(

@@ -47,7 +47,7 @@ fn wait(child: std::process::Child) -> Result<()> {
 }
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    let seeds: u64 = if ctx.quick { 30 } else { 120 };
+    let seeds: u64 = if ctx.quick { 15 } else { 120 };
     // Each round is a minute or two of both cores in the full run: three are enough.
     let rounds = if ctx.quick { 1 } else { ctx.runs.min(3) as u64 };
     let (mut one, mut two) = (Vec::new(), Vec::new());

@@ -61,6 +61,23 @@ fn wal_salts(db: &Path) -> [u8; 8] {
     wal[16..24].try_into().expect("a WAL header")
 }
 
+/// Checkpoints the application's WAL into its file, then restores the replica's newest state:
+/// it must be the database's bytes.
+fn assert_replica_is_the_database(
+    app: &rusqlite::Connection,
+    db: &Path,
+    replica: &Path,
+    out: &Path,
+) {
+    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    assert_eq!(
+        restore(replica, out),
+        std::fs::read(db).expect("read the database"),
+        "the replica's newest state is the database's"
+    );
+}
+
 fn restore(replica: &Path, out: &Path) -> Vec<u8> {
     let _ = std::fs::remove_file(out);
     let (code, _, err) = common::run_sluice(&[&"restore", &"-o", &out, &common::file_url(replica)]);
@@ -161,13 +178,7 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
     );
     engine.close().expect("close the engine");
     drop(writer);
-    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .expect("checkpoint");
-    assert_eq!(
-        restore(&replica_dir, &ws.root().join("latest.db")),
-        std::fs::read(&db).expect("read the database"),
-        "the replica's newest state is the database's"
-    );
+    assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
 }
 
 /// The engine's own PASSIVE checkpoint backfills nothing it has not shipped. The application
@@ -243,11 +254,5 @@ async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
         );
     }
     engine.close().expect("close the engine");
-    app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .expect("checkpoint");
-    assert_eq!(
-        restore(&replica_dir, &ws.root().join("latest.db")),
-        std::fs::read(&db).expect("read the database"),
-        "the replica's newest state is the database's"
-    );
+    assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
 }

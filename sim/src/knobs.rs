@@ -25,6 +25,10 @@ pub struct Knobs {
     pub two_connections: bool,
     /// The application's page cache in pages (small: transactions spill to the WAL early).
     pub app_cache_pages: i64,
+    /// The application's `PRAGMA journal_size_limit` in bytes (-1: none, SQLite's default): the
+    /// first commit after a WAL restart truncates the file to it. Never drawn; scenarios set it.
+    #[serde(default = "no_journal_size_limit")]
+    pub app_journal_size_limit: i64,
     pub engine_crash_rate: f64,
     pub power_loss_rate: f64,
     /// Replacement of the host by a new empty one that restores and carries on.
@@ -113,6 +117,7 @@ impl Knobs {
             write_during_sync_rate,
             two_connections: false,
             app_cache_pages,
+            app_journal_size_limit: -1,
             engine_crash_rate,
             power_loss_rate,
             host_replace_rate,
@@ -193,4 +198,8 @@ impl Knobs {
             ..self.clone()
         }
     }
+}
+
+fn no_journal_size_limit() -> i64 {
+    -1
 }

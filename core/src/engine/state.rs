@@ -331,6 +331,9 @@ pub struct TailEvidence {
     pub next_frame_salts: Option<(u32, u32)>,
     /// The new generation's salts.
     pub new_salts: (u32, u32),
+    /// Where the old generation's valid frames end, and the `-wal` file's length now.
+    pub old_end: u64,
+    pub file_len: u64,
 }
 
 /// Whether the old generation's tail is still in the file, unread by nobody: everything the new
@@ -339,10 +342,19 @@ pub struct TailEvidence {
 /// frame right after the tail's last valid frame is not the new generation's (seed 1239: a
 /// new-generation transaction that spilled and rolled back left frames no valid chain reaches,
 /// yet they overwrote the tail).
+///
+/// And the file must not end inside a frame just past the tail: SQLite writes whole frames, so
+/// only a truncation cuts one, and `PRAGMA journal_size_limit` truncates the file at the first
+/// commit after a restart, cutting off old frames that were already checkpointed into the
+/// database (found by the simulator with `app_journal_size_limit`: states shipped that were
+/// never committed). A limit that falls exactly on a frame boundary is not caught here (see
+/// core/DESIGN.md).
 pub fn old_tail_intact(e: &TailEvidence) -> bool {
+    let after = e.file_len.saturating_sub(e.old_end);
     e.new_committed_end <= e.old_offset
         && e.new_written_end + e.frame_bytes <= e.old_offset
         && e.next_frame_salts != Some(e.new_salts)
+        && (after == 0 || after >= e.frame_bytes)
 }
 
 /// Whether a read of the WAL was stable: the WAL's generation (header) and where its committed
@@ -528,6 +540,8 @@ mod tests {
             frame_bytes: 100,
             next_frame_salts: Some((1, 2)),
             new_salts: (7, 8),
+            old_end: old_offset + 300,
+            file_len: old_offset + 500,
         }
     }
 
@@ -565,6 +579,20 @@ mod tests {
             ..tail(5_000)
         };
         assert!(old_tail_intact(&no_frame_after));
+        // The file ends inside a frame after the tail: a journal_size_limit cut it, and frames
+        // already checkpointed are gone.
+        let cut = TailEvidence {
+            next_frame_salts: None,
+            file_len: 5_000 + 300 + 40,
+            ..tail(5_000)
+        };
+        assert!(!old_tail_intact(&cut));
+        let ends_with_the_tail = TailEvidence {
+            next_frame_salts: None,
+            file_len: 5_300,
+            ..tail(5_000)
+        };
+        assert!(old_tail_intact(&ends_with_the_tail));
     }
 
     #[test]

@@ -278,6 +278,8 @@ impl Engine {
                     frame_bytes: new.header().frame_size(),
                     next_frame_salts: (got == FRAME_HEADER_SIZE).then(|| (salt(8), salt(12))),
                     new_salts: (new.header().salt1, new.header().salt2),
+                    old_end,
+                    file_len: self.files.wal_len().map_err(|e| self.io_err(e))?,
                 };
                 if !state::old_tail_intact(&evidence) {
                     self.resync_batch(header, outcome)?

@@ -91,6 +91,13 @@ impl World {
         c.pragma_update(None, "temp_store", "MEMORY")?;
         c.pragma_update(None, "wal_autocheckpoint", self.knobs.app_autocheckpoint)?;
         c.pragma_update(None, "cache_size", self.knobs.app_cache_pages)?;
+        if self.knobs.app_journal_size_limit >= 0 {
+            c.pragma_update(
+                None,
+                "journal_size_limit",
+                self.knobs.app_journal_size_limit,
+            )?;
+        }
         // The oracle's feed of committed pages. Installing a WAL hook replaces SQLite's
         // autocheckpoint hook, so the hook checkpoints as that one does (PASSIVE, once the WAL
         // holds the threshold's frames, errors ignored).

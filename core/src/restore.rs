@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
-use crate::checksum::{DbChecksum, checksum_file};
+use crate::checksum::{DbChecksum, PageSums, checksum_file};
 use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL, file_name};
 use crate::scratch::{Scratch, ScratchFile, ScratchReader, read_exact_at};
@@ -597,16 +597,14 @@ pub fn apply_one(
 /// the end, so a restore's memory stays bounded at any size.
 pub const SUMMED_PAGES_MAX: u64 = 2 << 20;
 
-/// An image whose database checksum is kept up to date as whole pages are written, so the end
-/// of a restore need not read the whole output back. Any other write (not one whole page at a
-/// page boundary), a page size that changes, or a database past [`SUMMED_PAGES_MAX`] pages
-/// turns it off, and the inner image computes the checksum instead.
+/// An image whose database checksum is kept up to date as whole pages are written (the
+/// engine's [`PageSums`]), so the end of a restore need not read the whole output back. Any
+/// other write (not one whole page at a page boundary), a page size that changes, or a database
+/// past [`SUMMED_PAGES_MAX`] pages turns it off, and the inner image computes the checksum.
 struct Summed<'a, I: Image> {
     inner: &'a mut I,
-    page_size: Option<u32>,
-    /// Each page's contribution (index `pgno - 1`); the image's length in pages.
-    sums: Vec<u64>,
-    total: DbChecksum,
+    /// `None` before the first write (the page size is not known yet).
+    sums: Option<PageSums>,
     exact: bool,
 }
 
@@ -614,85 +612,23 @@ impl<'a, I: Image> Summed<'a, I> {
     fn new(inner: &'a mut I) -> Self {
         Self {
             inner,
-            page_size: None,
-            sums: Vec::new(),
-            total: DbChecksum::EMPTY,
+            sums: None,
             exact: true,
         }
     }
 
-    /// Pages `from..=to` as they now are: zeros (SQLite reads zeros past a file's end).
-    fn zero_fill(&mut self, to: u32, page_size: u32) {
-        let zeros = vec![0u8; page_size as usize];
-        let lock = crate::checksum::lock_pgno(page_size);
-        while (self.sums.len() as u64) < u64::from(to) {
-            let pgno = u32::try_from(self.sums.len() + 1).unwrap_or(u32::MAX);
-            let sum = if pgno == lock {
-                0
-            } else {
-                crate::checksum::page_checksum(pgno, &zeros)
-            };
-            self.total.toggle(sum);
-            self.sums.push(sum);
+    /// The page a whole-page write at `offset` sets, if the tracking holds.
+    fn page_of(&mut self, data: &[u8], offset: u64) -> Option<(&mut PageSums, u32)> {
+        let page_size = u32::try_from(data.len()).ok().filter(|&p| p > 0)?;
+        let sums = self.sums.get_or_insert_with(|| PageSums::new(page_size));
+        if sums.page_size() != page_size || !offset.is_multiple_of(u64::from(page_size)) {
+            return None;
         }
-    }
-
-    fn track_write(&mut self, data: &[u8], offset: u64) {
-        let Ok(page_size) = u32::try_from(data.len()) else {
-            self.exact = false;
-            return;
-        };
-        if *self.page_size.get_or_insert(page_size) != page_size
-            || page_size == 0
-            || !offset.is_multiple_of(u64::from(page_size))
-        {
-            self.exact = false;
-            return;
+        let pgno = offset / u64::from(page_size) + 1;
+        if pgno > SUMMED_PAGES_MAX {
+            return None;
         }
-        let Ok(pgno) = u32::try_from(offset / u64::from(page_size) + 1) else {
-            self.exact = false;
-            return;
-        };
-        if u64::from(pgno) > SUMMED_PAGES_MAX {
-            self.exact = false;
-            self.sums = Vec::new();
-            return;
-        }
-        if pgno == crate::checksum::lock_pgno(page_size) {
-            // Never part of the checksum (and never in an LTX file).
-            self.zero_fill(pgno, page_size);
-            return;
-        }
-        self.zero_fill(pgno - 1, page_size);
-        let sum = crate::checksum::page_checksum(pgno, data);
-        match self.sums.get_mut(pgno as usize - 1) {
-            Some(old) => {
-                self.total.toggle(*old);
-                *old = sum;
-            }
-            None => self.sums.push(sum),
-        }
-        self.total.toggle(sum);
-    }
-
-    fn track_len(&mut self, len: u64) {
-        let Some(page_size) = self.page_size else {
-            self.exact = false;
-            return;
-        };
-        if !len.is_multiple_of(u64::from(page_size))
-            || len / u64::from(page_size) > SUMMED_PAGES_MAX
-        {
-            self.exact = false;
-            return;
-        }
-        let pages = u32::try_from(len / u64::from(page_size)).unwrap_or(u32::MAX);
-        while self.sums.len() as u64 > u64::from(pages) {
-            if let Some(sum) = self.sums.pop() {
-                self.total.toggle(sum);
-            }
-        }
-        self.zero_fill(pages, page_size);
+        Some((sums, u32::try_from(pgno).ok()?))
     }
 }
 
@@ -700,22 +636,41 @@ impl<I: Image> Image for Summed<'_, I> {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
         self.inner.write_at(data, offset)?;
         if self.exact {
-            self.track_write(data, offset);
+            match self.page_of(data, offset) {
+                // The lock-byte page is never part of the checksum: `set` leaves it out.
+                Some((sums, pgno)) => sums.set(pgno, crate::checksum::page_checksum(pgno, data)),
+                None => {
+                    self.exact = false;
+                    self.sums = None;
+                }
+            }
         }
         Ok(())
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)?;
         if self.exact {
-            self.track_len(len);
+            match self.sums.as_mut() {
+                Some(sums)
+                    if len.is_multiple_of(u64::from(sums.page_size()))
+                        && len / u64::from(sums.page_size()) <= SUMMED_PAGES_MAX =>
+                {
+                    let pages = len / u64::from(sums.page_size());
+                    sums.resize(u32::try_from(pages).unwrap_or(u32::MAX));
+                }
+                _ => {
+                    self.exact = false;
+                    self.sums = None;
+                }
+            }
         }
         Ok(())
     }
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
-        if self.exact && self.page_size.is_none_or(|p| p == page_size) {
-            Ok(self.total)
-        } else {
-            self.inner.db_checksum(page_size)
+        match &self.sums {
+            Some(sums) if self.exact && sums.page_size() == page_size => Ok(sums.total()),
+            None if self.exact => Ok(DbChecksum::EMPTY),
+            _ => self.inner.db_checksum(page_size),
         }
     }
 }

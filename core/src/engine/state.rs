@@ -1,96 +1,9 @@
 //! The engine's model of what the replica holds, and the decisions made from it. No I/O here.
 
-use crate::checksum::{DbChecksum, lock_pgno};
+use crate::checksum::DbChecksum;
+pub use crate::checksum::PageSums;
 use crate::planted::{self, Bug};
 use crate::wal::{WAL_HEADER_SIZE, WalHeader, WalScanner};
-
-/// Per-page checksums of the database state the replica holds at the current position. Eight
-/// bytes per page: a 10 GiB database of 4 KiB pages costs 20 MiB. The lock page's entry is zero.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PageSums {
-    page_size: u32,
-    sums: Vec<u64>,
-    total: DbChecksum,
-}
-
-impl PageSums {
-    pub fn new(page_size: u32) -> Self {
-        Self {
-            page_size,
-            sums: Vec::new(),
-            total: DbChecksum::EMPTY,
-        }
-    }
-
-    pub fn page_size(&self) -> u32 {
-        self.page_size
-    }
-
-    /// Database size in pages.
-    pub fn commit(&self) -> u32 {
-        u32::try_from(self.sums.len()).unwrap_or(u32::MAX)
-    }
-
-    /// The table's memory: 8 bytes a page, the one part of a replicator that grows with its
-    /// database.
-    pub fn table_bytes(&self) -> u64 {
-        8 * self.sums.len() as u64
-    }
-
-    pub fn total(&self) -> DbChecksum {
-        self.total
-    }
-
-    pub fn get(&self, pgno: u32) -> Option<u64> {
-        self.sums.get(pgno.checked_sub(1)? as usize).copied()
-    }
-
-    /// Sets page `pgno`'s checksum, growing the database if needed (new pages in between count
-    /// as all-zero pages until set).
-    pub fn set(&mut self, pgno: u32, sum: u64) {
-        if pgno == 0 || pgno == lock_pgno(self.page_size) {
-            return;
-        }
-        if pgno > self.commit() {
-            self.resize(pgno);
-        }
-        let slot = &mut self.sums[pgno as usize - 1];
-        self.total.toggle(*slot);
-        self.total.toggle(sum);
-        *slot = sum;
-    }
-
-    /// Grows (with zero pages) or shrinks the database to `commit` pages.
-    pub fn resize(&mut self, commit: u32) {
-        let lock = lock_pgno(self.page_size);
-        while self.commit() > commit {
-            if let Some(sum) = self.sums.pop() {
-                self.total.toggle(sum);
-            }
-        }
-        if commit > self.commit() {
-            let zero = vec![0u8; self.page_size as usize];
-            for pgno in self.commit() + 1..=commit {
-                let sum = if pgno == lock {
-                    0
-                } else {
-                    crate::checksum::page_checksum(pgno, &zero)
-                };
-                self.total.toggle(sum);
-                self.sums.push(sum);
-            }
-        }
-    }
-
-    /// Page numbers whose checksum differs from `other`'s (pages beyond either size count as
-    /// different).
-    pub fn diff(&self, other: &PageSums) -> Vec<u32> {
-        let n = self.commit().max(other.commit());
-        (1..=n)
-            .filter(|&p| p != lock_pgno(self.page_size) && self.get(p) != other.get(p))
-            .collect()
-    }
-}
 
 /// Where in the WAL the replica's state ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

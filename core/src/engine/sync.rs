@@ -263,20 +263,13 @@ impl Engine {
                 // (found by the simulator, seed 1239).
                 let old_end = scan_extent(old, |off, buf| self.files.read_wal(off, buf))
                     .map_err(|e| self.io_err(e))?;
-                let mut next = [0u8; FRAME_HEADER_SIZE];
-                let got = self
-                    .files
-                    .read_wal(old_end, &mut next)
-                    .map_err(|e| self.io_err(e))?;
-                let salt = |at: usize| {
-                    u32::from_be_bytes([next[at], next[at + 1], next[at + 2], next[at + 3]])
-                };
+                let next_frame_salts = self.frame_salts_at(old_end)?;
                 let evidence = state::TailEvidence {
                     old_offset: old.offset(),
                     new_committed_end: n.end_offset,
                     new_written_end: written,
                     frame_bytes: new.header().frame_size(),
-                    next_frame_salts: (got == FRAME_HEADER_SIZE).then(|| (salt(8), salt(12))),
+                    next_frame_salts,
                     new_salts: (new.header().salt1, new.header().salt2),
                     old_end,
                     file_len: self.files.wal_len().map_err(|e| self.io_err(e))?,
@@ -447,16 +440,8 @@ impl Engine {
                 return Ok(false);
             }
             // A frame of this generation past the position (committed or not): written since.
-            let mut next = [0u8; FRAME_HEADER_SIZE];
-            let got = self
-                .files
-                .read_wal(w.offset, &mut next)
-                .map_err(|e| self.io_err(e))?;
-            let salts = (
-                u32::from_be_bytes([next[8], next[9], next[10], next[11]]),
-                u32::from_be_bytes([next[12], next[13], next[14], next[15]]),
-            );
-            Ok(got < FRAME_HEADER_SIZE || salts != (w.header.salt1, w.header.salt2))
+            let next = self.frame_salts_at(w.offset)?;
+            Ok(next != Some((w.header.salt1, w.header.salt2)))
         })();
         let ran = match quiet {
             Ok(true) => self.checkpoint(CheckpointPlan::Passive).map(|()| true),
@@ -466,6 +451,17 @@ impl Engine {
         let ran = ran?;
         released?;
         Ok(ran)
+    }
+
+    /// The salts of the frame header at `offset` in the WAL, if a whole header is there.
+    fn frame_salts_at(&self, offset: u64) -> Result<Option<(u32, u32)>, EngineError> {
+        let mut h = [0u8; FRAME_HEADER_SIZE];
+        let got = self
+            .files
+            .read_wal(offset, &mut h)
+            .map_err(|e| self.io_err(e))?;
+        let salt = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        Ok((got == FRAME_HEADER_SIZE).then(|| (salt(8), salt(12))))
     }
 
     /// The checkpoint a sync calls for, from where the state it read ends in the WAL (the

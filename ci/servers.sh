@@ -2,7 +2,10 @@
 # and starts the S3-compatible servers on free loopback ports, stops them when the sourcing
 # script exits, and exports SLUICE_S3_* and SLUICE_MOTO_ENDPOINT.
 # s3s-fs (checks SigV4, keeps data on disk) is the default server; moto (memory only,
-# atomic conditional writes) judges the conditional-put race cases.
+# atomic conditional writes) judges the conditional-put race cases. Azurite (Azure Blob
+# Storage, from npm) runs twice: over plain HTTP for sluice's own tests, and over HTTPS with a
+# throwaway CA for the cross-tests with Litestream, whose Azure client refuses shared keys over
+# HTTP. Exports SLUICE_AZURE_*.
 s3s="$cache/s3s/bin/s3s-fs"
 if [ ! -x "$s3s" ]; then
   echo "ci: building s3s-fs 0.14.1 into $cache/s3s (about 2 minutes)"
@@ -12,6 +15,11 @@ moto="$cache/venv/bin/moto_server"
 if [ ! -x "$moto" ]; then
   echo "ci: installing moto[server] 5.2.5 into $cache/venv"
   "$cache/venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+azurite="$cache/azurite/node_modules/.bin/azurite-blob"
+if [ ! -x "$azurite" ]; then
+  echo "ci: installing azurite 3.35.0 into $cache/azurite"
+  npm install --prefix "$cache/azurite" --no-audit --no-fund --loglevel=error azurite@3.35.0 >/dev/null
 fi
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -51,3 +59,39 @@ servers+=($!)
 wait_port moto_server "$port" "$!" || { cat "$s3_data/moto.log" >&2; exit 1; }
 export SLUICE_MOTO_ENDPOINT="http://127.0.0.1:$port"
 echo "ci: s3s-fs at $SLUICE_S3_ENDPOINT, moto at $SLUICE_MOTO_ENDPOINT"
+
+# Azurite: one account with a fresh key, the same container on both instances.
+export SLUICE_AZURE_ACCOUNT=sluiceci SLUICE_AZURE_CONTAINER=sluice-test
+SLUICE_AZURE_KEY=$(head -c 32 /dev/urandom | base64)
+export SLUICE_AZURE_KEY
+export SLUICE_AZURE_CA_FILE="$s3_data/azurite-ca.pem"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=sluice-ci-ca \
+  -keyout "$s3_data/azurite-ca.key" -out "$SLUICE_AZURE_CA_FILE" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$s3_data/azurite.key" -out "$s3_data/azurite.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+  >"$s3_data/azurite.ext"
+openssl x509 -req -days 2 -in "$s3_data/azurite.csr" -CA "$SLUICE_AZURE_CA_FILE" \
+  -CAkey "$s3_data/azurite-ca.key" -CAcreateserial -extfile "$s3_data/azurite.ext" \
+  -out "$s3_data/azurite.pem" 2>/dev/null
+start_azurite() { # name tls-args...
+  local name=$1 port
+  shift
+  port=$(free_port)
+  mkdir -p "$s3_data/$name"
+  AZURITE_ACCOUNTS="$SLUICE_AZURE_ACCOUNT:$SLUICE_AZURE_KEY" "$azurite" --blobHost 127.0.0.1 \
+    --blobPort "$port" --location "$s3_data/$name" --skipApiVersionCheck --disableTelemetry \
+    --loose "$@" >"$s3_data/$name.log" 2>&1 </dev/null &
+  servers+=($!)
+  wait_port "$name" "$port" "$!" || { cat "$s3_data/$name.log" >&2; exit 1; }
+  azurite_port=$port
+}
+start_azurite azurite
+export SLUICE_AZURE_ENDPOINT="http://127.0.0.1:$azurite_port/$SLUICE_AZURE_ACCOUNT"
+start_azurite azurite-tls --cert "$s3_data/azurite.pem" --key "$s3_data/azurite.key"
+export SLUICE_AZURE_TLS_ENDPOINT="https://127.0.0.1:$azurite_port/$SLUICE_AZURE_ACCOUNT"
+python3 ci/azurite_container.py "$SLUICE_AZURE_ENDPOINT" "$SLUICE_AZURE_ACCOUNT" \
+  "$SLUICE_AZURE_KEY" "$SLUICE_AZURE_CONTAINER"
+python3 ci/azurite_container.py "$SLUICE_AZURE_TLS_ENDPOINT" "$SLUICE_AZURE_ACCOUNT" \
+  "$SLUICE_AZURE_KEY" "$SLUICE_AZURE_CONTAINER" "$SLUICE_AZURE_CA_FILE"
+echo "ci: azurite at $SLUICE_AZURE_ENDPOINT and $SLUICE_AZURE_TLS_ENDPOINT"

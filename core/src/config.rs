@@ -124,6 +124,10 @@ pub struct ReplicaSettings {
     pub storage_class: Option<String>,
     pub part_size: Option<u64>,
     pub concurrency: Option<u32>,
+    /// Azure Blob Storage (`abs`): the storage account, its shared key, or a SAS token.
+    pub account_name: Option<String>,
+    pub account_key: Option<Secret>,
+    pub sas_token: Option<Secret>,
 }
 
 impl ReplicaSettings {
@@ -148,7 +152,10 @@ impl ReplicaSettings {
             require_content_md5,
             storage_class,
             part_size,
-            concurrency
+            concurrency,
+            account_name,
+            account_key,
+            sas_token
         );
     }
 }

@@ -1,8 +1,10 @@
 //! sluice-core: the replication engine, the replica formats and the `sluice` CLI's library.
 
 pub mod args;
+pub mod azure;
 pub mod checksum;
 pub mod cli;
+pub mod cloud;
 pub mod compact;
 pub mod config;
 pub mod counting;

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::azure;
 use crate::config::{Config, ConfigError, ReplicaConfig, ReplicaSettings, expand_path};
 use crate::replica::{Layout, Replica};
-use crate::s3::{S3Config, S3Store, resolve_credentials};
+use crate::s3::{S3Config, resolve_credentials};
 use crate::store::DirStore;
 
 /// Where a replica lives.
@@ -21,6 +22,15 @@ pub enum ReplicaTarget {
         region: Option<String>,
         force_path_style: bool,
         skip_verify: bool,
+    },
+    /// An Azure Blob Storage container (`abs://[account@]container/path`).
+    Azure {
+        /// The storage account; `None` until the configuration's `account-name` gives it.
+        account: Option<String>,
+        container: String,
+        path: String,
+        /// The account's blob endpoint (`http(s)://host[:port][/path]`); `None` for Azure's.
+        endpoint: Option<String>,
     },
 }
 
@@ -41,12 +51,29 @@ impl std::fmt::Display for ReplicaTarget {
                     None => Ok(()),
                 }
             }
+            ReplicaTarget::Azure {
+                account,
+                container,
+                path,
+                endpoint,
+            } => {
+                write!(f, "abs://")?;
+                if let Some(a) = account {
+                    write!(f, "{a}@")?;
+                }
+                write!(f, "{container}/{path}")?;
+                match endpoint {
+                    Some(e) => write!(f, "?endpoint={e}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
 
 impl ReplicaTarget {
-    /// Parses `file:///abs/path`, a plain path, or `s3://bucket[.host:port]/path[?query]`.
+    /// Parses `file:///abs/path`, a plain path, `s3://bucket[.host:port]/path[?query]` or
+    /// `abs://[account@]container/path[?endpoint=...]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -59,9 +86,12 @@ impl ReplicaTarget {
         if let Some(rest) = url.strip_prefix("s3://") {
             return parse_s3(url, rest);
         }
+        if let Some(rest) = url.strip_prefix("abs://") {
+            return parse_abs(url, rest);
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!(
-                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3)"
+                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3, abs)"
             ));
         }
         if url.trim().is_empty() {
@@ -100,6 +130,27 @@ impl ReplicaTarget {
                     *force_path_style |= s.force_path_style.unwrap_or(s.endpoint.is_some());
                     *skip_verify |= s.skip_verify.unwrap_or(false);
                 }
+                if let ReplicaTarget::Azure {
+                    account,
+                    container,
+                    endpoint,
+                    ..
+                } = &mut target
+                {
+                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != container.as_str()) {
+                        return Err(format!(
+                            "replica URL {url:?} names container {container:?} but bucket: says {b:?}; give one"
+                        ));
+                    }
+                    if let Some(a) = &s.account_name {
+                        azure::check_account(a).map_err(|e| format!("account-name: {e}"))?;
+                        *account = Some(a.clone());
+                    }
+                    if let Some(ep) = &s.endpoint {
+                        *endpoint = Some(azure_endpoint(ep)?);
+                    }
+                    require_account(account.as_deref())?;
+                }
                 Ok(target)
             }
             (None, path) => match r.kind.as_deref().unwrap_or("file") {
@@ -120,7 +171,7 @@ impl ReplicaTarget {
                         .transpose()?;
                     Ok(ReplicaTarget::S3 {
                         bucket,
-                        path: clean_path(path.as_deref().unwrap_or_default())
+                        path: clean_path(path.as_deref().unwrap_or_default(), "bucket")
                             .map_err(|e| format!("path: {e}"))?,
                         force_path_style: s.force_path_style.unwrap_or(endpoint.is_some()),
                         endpoint,
@@ -128,8 +179,27 @@ impl ReplicaTarget {
                         skip_verify: s.skip_verify.unwrap_or(false),
                     })
                 }
+                "abs" => {
+                    let container = s
+                        .bucket
+                        .clone()
+                        .ok_or("abs replica needs a container (bucket:)")?;
+                    azure::check_container(&container).map_err(|e| format!("bucket: {e}"))?;
+                    let account = s.account_name.clone();
+                    if let Some(a) = &account {
+                        azure::check_account(a).map_err(|e| format!("account-name: {e}"))?;
+                    }
+                    require_account(account.as_deref())?;
+                    Ok(ReplicaTarget::Azure {
+                        account,
+                        container,
+                        path: clean_path(path.as_deref().unwrap_or_default(), "container")
+                            .map_err(|e| format!("path: {e}"))?,
+                        endpoint: s.endpoint.as_deref().map(azure_endpoint).transpose()?,
+                    })
+                }
                 other => Err(format!(
-                    "unsupported replica type {other:?} (supported: file, s3)"
+                    "unsupported replica type {other:?} (supported: file, s3, abs)"
                 )),
             },
         }
@@ -171,7 +241,7 @@ impl ReplicaTarget {
                     ),
                     (None, None) => (None, *force_path_style),
                 };
-                let store = S3Store::new(S3Config {
+                let store = crate::s3::open(S3Config {
                     bucket: bucket.clone(),
                     path: path.clone(),
                     endpoint,
@@ -182,8 +252,60 @@ impl ReplicaTarget {
                 })?;
                 Ok(Replica::new(Arc::new(store), Layout::S3))
             }
+            ReplicaTarget::Azure {
+                account,
+                container,
+                path,
+                endpoint,
+            } => {
+                let account = match &settings.account_name {
+                    Some(a) => a.clone(),
+                    None => require_account(account.as_deref())
+                        .map_err(|e| format!("abs://{container}/{path}: {e}"))?,
+                };
+                let credentials = azure::resolve_credentials(
+                    settings.sas_token.as_deref(),
+                    settings.account_key.as_deref(),
+                    |k| std::env::var(k).ok(),
+                );
+                let store = azure::open(azure::AzureConfig {
+                    account,
+                    container: container.clone(),
+                    path: path.clone(),
+                    endpoint: endpoint.clone(),
+                    credentials,
+                })?;
+                // Litestream's Azure replica lays files out as its file replica does.
+                Ok(Replica::new(Arc::new(store), Layout::File))
+            }
         }
     }
+}
+
+/// The account of an Azure replica, or an error saying where to give it.
+fn require_account(account: Option<&str>) -> Result<String, String> {
+    account.map(str::to_string).ok_or_else(|| {
+        "an abs replica needs a storage account: abs://ACCOUNT@container/path, or account-name: in the configuration".to_string()
+    })
+}
+
+/// An Azure blob endpoint: `http(s)://host[:port]` as [`endpoint_with_scheme`] takes it, and
+/// an optional path (Azurite and other emulators put the account there:
+/// `http://127.0.0.1:10000/devstoreaccount1`).
+pub fn azure_endpoint(endpoint: &str) -> Result<String, String> {
+    let e = endpoint.trim().trim_end_matches('/');
+    let (scheme, rest) = e.split_once("://").map_or(("", e), |(s, r)| (s, r));
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let base = if scheme.is_empty() {
+        endpoint_with_scheme(host)
+    } else {
+        endpoint_with_scheme(&format!("{scheme}://{host}"))
+    }?;
+    if path.is_empty() {
+        return Ok(base);
+    }
+    let clean = clean_path(path, "endpoint").map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
+    Ok(format!("{base}/{clean}"))
 }
 
 fn env_endpoint() -> Option<String> {
@@ -266,13 +388,15 @@ pub fn check_bucket(bucket: &str) -> Result<(), String> {
 
 /// The replica path inside a bucket: segments joined by '/', none empty, '.' or '..', and no
 /// character S3 clients escape differently (so Litestream and sluice name the same objects).
-pub fn clean_path(path: &str) -> Result<String, String> {
+pub fn clean_path(path: &str, container_word: &str) -> Result<String, String> {
     const UNSAFE: &[char] = &[
         '\\', '{', '}', '^', '%', '`', '[', ']', '"', '<', '>', '~', '#', '|', '*', '?',
     ];
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
-        return Err("an S3 replica needs a path inside the bucket (s3://bucket/path)".into());
+        return Err(format!(
+            "a replica needs a path inside the {container_word} ({container_word}/path)"
+        ));
     }
     if let Some(bad) = parts.iter().find(|p| **p == "." || **p == "..") {
         return Err(format!("path {path:?}: segment {bad:?} is not allowed"));
@@ -334,11 +458,43 @@ fn parse_s3(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
     check_bucket(&bucket).map_err(bad)?;
     Ok(ReplicaTarget::S3 {
         bucket,
-        path: clean_path(path).map_err(bad)?,
+        path: clean_path(path, "bucket").map_err(bad)?,
         endpoint,
         region,
         force_path_style,
         skip_verify,
+    })
+}
+
+fn parse_abs(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
+    let bad = |what: String| format!("replica URL {url:?}: {what}");
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (account, container) = match host.split_once('@') {
+        Some((a, c)) => (Some(a.to_string()), c),
+        None => (None, host),
+    };
+    if container.is_empty() {
+        return Err(bad("missing container name".into()));
+    }
+    if let Some(a) = &account {
+        azure::check_account(a).map_err(bad)?;
+    }
+    azure::check_container(container).map_err(bad)?;
+    let mut endpoint = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "endpoint" if !v.is_empty() => endpoint = Some(azure_endpoint(v).map_err(bad)?),
+            "endpoint" => return Err(bad("endpoint= is empty".into())),
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(ReplicaTarget::Azure {
+        account,
+        container: container.to_string(),
+        path: clean_path(path, "container").map_err(bad)?,
+        endpoint,
     })
 }
 
@@ -503,5 +659,68 @@ mod tests {
             matches!(&target, ReplicaTarget::S3 { path, endpoint: None, force_path_style: false, .. } if path == "app.db"),
             "{target:?}"
         );
+    }
+
+    #[test]
+    fn abs_urls_and_configs_are_litestreams() {
+        assert_eq!(
+            ReplicaTarget::parse("abs://acct@backups/app/db.sqlite"),
+            Ok(ReplicaTarget::Azure {
+                account: Some("acct".into()),
+                container: "backups".into(),
+                path: "app/db.sqlite".into(),
+                endpoint: None,
+            })
+        );
+        let azurite = ReplicaTarget::parse(
+            "abs://devstoreaccount1@cnt/db?endpoint=127.0.0.1:10000/devstoreaccount1/",
+        )
+        .expect("azurite");
+        assert!(
+            matches!(&azurite, ReplicaTarget::Azure { endpoint: Some(e), .. } if e == "http://127.0.0.1:10000/devstoreaccount1"),
+            "{azurite:?}"
+        );
+        assert_eq!(
+            ReplicaTarget::parse(&azurite.to_string()),
+            Ok(azurite.clone()),
+            "a listed target parses back"
+        );
+        for (url, says) in [
+            ("abs://acct@/db", "missing container"),
+            ("abs://acct@Cnt/db", "invalid container name"),
+            ("abs://ACCT@cnt/db", "invalid storage account name"),
+            ("abs://acct@cnt", "needs a path inside the container"),
+            ("abs://acct@cnt/db?region=x", "unknown query parameter"),
+            ("abs://acct@cnt/db?endpoint=ftp://h", "unsupported scheme"),
+        ] {
+            let err = ReplicaTarget::parse(url).expect_err(url);
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        // The account may come from the configuration instead of the URL, as in Litestream.
+        let mut r = ReplicaConfig {
+            url: Some("abs://cnt/db".into()),
+            ..ReplicaConfig::default()
+        };
+        let err = ReplicaTarget::from_config(&r).expect_err("no account");
+        assert!(err.contains("account-name"), "{err}");
+        r.settings.account_name = Some("acct".into());
+        r.settings.endpoint = Some("https://acct.blob.core.windows.net".into());
+        assert!(matches!(
+            ReplicaTarget::from_config(&r),
+            Ok(ReplicaTarget::Azure { account: Some(a), endpoint: Some(_), .. }) if a == "acct"
+        ));
+        let mut t = ReplicaConfig {
+            kind: Some("abs".into()),
+            path: Some("/app.db".into()),
+            ..ReplicaConfig::default()
+        };
+        t.settings.account_name = Some("acct".into());
+        let err = ReplicaTarget::from_config(&t).expect_err("no container");
+        assert!(err.contains("bucket"), "{err}");
+        t.settings.bucket = Some("cnt".into());
+        assert!(matches!(
+            ReplicaTarget::from_config(&t),
+            Ok(ReplicaTarget::Azure { path, .. }) if path == "app.db"
+        ));
     }
 }

@@ -25,28 +25,9 @@ use common::s3::{
     s3s_or_skip, sluice, start_replicate, wait_settled, wait_upload, write,
 };
 use common::{
-    Output, WAIT_MAX, Workspace, assert_integrity_ok, assert_same_file, checkpoint_truncate,
-    litestream_command, litestream_or_skip,
+    WAIT_MAX, Workspace, assert_integrity_ok, assert_refused, assert_same_file,
+    assert_timestamps_match_headers, checkpoint_truncate, litestream_command, litestream_or_skip,
 };
-
-/// The LTX header time of every file equals the timestamp its object metadata gives.
-fn assert_timestamps_match_headers(server: &S3Server, path: &str) {
-    let replica = server.store(path);
-    let rt = runtime();
-    let files = rt.block_on(replica.list_all()).expect("list");
-    assert!(!files.is_empty(), "replica {path} is empty");
-    for f in files {
-        let head = rt
-            .block_on(replica.store.get_range(&replica.key(&f), 0, 100))
-            .expect("read an LTX header");
-        let head: [u8; 100] = head.try_into().expect("a 100-byte header");
-        let h = sluice_core::ltx::Header::decode(&head).expect("decode the header");
-        assert_eq!(
-            f.created_ms, h.timestamp_ms,
-            "{f}: listed timestamp differs from the LTX header's"
-        );
-    }
-}
 
 /// Runs one `sluice replicate` from start to SIGTERM around `work`: waits for the first upload
 /// before `work`, and for the replica to settle after it. Returns the log.
@@ -193,7 +174,7 @@ fn issue_commands_replicate_and_restore_byte_identical() {
     );
 
     // Every file's metadata timestamp is its LTX header time.
-    assert_timestamps_match_headers(server, &path);
+    assert_timestamps_match_headers(&server.store(&path));
 
     // The real Litestream restores sluice's S3 replica byte for byte.
     if let Some(ls) = litestream_or_skip() {
@@ -263,7 +244,7 @@ fn sluice_restores_litestreams_s3_replica() {
     let page = page_size(&conn);
     drop(conn);
 
-    assert_timestamps_match_headers(server, &path);
+    assert_timestamps_match_headers(&server.store(&path));
     let out = ws.path("restored.db");
     let (code, stdout, err) = output(
         sluice(server, ws.root())
@@ -339,20 +320,6 @@ fn config_file_with_type_s3_and_keys_in_it() {
     let (code, stdout, err) = output(cmd.args(["ltx", "-config"]).arg(&config).arg(&db));
     assert_eq!(code, 0, "ltx through the config: {err}");
     assert!(stdout.contains("0000000000000001"), "{stdout}");
-}
-
-/// One case of bad input: the command fails with one line naming the problem.
-fn assert_refused(what: &str, (code, stdout, stderr): &Output, says: &[&str]) {
-    assert_ne!(*code, 0, "{what}: exit 0\n{stdout}{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one line, got:\n{stderr}");
-    for s in says {
-        assert!(stderr.contains(s), "{what}: {s:?} not in {stderr:?}");
-    }
-    assert!(
-        !stderr.contains("sluice-test-secret") && !stderr.contains("sluice-ci-secret"),
-        "{what}: the secret leaked: {stderr}"
-    );
 }
 
 struct BadCase {
@@ -432,7 +399,7 @@ fn bad_input_is_refused_in_one_line_and_writes_nothing() {
                 .arg(&out)
                 .arg(url),
         );
-        assert_refused(&format!("restore, {what}"), &r, &says);
+        assert_refused(&format!("restore, {what}"), &r, &says, &server.secret_key);
         let left: Vec<String> = common::dir_entries(ws.root())
             .into_iter()
             .filter(|n| !n.starts_with("app.db"))
@@ -446,7 +413,7 @@ fn bad_input_is_refused_in_one_line_and_writes_nothing() {
                 .arg(&db)
                 .arg(url),
         );
-        assert_refused(&format!("replicate, {what}"), &r, &says);
+        assert_refused(&format!("replicate, {what}"), &r, &says, &server.secret_key);
         assert_eq!(
             std::fs::read(&db).expect("read db"),
             db_bytes,
@@ -499,6 +466,7 @@ fn second_replicator_on_the_same_path_is_refused() {
         "second replicator",
         &refused,
         &["is being replicated by", &format!("pid {pid} "), "a.db"],
+        &server.secret_key,
     );
     assert_eq!(std::fs::read(&b).expect("read b"), b_before, "b.db changed");
     first.assert_running();

@@ -1,8 +1,8 @@
 //! One conformance suite for the object-store seam (`store::ObjectStore`), run against every
 //! implementation: the in-memory store, the directory store (the file replica), the S3 store
-//! against two real S3-compatible servers, s3s-fs and moto, and the wrappers production puts in
-//! front of a store (`CountingStore`, `FencedStore` with its lease held), which must keep the
-//! contract of what they wrap. The simulator runs the same cases (`conformance/cases.rs`) against
+//! against two real S3-compatible servers, s3s-fs and moto, the Azure store against Azurite, and
+//! the wrappers production puts in front of a store (`CountingStore`, `FencedStore` with its
+//! lease held), which must keep the contract of what they wrap. The simulator runs the same cases (`conformance/cases.rs`) against
 //! its `FaultyStore`, healed (`sim/tests/faulty_conformance.rs`).
 //!
 //! Each case is one function over a [`Backend`]; the `backend_tests!` macro instantiates every
@@ -10,7 +10,7 @@
 //!
 //! The race cases (many concurrent `PutMode::Create` puts of one key: exactly one wins) run only
 //! where conditional writes are atomic: the in-memory store (a mutex), the directory store
-//! (link(2)) and moto. s3s-fs checks, then writes, so two racing creates can both succeed there;
+//! (link(2)), moto and Azurite. s3s-fs checks, then writes, so two racing creates can both succeed there;
 //! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
 //! on S3): the directory store swaps under flock(2), atomic among its clients.
 //!
@@ -112,6 +112,20 @@ fn moto() -> Option<Backend> {
     Some(s3_backend(common::s3::moto_or_skip()?, true))
 }
 
+/// Azurite, Azure Blob Storage's emulator: conditional puts are atomic there.
+fn azurite() -> Option<Backend> {
+    let server = common::azure::azurite_or_skip()?;
+    let path = server.fresh_path("conformance");
+    let store = server.small_part_store(&path);
+    Some(Backend {
+        store,
+        atomic_create: true,
+        reopen: Some(Box::new(move || server.replica(&path).store)),
+        _dir: None,
+        _guard: None,
+    })
+}
+
 /// MinIO in Docker (feature `minio`); conditional writes are atomic there.
 #[cfg(feature = "minio")]
 fn minio() -> Option<Backend> {
@@ -133,5 +147,6 @@ backend_tests!(fenced);
 backend_tests!(dir);
 backend_tests!(s3s);
 backend_tests!(moto);
+backend_tests!(azurite);
 #[cfg(feature = "minio")]
 backend_tests!(minio);

@@ -8,6 +8,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod s3;
 
 use std::ffi::OsStr;
@@ -23,6 +24,24 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// With Litestream syncing every 20 ms this is several sync intervals without a new file.
 pub const SETTLE_POLLS: u32 = 6;
 pub const SETTLE_SPACING: Duration = Duration::from_millis(30);
+
+/// A replica server the tests write to through `sluice` processes: S3 or Azure.
+pub trait Remote {
+    /// The newest TXID of any LTX file in the replica at `path`, read through a new client.
+    fn max_txid(&self, path: &str) -> u64;
+    /// The environment a `sluice` process needs to reach the server.
+    fn sluice_env(&self) -> Vec<(&'static str, String)>;
+}
+
+/// A replica path no other test uses: `<label>-<pid>-<n>`.
+pub fn fresh_path(label: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
 
 /// The workspace root (`core/..`), where CI caches the Litestream install.
 pub fn workspace_root() -> PathBuf {
@@ -390,4 +409,42 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// One case of bad input: the command fails with one line naming the problem, and `secret`
+/// appears nowhere in it.
+pub fn assert_refused(what: &str, (code, stdout, stderr): &Output, says: &[&str], secret: &str) {
+    assert_ne!(*code, 0, "{what}: exit 0\n{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line, got:\n{stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "{what}: {s:?} not in {stderr:?}");
+    }
+    assert!(
+        !stderr.contains(secret) && !stdout.contains(secret),
+        "{what}: the secret leaked: {stderr}"
+    );
+}
+
+/// The LTX header time of every file of `replica` equals the timestamp its listing gives
+/// (from the object's metadata, through a new client).
+pub fn assert_timestamps_match_headers(replica: &sluice_core::replica::Replica) {
+    let rt = s3::runtime();
+    let files = rt.block_on(replica.list_all()).expect("list");
+    assert!(
+        !files.is_empty(),
+        "replica {} is empty",
+        replica.store.describe()
+    );
+    for f in files {
+        let head = rt
+            .block_on(replica.store.get_range(&replica.key(&f), 0, 100))
+            .expect("read an LTX header");
+        let head: [u8; 100] = head.try_into().expect("a 100-byte header");
+        let h = sluice_core::ltx::Header::decode(&head).expect("decode the header");
+        assert_eq!(
+            f.created_ms, h.timestamp_ms,
+            "{f}: listed timestamp differs from the LTX header's"
+        );
+    }
 }

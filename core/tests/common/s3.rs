@@ -17,13 +17,12 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use sluice_core::replica::FileInfo;
 
-use super::{Output, SETTLE_POLLS, SETTLE_SPACING, WAIT_MAX, workspace_root};
+use super::{Output, Remote, SETTLE_POLLS, SETTLE_SPACING, WAIT_MAX, workspace_root};
 
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,12 +59,7 @@ impl S3Server {
 
     /// A replica path no other test uses: `<label>-<pid>-<n>`.
     pub fn fresh_path(&self, label: &str) -> String {
-        static N: AtomicU32 = AtomicU32::new(0);
-        format!(
-            "{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
+        super::fresh_path(label)
     }
 
     /// `s3://bucket/path?endpoint=...` for this server.
@@ -79,18 +73,10 @@ impl S3Server {
         format!("s3://{}.localhost:{port}/{path}", self.bucket)
     }
 
-    /// The environment a `sluice` process needs to reach this server.
-    pub fn sluice_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("LITESTREAM_ACCESS_KEY_ID", self.access_key.clone()),
-            ("LITESTREAM_SECRET_ACCESS_KEY", self.secret_key.clone()),
-        ]
-    }
-
     /// An S3 store on `path` that splits uploads above 6 MiB into 5 MiB parts, so tests
     /// exercise multipart uploads with small objects.
     pub fn small_part_store(&self, path: &str) -> sluice_core::store::DynStore {
-        let store = sluice_core::s3::S3Store::new(sluice_core::s3::S3Config {
+        let store = sluice_core::s3::open(sluice_core::s3::S3Config {
             bucket: self.bucket.clone(),
             path: path.to_string(),
             endpoint: Some(self.endpoint.clone()),
@@ -122,11 +108,28 @@ impl S3Server {
     }
 }
 
-fn require_peers() -> bool {
+impl Remote for S3Server {
+    fn max_txid(&self, path: &str) -> u64 {
+        s3_files(self, path)
+            .iter()
+            .map(|f| f.max_txid)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn sluice_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LITESTREAM_ACCESS_KEY_ID", self.access_key.clone()),
+            ("LITESTREAM_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+}
+
+pub(crate) fn require_peers() -> bool {
     std::env::var("SLUICE_REQUIRE_PEERS").as_deref() == Ok("1")
 }
 
-fn skip(reason: &str) -> Option<&'static S3Server> {
+pub(crate) fn skip<T>(reason: &str) -> Option<&'static T> {
     if require_peers() {
         panic!("{reason} and SLUICE_REQUIRE_PEERS=1: run ci/test.sh, which installs and starts it");
     }
@@ -134,7 +137,7 @@ fn skip(reason: &str) -> Option<&'static S3Server> {
     None
 }
 
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -355,20 +358,16 @@ pub fn s3_files(server: &S3Server, path: &str) -> Vec<FileInfo> {
 }
 
 pub fn s3_max_txid(server: &S3Server, path: &str) -> u64 {
-    s3_files(server, path)
-        .iter()
-        .map(|f| f.max_txid)
-        .max()
-        .unwrap_or(0)
+    server.max_txid(path)
 }
 
 /// Waits until the replica's newest TXID is above `above` and stays put for a while.
-pub fn wait_settled(server: &S3Server, path: &str, above: u64) -> u64 {
+pub fn wait_settled(server: &impl Remote, path: &str, above: u64) -> u64 {
     let started = Instant::now();
-    let (mut last, mut unchanged) = (s3_max_txid(server, path), 0);
+    let (mut last, mut unchanged) = (server.max_txid(path), 0);
     loop {
         std::thread::sleep(SETTLE_SPACING);
-        let now = s3_max_txid(server, path);
+        let now = server.max_txid(path);
         if now == last && now > above {
             unchanged += 1;
             if unchanged >= SETTLE_POLLS {
@@ -385,7 +384,7 @@ pub fn wait_settled(server: &S3Server, path: &str, above: u64) -> u64 {
 }
 
 /// `sluice` with the server's keys in the environment and nothing else that could steer it.
-pub fn sluice(server: &S3Server, dir: &Path) -> Command {
+pub fn sluice(server: &impl Remote, dir: &Path) -> Command {
     let mut cmd = Command::new(super::sluice_bin());
     cmd.current_dir(dir)
         .envs(server.sluice_env())
@@ -501,7 +500,13 @@ pub fn page_size(c: &Connection) -> u32 {
         .expect("page size")
 }
 
-pub fn start_replicate(server: &S3Server, dir: &Path, db: &Path, url: &str, log: &Path) -> Running {
+pub fn start_replicate(
+    server: &impl Remote,
+    dir: &Path,
+    db: &Path,
+    url: &str,
+    log: &Path,
+) -> Running {
     let mut cmd = sluice(server, dir);
     cmd.env("SLUICE_LOG", "info")
         .arg("replicate")
@@ -510,9 +515,9 @@ pub fn start_replicate(server: &S3Server, dir: &Path, db: &Path, url: &str, log:
     Running::start(cmd, log)
 }
 
-pub fn wait_upload(server: &S3Server, path: &str, above: u64, proc: &mut Running) {
+pub fn wait_upload(server: &impl Remote, path: &str, above: u64, proc: &mut Running) {
     let started = Instant::now();
-    while s3_max_txid(server, path) <= above {
+    while server.max_txid(path) <= above {
         proc.assert_running();
         assert!(started.elapsed() < WAIT_MAX, "no upload:\n{}", proc.log());
         std::thread::sleep(Duration::from_millis(20));

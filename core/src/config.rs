@@ -238,9 +238,38 @@ pub struct Config {
     pub defaults: ReplicaSettings,
 }
 
-/// Expands `$VAR` and `${VAR}`. `$$` is a literal dollar. An unset variable is an error (Litestream
-/// silently substitutes an empty string, which turns a missing secret into a confusing failure).
+/// Expands `$VAR` and `${VAR}` in a YAML text, leaving comments as they are (`# costs $5` is
+/// not a variable). `$$` is a literal dollar. An unset variable is an error (Litestream silently
+/// substitutes an empty string, which turns a missing secret into a confusing failure). A
+/// comment starts at a `#` that begins a line or follows a space or tab, outside quotes; inside
+/// a block scalar (`|`, `>`) such a `#` is text, and what follows it is not expanded.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (code, comment) = line.split_at(comment_start(line).unwrap_or(line.len()));
+        out.push_str(&expand_vars(code, &lookup)?);
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Where a YAML line's comment starts, if it has one.
+fn comment_start(line: &str) -> Option<usize> {
+    let (mut single, mut double, mut prev) = (false, false, ' ');
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && prev != '\\' => double = !double,
+            '#' if !single && !double && (prev == ' ' || prev == '\t') => return Some(i),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
+/// `$VAR`, `${VAR}` and `$$` in one piece of text.
+fn expand_vars(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -457,6 +486,16 @@ mod tests {
             Ok("a bkt bkt $x")
         );
         assert_eq!(expand_env("${NOPE}", vars), Err("NOPE".to_string()));
+        // Comments are not expanded, wherever they are; a '#' inside a value or quotes is not
+        // a comment.
+        assert_eq!(
+            expand_env(
+                "# costs $5 a month\nbucket: $BUCKET   # was ${OLD}\npath: a#$BUCKET\nx: \"# $BUCKET\" # $NOPE\ny: '#$BUCKET'\n",
+                vars
+            )
+            .as_deref(),
+            Ok("# costs $5 a month\nbucket: bkt   # was ${OLD}\npath: a#bkt\nx: \"# bkt\" # $NOPE\ny: '#bkt'\n")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use crate::args::{ConfigArgs, ReplicateArgs};
@@ -145,8 +146,8 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         // job has stopped, the process stops its child and exits with 1.
         loop {
             tokio::select! {
-                _ = sigterm.recv() => { forward(&child, "TERM"); if child.is_none() { break; } }
-                _ = sigint.recv() => { forward(&child, "INT"); if child.is_none() { break; } }
+                _ = sigterm.recv() => { forward(&child, Signal::SIGTERM); if child.is_none() { break; } }
+                _ = sigint.recv() => { forward(&child, Signal::SIGINT); if child.is_none() { break; } }
                 status = wait_child(&mut child) => {
                     exit_code = status;
                     tracing::info!(code = status, "child process exited");
@@ -166,7 +167,7 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
                     exit_code = 1;
                     if tasks.is_empty() {
                         tracing::error!("every replication job has stopped; exiting");
-                        forward(&child, "TERM");
+                        forward(&child, Signal::SIGTERM);
                         if let Some(c) = child.as_mut() {
                             let _ = c.wait().await;
                         }
@@ -323,13 +324,17 @@ fn spawn_exec(cmd: &str) -> Result<tokio::process::Child> {
         .with_context(|| format!("-exec: cannot start {prog}"))
 }
 
-fn forward(child: &Option<tokio::process::Child>, sig: &str) {
-    if let Some(pid) = child.as_ref().and_then(tokio::process::Child::id) {
-        // std has no kill(2) with a signal; the kill command is always present on Unix.
-        let _ = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status();
+/// Sends `sig` to the `-exec` child, if it runs (kill(2): sidecar images often have no `kill`
+/// binary to spawn).
+fn forward(child: &Option<tokio::process::Child>, sig: Signal) {
+    let pid = child
+        .as_ref()
+        .and_then(tokio::process::Child::id)
+        .and_then(|p| i32::try_from(p).ok());
+    if let Some(pid) = pid
+        && let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+    {
+        tracing::warn!(pid, signal = %sig, error = %e, "cannot signal the -exec child");
     }
 }
 

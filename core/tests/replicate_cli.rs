@@ -33,8 +33,19 @@ struct Replicate {
 
 impl Replicate {
     fn start(args: &[&dyn AsRef<OsStr>], log_path: PathBuf) -> Self {
+        Self::start_with(args, log_path, |_| {})
+    }
+
+    /// `start` with more settings of the command (its environment).
+    fn start_with(
+        args: &[&dyn AsRef<OsStr>],
+        log_path: PathBuf,
+        set: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = std::fs::File::create(&log_path).expect("create the sluice log");
-        let child = Command::new(sluice_bin())
+        let mut cmd = Command::new(sluice_bin());
+        set(&mut cmd);
+        let child = cmd
             .arg("replicate")
             .args(args)
             .env("SLUICE_LOG", "info")
@@ -272,7 +283,8 @@ fn exec_child_exit_code_becomes_sluices_after_a_final_sync() {
 
 /// SIGTERM to sluice goes to the child, which decides when to exit (here: at once, with code
 /// 7); sluice then makes its final sync and exits with the child's code, long before the
-/// child's 300 s sleep would have ended.
+/// child's 300 s sleep would have ended. sluice runs with an empty `PATH`, as in a sidecar
+/// image with no `kill` binary: it signals by kill(2).
 #[test]
 fn sigterm_is_forwarded_to_the_exec_child() {
     let ws = Workspace::new("exec-term");
@@ -285,12 +297,19 @@ fn sigterm_is_forwarded_to_the_exec_child() {
     // The trap is a function so `$pid` is read when the signal arrives; it also stops the
     // background sleep so nothing outlives the test.
     let child = format!(
-        "sh -c 'on_term() {{ kill $pid; echo term > {}; exit 7; }}; trap on_term TERM; \
-         sleep 300 & pid=$!; echo ready > {}; wait'",
+        "/bin/sh -c 'on_term() {{ kill $pid; echo term > {}; exit 7; }}; trap on_term TERM; \
+         /bin/sleep 300 & pid=$!; echo ready > {}; wait'",
         got_term.display(),
         ready.display()
     );
-    let mut sluice = Replicate::start(&[&"-exec", &child, &"-config", &cfg], ws.path("sluice.log"));
+    let no_bins = ws.dir("no-bins");
+    let mut sluice = Replicate::start_with(
+        &[&"-exec", &child, &"-config", &cfg],
+        ws.path("sluice.log"),
+        |cmd| {
+            cmd.env("PATH", &no_bins);
+        },
+    );
     wait_for("the child to install its trap", || {
         ready.exists().then_some(())
     });

@@ -3,7 +3,10 @@
 //! The schema is Litestream 0.5's (`dbs:` with `path` and `replica:`/`replicas:`, global defaults
 //! for replica settings, `$VAR`/`${VAR}` expansion), with two deliberate differences:
 //! - an unknown key is an error naming the key and its line (Litestream ignores it silently, so a
-//!   typo such as `sync-intreval` quietly does nothing);
+//!   typo such as `sync-intreval` quietly does nothing). Every key Litestream 0.5 knows is
+//!   accepted: implemented, or in [`LITESTREAM_KEYS`] with one warning saying why it changes
+//!   nothing here, or refused there where going on would do something else than asked
+//!   (encryption sluice cannot do, directory replication);
 //! - a database may list several replicas (Litestream 0.5 refuses more than one).
 //!
 //! A configuration is parsed and validated completely before anything starts, so a bad entry
@@ -104,14 +107,12 @@ impl std::ops::Deref for Secret {
     }
 }
 
-/// Settings a replica may carry, each also allowed at the top level as a default.
+/// Settings a replica may carry, each also allowed at the top level as a default. (No
+/// `deny_unknown_fields`: it is flattened beside a catch-all, which judges the other keys.)
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct ReplicaSettings {
     pub sync_interval: Option<GoDuration>,
-    pub validation_interval: Option<GoDuration>,
-    pub max_sync_ltx_files: Option<u32>,
-    pub auto_recover: Option<bool>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<Secret>,
     pub region: Option<String>,
@@ -119,11 +120,6 @@ pub struct ReplicaSettings {
     pub endpoint: Option<String>,
     pub force_path_style: Option<bool>,
     pub skip_verify: Option<bool>,
-    pub sign_payload: Option<bool>,
-    pub require_content_md5: Option<bool>,
-    pub storage_class: Option<String>,
-    pub part_size: Option<u64>,
-    pub concurrency: Option<u32>,
     /// Azure Blob Storage (`abs`): the storage account, its shared key, or a SAS token.
     pub account_name: Option<String>,
     pub account_key: Option<Secret>,
@@ -138,9 +134,6 @@ impl ReplicaSettings {
         }
         inherit!(
             sync_interval,
-            validation_interval,
-            max_sync_ltx_files,
-            auto_recover,
             access_key_id,
             secret_access_key,
             region,
@@ -148,11 +141,6 @@ impl ReplicaSettings {
             endpoint,
             force_path_style,
             skip_verify,
-            sign_payload,
-            require_content_md5,
-            storage_class,
-            part_size,
-            concurrency,
             account_name,
             account_key,
             sas_token
@@ -161,7 +149,7 @@ impl ReplicaSettings {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct ReplicaConfig {
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -170,6 +158,9 @@ pub struct ReplicaConfig {
     pub url: Option<String>,
     #[serde(flatten)]
     pub settings: ReplicaSettings,
+    /// Every other key, judged by [`LITESTREAM_KEYS`] after parsing.
+    #[serde(flatten)]
+    pub other: Other,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -180,10 +171,10 @@ pub struct SnapshotConfig {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct DbConfig {
+    #[serde(default)]
     pub path: String,
-    pub meta_path: Option<String>,
     pub monitor_interval: Option<GoDuration>,
     pub checkpoint_interval: Option<GoDuration>,
     pub busy_timeout: Option<GoDuration>,
@@ -195,6 +186,9 @@ pub struct DbConfig {
     pub replica: Option<ReplicaConfig>,
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,
+    /// Every other key, judged by [`LITESTREAM_KEYS`] after parsing.
+    #[serde(flatten)]
+    pub other: Other,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -210,17 +204,7 @@ pub struct RetentionConfig {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LoggingConfig {
-    pub level: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub stderr: Option<bool>,
-    pub source: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
     #[serde(default)]
     pub dbs: Vec<DbConfig>,
@@ -229,13 +213,250 @@ pub struct Config {
     pub levels: Option<Vec<LevelConfig>>,
     pub snapshot: Option<SnapshotConfig>,
     pub l0_retention: Option<GoDuration>,
-    pub l0_retention_check_interval: Option<GoDuration>,
     pub retention: Option<RetentionConfig>,
-    pub logging: Option<LoggingConfig>,
     pub shutdown_sync_timeout: Option<GoDuration>,
-    pub shutdown_sync_interval: Option<GoDuration>,
     #[serde(flatten)]
     pub defaults: ReplicaSettings,
+    /// Every other key, judged by [`LITESTREAM_KEYS`] after parsing.
+    #[serde(flatten)]
+    pub other: Other,
+    /// One line per Litestream key this configuration sets that sluice does not act on (logged
+    /// by [`Config::load`]).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// The keys of a mapping that its struct does not name, with their values.
+pub type Other = std::collections::BTreeMap<String, serde_norway::Value>;
+
+/// Where in a configuration a key may stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// The top level only.
+    Top,
+    /// A `dbs:` entry.
+    Db,
+    /// A replica entry, or the top level as every replica's default.
+    Replica,
+}
+
+/// What sluice does with a key Litestream knows and sluice does not implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unacted {
+    /// Accepted, with one warning saying why it changes nothing.
+    Warn(&'static str),
+    /// Refused: going on without it would do something else than what the user asked for
+    /// (upload in the clear what was to be encrypted, replicate nothing).
+    Refuse(&'static str),
+}
+
+const SFTP: Unacted =
+    Unacted::Warn("an SFTP replica setting; sluice has no sftp replicas yet (file, s3, abs)");
+const WEBDAV: Unacted =
+    Unacted::Warn("a WebDAV replica setting; sluice has no webdav replicas (file, s3, abs)");
+const NATS: Unacted =
+    Unacted::Warn("a NATS replica setting; sluice has no nats replicas (file, s3, abs)");
+const SSE: Unacted = Unacted::Refuse(
+    "server-side encryption is not supported yet, and replicating without it would upload unencrypted what this asks to be encrypted",
+);
+const V3: Unacted = Unacted::Warn(
+    "a Litestream 0.3 replica setting, ignored by 0.5 too; 0.5 sets snapshot: interval and retention at the top level or per database",
+);
+const DIR: Unacted = Unacted::Refuse(
+    "directory replication (dir:, pattern:, recursive:, watch:) is not supported yet; list each database with path:",
+);
+const VALIDATION: Unacted = Unacted::Warn(
+    "sluice does not restore in the background to validate; run `sluice verify -restore` on a schedule",
+);
+
+/// Every key Litestream 0.5 knows (its `cmd/litestream/main.go`, v0.5.17, and the 0.3 replica
+/// keys still found in configurations) that sluice does not implement, and what it does with it.
+const LITESTREAM_KEYS: &[(Scope, &str, Unacted)] = &[
+    (
+        Scope::Top,
+        "socket",
+        Unacted::Warn("sluice has no control socket"),
+    ),
+    (Scope::Top, "validation", VALIDATION),
+    (
+        Scope::Top,
+        "verify-compaction",
+        Unacted::Warn(
+            "every file sluice writes, compactions included, records the database checksum it was built to, checked on restore",
+        ),
+    ),
+    (
+        Scope::Top,
+        "heartbeat-url",
+        Unacted::Warn("sluice sends no heartbeats; monitor sluice_replication_lag_seconds (addr:)"),
+    ),
+    (
+        Scope::Top,
+        "heartbeat-interval",
+        Unacted::Warn("sluice sends no heartbeats; monitor sluice_replication_lag_seconds (addr:)"),
+    ),
+    (
+        Scope::Top,
+        "mcp-addr",
+        Unacted::Warn("sluice has no MCP server"),
+    ),
+    (
+        Scope::Top,
+        "logging",
+        Unacted::Warn(
+            "sluice logs to stderr; set the level with SLUICE_LOG (e.g. SLUICE_LOG=debug)",
+        ),
+    ),
+    (
+        Scope::Top,
+        "l0-retention-check-interval",
+        Unacted::Warn("sluice applies level-0 retention after each compaction into level 1"),
+    ),
+    (
+        Scope::Top,
+        "shutdown-sync-interval",
+        Unacted::Warn(
+            "the final sync retries on sluice's own backoff, within shutdown-sync-timeout",
+        ),
+    ),
+    (
+        Scope::Db,
+        "meta-path",
+        Unacted::Warn(
+            "sluice keeps no metadata beside the database: its position is in the replica",
+        ),
+    ),
+    (
+        Scope::Db,
+        "meta-dir",
+        Unacted::Warn(
+            "sluice keeps no metadata beside the database: its position is in the replica",
+        ),
+    ),
+    (Scope::Db, "dir", DIR),
+    (Scope::Db, "pattern", DIR),
+    (Scope::Db, "recursive", DIR),
+    (Scope::Db, "watch", DIR),
+    (Scope::Replica, "validation-interval", VALIDATION),
+    (
+        Scope::Replica,
+        "max-sync-ltx-files",
+        Unacted::Warn("sluice uploads every pending level-0 file at each sync"),
+    ),
+    (
+        Scope::Replica,
+        "auto-recover",
+        Unacted::Warn(
+            "sluice always recovers: when its position is lost it compares the database with the replica and ships the difference",
+        ),
+    ),
+    (
+        Scope::Replica,
+        "sign-payload",
+        Unacted::Warn("sluice always signs request bodies (SigV4 with the payload's SHA-256)"),
+    ),
+    (
+        Scope::Replica,
+        "require-content-md5",
+        Unacted::Warn(
+            "sluice sends no Content-MD5; every LTX file carries a CRC-64, checked on restore",
+        ),
+    ),
+    (
+        Scope::Replica,
+        "storage-class",
+        Unacted::Warn("objects get the bucket's default storage class"),
+    ),
+    (
+        Scope::Replica,
+        "part-size",
+        Unacted::Warn(
+            "multipart parts are 16 MiB (8 MiB from a spool), larger only past 10,000 parts",
+        ),
+    ),
+    (
+        Scope::Replica,
+        "concurrency",
+        Unacted::Warn("at most 4 parts of one upload are in flight (2 from a spool)"),
+    ),
+    (Scope::Replica, "sse-customer-algorithm", SSE),
+    (Scope::Replica, "sse-customer-key", SSE),
+    (Scope::Replica, "sse-customer-key-path", SSE),
+    (Scope::Replica, "sse-kms-key-id", SSE),
+    (
+        Scope::Replica,
+        "age",
+        Unacted::Refuse(
+            "age encryption is not supported yet, and replicating without it would upload in the clear what this asks to be encrypted",
+        ),
+    ),
+    (Scope::Replica, "host", SFTP),
+    (Scope::Replica, "user", SFTP),
+    (Scope::Replica, "password", SFTP),
+    (Scope::Replica, "key-path", SFTP),
+    (Scope::Replica, "concurrent-writes", SFTP),
+    (Scope::Replica, "host-key", SFTP),
+    (Scope::Replica, "webdav-url", WEBDAV),
+    (Scope::Replica, "webdav-username", WEBDAV),
+    (Scope::Replica, "webdav-password", WEBDAV),
+    (Scope::Replica, "jwt", NATS),
+    (Scope::Replica, "seed", NATS),
+    (Scope::Replica, "creds", NATS),
+    (Scope::Replica, "nkey", NATS),
+    (Scope::Replica, "username", NATS),
+    (Scope::Replica, "token", NATS),
+    (Scope::Replica, "tls", NATS),
+    (Scope::Replica, "root-cas", NATS),
+    (Scope::Replica, "client-cert", NATS),
+    (Scope::Replica, "client-key", NATS),
+    (Scope::Replica, "max-reconnects", NATS),
+    (Scope::Replica, "reconnect-wait", NATS),
+    (Scope::Replica, "timeout", NATS),
+    (Scope::Replica, "snapshot-interval", V3),
+    (Scope::Replica, "retention", V3),
+    (Scope::Replica, "retention-check-interval", V3),
+];
+
+/// Judges the keys of one mapping that its struct does not name: a warning for each Litestream
+/// key sluice ignores, an error for one it refuses or one neither tool knows. `at` names the
+/// mapping (`dbs[0] replica 1: `).
+fn judge(
+    other: &Other,
+    scopes: &[Scope],
+    at: &str,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    for key in other.keys() {
+        let known = LITESTREAM_KEYS
+            .iter()
+            .find(|(scope, k, _)| k == key && scopes.contains(scope));
+        match known {
+            Some((_, _, Unacted::Warn(why))) => {
+                warnings.push(format!(
+                    "{at}{key}: a Litestream setting sluice ignores: {why}"
+                ));
+            }
+            Some((_, _, Unacted::Refuse(why))) => {
+                return Err(format!("{at}{key}: {why}{}", line_of(text, key)));
+            }
+            None => {
+                return Err(format!("{at}unknown field `{key}`{}", line_of(text, key)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ` at line N` for the first line that sets `key`, or nothing.
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{key}:"))
+        })
+        .map_or_else(String::new, |i| format!(" at line {}", i + 1))
 }
 
 /// Expands `$VAR` and `${VAR}` in a YAML text, leaving comments as they are (`# costs $5` is
@@ -308,13 +529,18 @@ fn expand_vars(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<S
 }
 
 impl Config {
-    /// Reads, expands and validates a configuration file.
+    /// Reads, expands and validates a configuration file, and logs a warning for each
+    /// Litestream setting in it that sluice ignores.
     pub fn load(path: &Path, expand: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &text, expand)
+        let config = Self::parse(path, &text, expand)?;
+        for w in &config.warnings {
+            tracing::warn!("config {}: {w}", path.display());
+        }
+        Ok(config)
     }
 
     pub fn parse(path: &Path, text: &str, expand: bool) -> Result<Config, ConfigError> {
@@ -335,6 +561,30 @@ impl Config {
         } else {
             serde_norway::from_str(&text).map_err(|e| invalid(pinpoint_unknown_key(&text, e)))?
         };
+        let mut warnings = Vec::new();
+        judge(
+            &config.other,
+            &[Scope::Top, Scope::Replica],
+            "",
+            &text,
+            &mut warnings,
+        )
+        .map_err(invalid)?;
+        for (i, db) in config.dbs.iter().enumerate() {
+            judge(
+                &db.other,
+                &[Scope::Db],
+                &format!("dbs[{i}]: "),
+                &text,
+                &mut warnings,
+            )
+            .map_err(invalid)?;
+            for (j, r) in db.replica.iter().chain(&db.replicas).enumerate() {
+                let at = format!("dbs[{i}] replica {j}: ");
+                judge(&r.other, &[Scope::Replica], &at, &text, &mut warnings).map_err(invalid)?;
+            }
+        }
+        config.warnings = warnings;
         let defaults = config.defaults.clone();
         for (i, db) in config.dbs.iter_mut().enumerate() {
             if db.path.trim().is_empty() {

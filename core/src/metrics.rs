@@ -1,5 +1,11 @@
 //! Prometheus metrics on `addr` (`GET /metrics`), including replication lag, which Litestream
 //! lacks. A deliberately tiny HTTP responder: one request per connection, bounded read.
+//!
+//! Rendered by hand at each scrape from the jobs' status snapshots. Weighed against the client
+//! crates: `prometheus-client` 0.24 writes label values as given (no escaping of `\`, `"` or
+//! newlines, the bug this module had), and `metrics-exporter-prometheus` records pushed values,
+//! where these are read at scrape time; neither would remove the one rule that matters here,
+//! [`escape_label`].
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,8 +67,7 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
                 "sluice_page_checksums_bytes" => s.page_checksums_bytes as f64,
                 _ => s.resyncs as f64,
             };
-            let db = s.database.display().to_string().replace('"', "\\\"");
-            let replica = s.replica.replace('"', "\\\"");
+            let (db, replica) = labels(&s);
             out.push_str(&format!(
                 "{name}{{db=\"{db}\",replica=\"{replica}\"}} {value}\n"
             ));
@@ -75,11 +80,33 @@ pub fn render(statuses: &[SharedStatus], now_ms: i64) -> String {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let db = s.database.display().to_string().replace('"', "\\\"");
-        let replica = s.replica.replace('"', "\\\"");
+        let (db, replica) = labels(&s);
         for (op, (requests, errors)) in crate::counting::OPS.iter().zip(s.requests.snapshot()) {
             out.push_str(&format!("sluice_store_requests_total{{db=\"{db}\",replica=\"{replica}\",op=\"{op}\"}} {requests}\n"));
             out.push_str(&format!("sluice_store_errors_total{{db=\"{db}\",replica=\"{replica}\",op=\"{op}\"}} {errors}\n"));
+        }
+    }
+    out
+}
+
+/// The `db` and `replica` label values of a job, escaped.
+fn labels(s: &crate::replicate::JobStatus) -> (String, String) {
+    (
+        escape_label(&s.database.display().to_string()),
+        escape_label(&s.replica),
+    )
+}
+
+/// A label value in the text exposition format: `\`, `"` and line feeds escaped (a path may
+/// hold any of them; one unescaped makes the whole scrape unparsable).
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
     }
     out
@@ -120,6 +147,28 @@ mod tests {
     use crate::counting::{CountingStore, RequestCounts};
     use crate::replicate::JobStatus;
     use crate::store::{MemStore, ObjectStore, PutOptions};
+
+    #[test]
+    fn label_values_escape_backslashes_quotes_and_newlines() {
+        assert_eq!(escape_label("/a/b.db"), "/a/b.db");
+        assert_eq!(
+            escape_label("C:\\data\\\"x\"\nnext"),
+            "C:\\\\data\\\\\\\"x\\\"\\nnext"
+        );
+        let status = JobStatus {
+            database: "/data/we\"ird\\name\n.db".into(),
+            replica: "file:///b".into(),
+            ..JobStatus::default()
+        };
+        let text = render(&[Arc::new(std::sync::Mutex::new(status))], 0);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("sluice_")
+                    && line.contains("db=\"/data/we\\\"ird\\\\name\\n.db\""),
+                "{line:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn metrics_show_lag_and_requests_per_operation() {

@@ -95,3 +95,49 @@ python3 ci/azurite_container.py "$SLUICE_AZURE_ENDPOINT" "$SLUICE_AZURE_ACCOUNT"
 python3 ci/azurite_container.py "$SLUICE_AZURE_TLS_ENDPOINT" "$SLUICE_AZURE_ACCOUNT" \
   "$SLUICE_AZURE_KEY" "$SLUICE_AZURE_CONTAINER" "$SLUICE_AZURE_CA_FILE"
 echo "ci: azurite at $SLUICE_AZURE_ENDPOINT and $SLUICE_AZURE_TLS_ENDPOINT"
+
+# OpenSSH's sshd for the SFTP replica: Debian's openssh-server, a throwaway host key, user and
+# login key, on a free loopback port. Exports SLUICE_SFTP_*.
+if ! [ -x /usr/sbin/sshd ]; then
+  echo "ci: installing openssh-server (Debian)"
+  apt-get install -y -q openssh-server >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; }
+fi
+export SLUICE_SFTP_USER=sluiceci
+id "$SLUICE_SFTP_USER" >/dev/null 2>&1 || useradd -m -s /bin/sh "$SLUICE_SFTP_USER"
+SLUICE_SFTP_PASSWORD="pw-$RANDOM$RANDOM"
+export SLUICE_SFTP_PASSWORD
+echo "$SLUICE_SFTP_USER:$SLUICE_SFTP_PASSWORD" | chpasswd
+sshd_dir="$s3_data/sshd"
+mkdir -p "$sshd_dir" /run/sshd
+chmod 711 "$s3_data" "$sshd_dir" # the SFTP user reaches its directory through them
+ssh-keygen -q -t ed25519 -N '' -f "$sshd_dir/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$sshd_dir/client_key"
+cp "$sshd_dir/client_key.pub" "$sshd_dir/authorized_keys"
+chmod 644 "$sshd_dir/authorized_keys"
+export SLUICE_SFTP_KEY="$sshd_dir/client_key"
+SLUICE_SFTP_HOST_KEY=$(cut -d' ' -f1,2 "$sshd_dir/host_key.pub")
+export SLUICE_SFTP_HOST_KEY
+export SLUICE_SFTP_ROOT="$sshd_dir/replicas"
+mkdir -p "$SLUICE_SFTP_ROOT"
+chown "$SLUICE_SFTP_USER" "$SLUICE_SFTP_ROOT"
+port=$(free_port)
+cat >"$sshd_dir/sshd_config" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $sshd_dir/host_key
+PidFile $sshd_dir/sshd.pid
+AuthorizedKeysFile $sshd_dir/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $SLUICE_SFTP_USER
+Subsystem sftp internal-sftp
+CONF
+/usr/sbin/sshd -D -e -f "$sshd_dir/sshd_config" >"$sshd_dir/sshd.log" 2>&1 </dev/null &
+servers+=($!)
+wait_port sshd "$port" "$!" || { cat "$sshd_dir/sshd.log" >&2; exit 1; }
+export SLUICE_SFTP_HOST="127.0.0.1:$port"
+echo "ci: sshd (SFTP) at $SLUICE_SFTP_HOST"

@@ -70,9 +70,14 @@ fn resolve_source(
             cfg_path.display()
         );
     }
-    let replica = target
-        .open(&crate::config::ReplicaSettings::default())
-        .map_err(|e| anyhow!(e))?;
+    // A URL takes the configuration's top-level settings when one is given (`-config`): the
+    // settings a URL cannot carry, such as an SFTP key-path and host-key.
+    let settings = if is_url && explicit {
+        Config::load(&cfg_path, !no_expand)?.defaults
+    } else {
+        crate::config::ReplicaSettings::default()
+    };
+    let replica = target.open(&settings).map_err(|e| anyhow!(e))?;
     Ok((replica, None))
 }
 

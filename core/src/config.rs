@@ -124,6 +124,13 @@ pub struct ReplicaSettings {
     pub account_name: Option<String>,
     pub account_key: Option<Secret>,
     pub sas_token: Option<Secret>,
+    /// SFTP (`sftp`): `host[:port]`, the login, its password or private key file, and the
+    /// server's public key (`ssh-ed25519 AAAA...`).
+    pub host: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub key_path: Option<String>,
+    pub host_key: Option<String>,
 }
 
 impl ReplicaSettings {
@@ -143,7 +150,12 @@ impl ReplicaSettings {
             skip_verify,
             account_name,
             account_key,
-            sas_token
+            sas_token,
+            host,
+            user,
+            password,
+            key_path,
+            host_key
         );
     }
 }
@@ -250,12 +262,10 @@ enum Unacted {
     Refuse(&'static str),
 }
 
-const SFTP: Unacted =
-    Unacted::Warn("an SFTP replica setting; sluice has no sftp replicas yet (file, s3, abs)");
 const WEBDAV: Unacted =
-    Unacted::Warn("a WebDAV replica setting; sluice has no webdav replicas (file, s3, abs)");
+    Unacted::Warn("a WebDAV replica setting; sluice has no webdav replicas (file, s3, abs, sftp)");
 const NATS: Unacted =
-    Unacted::Warn("a NATS replica setting; sluice has no nats replicas (file, s3, abs)");
+    Unacted::Warn("a NATS replica setting; sluice has no nats replicas (file, s3, abs, sftp)");
 const SSE: Unacted = Unacted::Refuse(
     "server-side encryption is not supported yet, and replicating without it would upload unencrypted what this asks to be encrypted",
 );
@@ -390,12 +400,11 @@ const LITESTREAM_KEYS: &[(Scope, &str, Unacted)] = &[
             "age encryption is not supported yet, and replicating without it would upload in the clear what this asks to be encrypted",
         ),
     ),
-    (Scope::Replica, "host", SFTP),
-    (Scope::Replica, "user", SFTP),
-    (Scope::Replica, "password", SFTP),
-    (Scope::Replica, "key-path", SFTP),
-    (Scope::Replica, "concurrent-writes", SFTP),
-    (Scope::Replica, "host-key", SFTP),
+    (
+        Scope::Replica,
+        "concurrent-writes",
+        Unacted::Warn("sluice writes an SFTP file's requests in order, one file at a time"),
+    ),
     (Scope::Replica, "webdav-url", WEBDAV),
     (Scope::Replica, "webdav-username", WEBDAV),
     (Scope::Replica, "webdav-password", WEBDAV),

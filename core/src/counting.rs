@@ -84,6 +84,10 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     fn supports_conditional_writes(&self) -> bool {
         self.inner.supports_conditional_writes()
     }
+
+    fn timestamp_resolution_ms(&self) -> i64 {
+        self.inner.timestamp_resolution_ms()
+    }
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         self.count(1, self.inner.get_versioned(key).await)
     }

@@ -522,6 +522,10 @@ impl ObjectStore for FencedStore {
         self.inner.supports_conditional_writes()
     }
 
+    fn timestamp_resolution_ms(&self) -> i64 {
+        self.inner.timestamp_resolution_ms()
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         self.inner.get_versioned(key).await
     }

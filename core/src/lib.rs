@@ -23,6 +23,7 @@ pub mod restore;
 pub mod s3;
 pub mod scheduler;
 pub mod scratch;
+pub mod sftp;
 pub mod store;
 pub mod url;
 pub mod verify;

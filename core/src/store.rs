@@ -10,7 +10,8 @@
 //!   whole; a leftover temporary object is never listed.
 //! - `put` with [`PutMode::Create`] fails with [`StoreErrorKind::AlreadyExists`] if the key
 //!   exists, atomically with respect to other `Create` puts on the same store.
-//! - `list` returns every object under a prefix in lexicographic key order.
+//! - `list` returns every object under a prefix in lexicographic key order, each with the
+//!   timestamp given at `put`, rounded down to the store's `timestamp_resolution_ms`.
 //! - `get_range` returns exactly the requested bytes, or fewer only at the end of the object.
 //! - `delete` of a missing key succeeds (deletes are idempotent).
 //! - Where `supports_conditional_writes`, `put_if_version` is a compare-and-swap on one object,
@@ -155,6 +156,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// How finely the store keeps `PutOptions::timestamp_ms`, in ms: a listed timestamp is the
+    /// given one rounded down to a multiple of this. 1 for every store but SFTP, whose version
+    /// 3 carries modification times in whole seconds (1,000).
+    fn timestamp_resolution_ms(&self) -> i64 {
+        1
+    }
 
     /// Whether [`ObjectStore::get_versioned`] and [`ObjectStore::put_if_version`] work: a
     /// compare-and-swap on one object, atomic against other writers of the same store. Writer

@@ -32,6 +32,15 @@ pub enum ReplicaTarget {
         /// The account's blob endpoint (`http(s)://host[:port][/path]`); `None` for Azure's.
         endpoint: Option<String>,
     },
+    /// A directory on an SFTP server (`sftp://user[:password]@host[:port]/path`).
+    Sftp {
+        user: Option<String>,
+        /// From the URL; kept out of `Display` and `Debug`.
+        password: Option<crate::config::Secret>,
+        /// `host[:port]`.
+        host: String,
+        path: String,
+    },
 }
 
 /// The replica as a URL, for listings (no credentials are ever part of a target).
@@ -67,6 +76,15 @@ impl std::fmt::Display for ReplicaTarget {
                     None => Ok(()),
                 }
             }
+            ReplicaTarget::Sftp {
+                user, host, path, ..
+            } => {
+                write!(f, "sftp://")?;
+                if let Some(u) = user {
+                    write!(f, "{u}@")?;
+                }
+                write!(f, "{host}/{}", path.trim_start_matches('/'))
+            }
         }
     }
 }
@@ -89,9 +107,12 @@ impl ReplicaTarget {
         if let Some(rest) = url.strip_prefix("abs://") {
             return parse_abs(url, rest);
         }
+        if let Some(rest) = url.strip_prefix("sftp://") {
+            return parse_sftp(url, rest);
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!(
-                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3, abs)"
+                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3, abs, sftp)"
             ));
         }
         if url.trim().is_empty() {
@@ -151,6 +172,24 @@ impl ReplicaTarget {
                     }
                     require_account(account.as_deref())?;
                 }
+                if let ReplicaTarget::Sftp {
+                    user, host, path, ..
+                } = &mut target
+                {
+                    // Litestream's rule: the configuration's settings win over the URL's.
+                    if let Some(h) = s.host.clone().filter(|h| !h.is_empty()) {
+                        *host = h;
+                    }
+                    if let Some(u) = s.user.clone().filter(|u| !u.is_empty()) {
+                        *user = Some(u);
+                    }
+                    if user.is_none() {
+                        return Err(format!("replica URL {url:?}: an sftp replica needs a user"));
+                    }
+                    if path.trim_matches('/').is_empty() {
+                        return Err(format!("replica URL {url:?}: an sftp replica needs a path"));
+                    }
+                }
                 Ok(target)
             }
             (None, path) => match r.kind.as_deref().unwrap_or("file") {
@@ -198,8 +237,22 @@ impl ReplicaTarget {
                         endpoint: s.endpoint.as_deref().map(azure_endpoint).transpose()?,
                     })
                 }
+                "sftp" => {
+                    let host = s.host.clone().ok_or("sftp replica needs a host")?;
+                    let user = s.user.clone().ok_or("sftp replica needs a user")?;
+                    let path = path.clone().unwrap_or_default();
+                    if path.trim_matches('/').is_empty() {
+                        return Err("sftp replica needs a path".into());
+                    }
+                    Ok(ReplicaTarget::Sftp {
+                        user: Some(user),
+                        password: None,
+                        host,
+                        path,
+                    })
+                }
                 other => Err(format!(
-                    "unsupported replica type {other:?} (supported: file, s3, abs)"
+                    "unsupported replica type {other:?} (supported: file, s3, abs, sftp)"
                 )),
             },
         }
@@ -276,6 +329,35 @@ impl ReplicaTarget {
                     credentials,
                 })?;
                 // Litestream's Azure replica lays files out as its file replica does.
+                Ok(Replica::new(Arc::new(store), Layout::File))
+            }
+            ReplicaTarget::Sftp {
+                user,
+                password,
+                host,
+                path,
+            } => {
+                let user = settings
+                    .user
+                    .clone()
+                    .or_else(|| user.clone())
+                    .ok_or_else(|| format!("sftp://{host}/{path}: an sftp replica needs a user"))?;
+                let store = crate::sftp::SftpStore::new(crate::sftp::SftpConfig {
+                    host: settings.host.clone().unwrap_or_else(|| host.clone()),
+                    user,
+                    password: settings
+                        .password
+                        .as_ref()
+                        .or(password.as_ref())
+                        .map(|p| p.0.clone()),
+                    key_path: settings
+                        .key_path
+                        .as_deref()
+                        .map(|p| PathBuf::from(expand_path(p))),
+                    host_key: settings.host_key.clone(),
+                    path: path.clone(),
+                })?;
+                // Litestream's SFTP replica lays files out as its file replica does.
                 Ok(Replica::new(Arc::new(store), Layout::File))
             }
         }
@@ -495,6 +577,37 @@ fn parse_abs(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
         container: container.to_string(),
         path: clean_path(path, "container").map_err(bad)?,
         endpoint,
+    })
+}
+
+fn parse_sftp(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
+    let bad = |what: String| format!("replica URL {url:?}: {what}");
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, String::new()),
+    };
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if host.is_empty() {
+        return Err(bad("missing host".into()));
+    }
+    let (user, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((u, p)) => (
+            Some(u.to_string()).filter(|u| !u.is_empty()),
+            Some(crate::config::Secret(p.to_string())).filter(|p| !p.is_empty()),
+        ),
+        None => (None, None),
+    };
+    if path.contains('?') {
+        return Err(bad("sftp URLs take no query parameters".into()));
+    }
+    Ok(ReplicaTarget::Sftp {
+        user,
+        password,
+        host: host.to_string(),
+        path,
     })
 }
 

@@ -1,6 +1,6 @@
 //! One conformance suite for the object-store seam (`store::ObjectStore`), run against every
 //! implementation: the in-memory store, the directory store (the file replica), the S3 store
-//! against two real S3-compatible servers, s3s-fs and moto, the Azure store against Azurite, and
+//! against two real S3-compatible servers, s3s-fs and moto, the Azure store against Azurite, the SFTP store against OpenSSH, and
 //! the wrappers production puts in front of a store (`CountingStore`, `FencedStore` with its
 //! lease held), which must keep the contract of what they wrap. The simulator runs the same cases (`conformance/cases.rs`) against
 //! its `FaultyStore`, healed (`sim/tests/faulty_conformance.rs`).
@@ -10,7 +10,7 @@
 //!
 //! The race cases (many concurrent `PutMode::Create` puts of one key: exactly one wins) run only
 //! where conditional writes are atomic: the in-memory store (a mutex), the directory store
-//! (link(2)), moto and Azurite. s3s-fs checks, then writes, so two racing creates can both succeed there;
+//! (link(2)), moto, Azurite and OpenSSH (whose SFTP rename never replaces a file). s3s-fs checks, then writes, so two racing creates can both succeed there;
 //! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
 //! on S3): the directory store swaps under flock(2), atomic among its clients.
 //!
@@ -126,6 +126,19 @@ fn azurite() -> Option<Backend> {
     })
 }
 
+/// OpenSSH's SFTP server: a rename never replaces a file there, so `Create` is atomic.
+fn sftp() -> Option<Backend> {
+    let server = common::sftp::sshd_or_skip()?;
+    let path = server.fresh_path("conformance");
+    Some(Backend {
+        store: server.replica(&path).store,
+        atomic_create: true,
+        reopen: Some(Box::new(move || server.replica(&path).store)),
+        _dir: None,
+        _guard: None,
+    })
+}
+
 /// MinIO in Docker (feature `minio`); conditional writes are atomic there.
 #[cfg(feature = "minio")]
 fn minio() -> Option<Backend> {
@@ -148,5 +161,6 @@ backend_tests!(dir);
 backend_tests!(s3s);
 backend_tests!(moto);
 backend_tests!(azurite);
+backend_tests!(sftp);
 #[cfg(feature = "minio")]
 backend_tests!(minio);

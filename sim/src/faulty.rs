@@ -316,6 +316,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.supports_conditional_writes()
     }
 
+    fn timestamp_resolution_ms(&self) -> i64 {
+        self.inner.timestamp_resolution_ms()
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         match self.fate(false) {
             Fate::Ok => self.inner.get_versioned(key).await,

@@ -10,6 +10,7 @@
 
 pub mod azure;
 pub mod s3;
+pub mod sftp;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

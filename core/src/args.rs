@@ -121,6 +121,13 @@ pub struct RestoreArgs {
     /// Files downloaded at once.
     #[arg(long = "parallelism", value_name = "N", default_value_t = restore::PARALLELISM_DEFAULT)]
     pub parallelism: usize,
+    /// Follow mode: after the restore, keep the output current as the replica grows (a read
+    /// replica), until SIGINT or SIGTERM.
+    #[arg(short = 'f')]
+    pub follow: bool,
+    /// How often follow mode looks for new files (1s, 500ms, ...).
+    #[arg(long = "follow-interval", value_name = "DURATION")]
+    pub follow_interval: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

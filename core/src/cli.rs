@@ -106,6 +106,7 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
     if args.parallelism == 0 {
         bail!("-parallelism must be at least 1");
     }
+    let follow_interval = follow_interval(&args)?;
     let (replica, db_path) =
         resolve_source(&args.source, args.config.as_deref(), args.no_expand_env)?;
     let output = match (&args.output, db_path) {
@@ -115,6 +116,16 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
     };
     let output =
         std::path::absolute(&output).with_context(|| format!("-o {}", output.display()))?;
+    // A follower restarted on its own output continues it instead of restoring again.
+    if let Some(interval) = follow_interval
+        && output.exists()
+        && crate::follow::state_path(&output).exists()
+        && !args.force
+    {
+        let follower = crate::follow::Follower::open(&output, None)?;
+        follow(&replica, follower, interval).await?;
+        return Ok(0);
+    }
     if output.exists() {
         if args.if_db_not_exists {
             eprintln!(
@@ -198,7 +209,66 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
             }
         );
     }
+    if let Some(interval) = follow_interval {
+        let follower = crate::follow::Follower::open(&output, Some(report.txid))?;
+        follow(&replica, follower, interval).await?;
+    }
     Ok(0)
+}
+
+/// Follow mode's poll interval, when `-f` is given, after checking the flags it cannot be
+/// combined with.
+fn follow_interval(args: &RestoreArgs) -> Result<Option<std::time::Duration>> {
+    if !args.follow {
+        if args.follow_interval.is_some() {
+            bail!("-follow-interval needs -f");
+        }
+        return Ok(None);
+    }
+    for (set, flag) in [
+        (args.txid.is_some(), "-txid"),
+        (args.timestamp.is_some(), "-timestamp"),
+        (args.dry_run, "-dry-run"),
+        (args.if_db_not_exists, "-if-db-not-exists"),
+    ] {
+        if set {
+            bail!("-f follows the newest state; it cannot be combined with {flag}");
+        }
+    }
+    let interval = match &args.follow_interval {
+        Some(text) => {
+            crate::config::parse_duration(text).map_err(|e| anyhow!("-follow-interval: {e}"))?
+        }
+        None => std::time::Duration::from_millis(crate::follow::FOLLOW_INTERVAL_DEFAULT_MS),
+    };
+    if interval.is_zero() {
+        bail!("-follow-interval must be greater than zero");
+    }
+    Ok(Some(interval))
+}
+
+/// Runs follow mode until SIGINT or SIGTERM.
+async fn follow(
+    replica: &Replica,
+    follower: crate::follow::Follower,
+    interval: std::time::Duration,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("sluice-follow-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let scratch = crate::scratch::OsScratch::new(tmp.path());
+    crate::follow::run(replica, follower, interval, &scratch, stop).await?;
+    Ok(())
 }
 
 fn print_plan(files: &[FileInfo], output: &Path, txid: u64, json: bool) {

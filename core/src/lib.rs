@@ -11,6 +11,7 @@ pub mod counting;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod follow;
 pub mod jobs;
 pub mod lease;
 pub mod ltx;

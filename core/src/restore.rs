@@ -133,6 +133,39 @@ fn better(candidate: &FileInfo, than: &FileInfo) -> bool {
     )
 }
 
+/// The incremental files (levels below the snapshots') that take a state at TXID `current`
+/// furthest towards `target`, in order: each starts at or before the TXID after the last and
+/// reaches past it (a compacted file overlapping what came before is applied whole: its pages
+/// are the newest versions of what it covers). The restore plan's loop, and follow mode's.
+pub fn extend(files: &[FileInfo], mut current: u64, target: Target) -> Vec<FileInfo> {
+    let reached = |current: u64| matches!(target, Target::Txid(t) if current >= t);
+    let incremental: Vec<&FileInfo> = files
+        .iter()
+        .filter(|f| f.level < SNAPSHOT_LEVEL && eligible(f, target))
+        .collect();
+    let mut chain = Vec::new();
+    while !reached(current) {
+        let next = incremental
+            .iter()
+            .filter(|f| {
+                let reach = if crate::planted::active(crate::planted::Bug::RestorePlanOffByOne) {
+                    2
+                } else {
+                    1
+                };
+                f.min_txid <= current + reach && f.max_txid > current
+            })
+            .fold(None::<&FileInfo>, |best, f| match best {
+                Some(b) if !better(f, b) => Some(b),
+                _ => Some(f),
+            });
+        let Some(next) = next else { break };
+        current = next.max_txid;
+        chain.push((*next).clone());
+    }
+    chain
+}
+
 /// Chooses the files to apply, in order. `files` is every LTX file of the replica, any order.
 pub fn plan(
     replica: &str,
@@ -162,25 +195,9 @@ pub fn plan(
         .filter(|f| f.level < SNAPSHOT_LEVEL && eligible(f, target))
         .collect();
     let reached = |current: u64| matches!(target, Target::Txid(t) if current >= t);
-    while !reached(current) {
-        let next = incremental
-            .iter()
-            .filter(|f| {
-                let reach = if crate::planted::active(crate::planted::Bug::RestorePlanOffByOne) {
-                    2
-                } else {
-                    1
-                };
-                f.min_txid <= current + reach && f.max_txid > current
-            })
-            .fold(None::<&FileInfo>, |best, f| match best {
-                Some(b) if !better(f, b) => Some(b),
-                _ => Some(f),
-            });
-        let Some(next) = next else { break };
-        current = next.max_txid;
-        chosen.push(next.clone());
-    }
+    let chain = extend(files, current, target);
+    current = chain.last().map_or(current, |f| f.max_txid);
+    chosen.extend(chain);
     // A later eligible file that cannot be reached means history is missing, unless a file
     // the target excludes holds the TXIDs between (a level-1 file written after the moment,
     // whose level-0 files retention removed): then the state at `current` is the answer.

@@ -53,9 +53,15 @@ pub struct ReplicateArgs {
     /// Restore each database from its first replica first if it does not exist.
     #[arg(long = "restore-if-db-not-exists")]
     pub restore_if_db_not_exists: bool,
-    /// Sync once, then exit.
+    /// Sync once, then exit: 0 once everything pending is in every replica, 1 otherwise.
     #[arg(long = "once")]
     pub once: bool,
+    /// With -once: write a snapshot of the newest state after the sync.
+    #[arg(long = "force-snapshot")]
+    pub force_snapshot: bool,
+    /// With -once: delete what retention allows after the sync.
+    #[arg(long = "enforce-retention")]
+    pub enforce_retention: bool,
     /// Continue a replica whose lease names another database (its history stays, restores
     /// to a later time return this database). Without it such a replica is refused.
     #[arg(long = "force")]

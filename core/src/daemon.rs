@@ -44,6 +44,14 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     if args.exec.is_some() && args.once {
         bail!("-exec and -once cannot be used together");
     }
+    if (args.force_snapshot || args.enforce_retention) && !args.once {
+        let flag = if args.force_snapshot {
+            "-force-snapshot"
+        } else {
+            "-enforce-retention"
+        };
+        bail!("{flag} needs -once");
+    }
     let exec = args.exec.clone().or_else(|| config.exec.clone());
     if config.dbs.is_empty() {
         bail!("the configuration lists no databases");
@@ -119,7 +127,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
             ..JobStatus::default()
         }));
         if args.once {
-            job.schedule.levels_ms.clear();
+            job.schedule.once = Some(crate::scheduler::Once {
+                force_snapshot: args.force_snapshot,
+                enforce_retention: args.enforce_retention,
+            });
         }
         statuses.push(status.clone());
         tracing::info!(db = %job.engine.db_path.display(), replica = %job.replica.describe(), "replicating");
@@ -137,9 +148,23 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut exit_code = 0;
     if args.once {
-        // One sync per job: the first loop iteration syncs (changes are pending at start).
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let _ = stop_tx.send(true);
+        // Each job opens, syncs what is pending, does what -once asks and ends on its own
+        // (within shutdown-sync-timeout); a signal cuts it short, as a final sync.
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { let _ = stop_tx.send(true); }
+                _ = sigint.recv() => { let _ = stop_tx.send(true); }
+                res = tasks.join_next() => match res {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(stopped))) => {
+                        tracing::error!(error = %stopped, "-once: a job did not finish");
+                        exit_code = 1;
+                    }
+                    Some(Err(e)) => return Err(anyhow!(e)),
+                },
+            }
+        }
     } else {
         // Exit policy: a job that stops for good (a lost lease, an incompatible replica) is
         // logged and shown in metrics and status, and the other jobs replicate on; once every

@@ -638,6 +638,16 @@ pub async fn run(
             reason: reason.to_string(),
         });
     }
+    if d.scheduler().schedule().once.is_some() {
+        if !d.scheduler().drained() {
+            return Err(JobStopped {
+                db: db_path.display().to_string(),
+                replica,
+                reason: "-once did not finish within shutdown-sync-timeout".into(),
+            });
+        }
+        tracing::info!(db = %db_path.display(), txid = format_args!("{txid:016x}"), "one-shot sync done");
+    }
     if !opened {
         return Err(JobStopped {
             db: db_path.display().to_string(),

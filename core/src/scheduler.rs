@@ -50,6 +50,18 @@ pub struct Schedule {
     /// Upper bound of the retry backoff of compaction, snapshots, retention and the lease.
     pub backoff_max_ms: i64,
     pub shutdown_sync_timeout_ms: i64,
+    /// `replicate -once`: open, ship what is pending, then do what this asks and stop, all
+    /// within `shutdown_sync_timeout_ms` of the start.
+    pub once: Option<Once>,
+}
+
+/// What a one-shot run (`replicate -once`) does after its sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Once {
+    /// Write a snapshot of the newest state (`-force-snapshot`).
+    pub force_snapshot: bool,
+    /// Delete what retention allows (`-enforce-retention`).
+    pub enforce_retention: bool,
 }
 
 impl Default for Schedule {
@@ -64,6 +76,7 @@ impl Default for Schedule {
             retention_enabled: true,
             backoff_max_ms: 30_000,
             shutdown_sync_timeout_ms: 30_000,
+            once: None,
         }
     }
 }
@@ -171,6 +184,11 @@ enum Phase {
     Draining {
         deadline_ms: i64,
     },
+    /// `-once`, after its sync: the snapshot and retention it was asked for, then release.
+    OnceTodo {
+        deadline_ms: i64,
+        todo: Once,
+    },
     /// The final sync is over, or the job stopped; the lease goes next.
     Releasing,
     Stopped,
@@ -222,6 +240,8 @@ pub struct Scheduler {
     retention_retry: Retry,
     lease: Option<LeaseTimer>,
     stopped_by: Option<String>,
+    /// `-once`: when the whole run gives up.
+    once_deadline_ms: Option<i64>,
     opened: bool,
     /// The final sync left nothing pending.
     drained: bool,
@@ -269,6 +289,9 @@ impl Scheduler {
             retention_retry: Retry::default(),
             lease: None,
             stopped_by: None,
+            once_deadline_ms: schedule
+                .once
+                .map(|_| now_ms.saturating_add(schedule.shutdown_sync_timeout_ms)),
             opened: false,
             drained: false,
             s: schedule,
@@ -325,7 +348,9 @@ impl Scheduler {
     /// While stopping: when the final sync gives up.
     pub fn stop_deadline_ms(&self) -> Option<i64> {
         match self.phase {
-            Phase::Draining { deadline_ms } => Some(deadline_ms),
+            Phase::Draining { deadline_ms } | Phase::OnceTodo { deadline_ms, .. } => {
+                Some(deadline_ms)
+            }
             _ => None,
         }
     }
@@ -416,10 +441,43 @@ impl Scheduler {
                 }
             }
             Phase::Opening => {
+                if let Some(deadline) = self.once_deadline_ms
+                    && now_ms >= deadline
+                {
+                    self.stopped_by = Some("-once: the replica could not be opened in time".into());
+                    self.phase = Phase::Releasing;
+                    return self.next(now_ms);
+                }
                 if now_ms >= self.open.at_ms {
                     Next::Run(Action::Open)
                 } else {
                     sleep(self.open.at_ms)
+                }
+            }
+            Phase::OnceTodo { deadline_ms, todo } => {
+                if now_ms >= deadline_ms {
+                    tracing::warn!("-once: timed out");
+                    self.phase = Phase::Releasing;
+                    return self.next(now_ms);
+                }
+                let (action, retry) = if todo.force_snapshot && self.txid > 0 {
+                    (
+                        Action::Snapshot {
+                            up_to_txid: self.txid,
+                        },
+                        self.snapshot_retry,
+                    )
+                } else if todo.enforce_retention {
+                    (Action::Retention, self.retention_retry)
+                } else {
+                    self.drained = true;
+                    self.phase = Phase::Releasing;
+                    return self.next(now_ms);
+                };
+                if now_ms >= retry.at_ms {
+                    Next::Run(action)
+                } else {
+                    sleep(retry.at_ms.min(deadline_ms))
                 }
             }
             Phase::Draining { deadline_ms } => {
@@ -429,6 +487,10 @@ impl Scheduler {
                     return self.next(now_ms);
                 }
                 if self.pending_since_ms.is_none() {
+                    if let Some(todo) = self.s.once.filter(|_| self.once_deadline_ms.is_some()) {
+                        self.phase = Phase::OnceTodo { deadline_ms, todo };
+                        return self.next(now_ms);
+                    }
                     self.drained = true;
                     self.phase = Phase::Releasing;
                     return self.next(now_ms);
@@ -568,7 +630,11 @@ impl Scheduler {
                         self.snapshot_due_ms = newest_full_ms
                             .map_or(now_ms, |t| t.saturating_add(self.s.snapshot_interval_ms));
                     }
-                    self.phase = Phase::Running;
+                    self.phase = match self.once_deadline_ms {
+                        // One sync of everything pending, then what -once asks for.
+                        Some(deadline_ms) => Phase::Draining { deadline_ms },
+                        None => Phase::Running,
+                    };
                 }
             }
             Action::Sync => {
@@ -643,6 +709,9 @@ impl Scheduler {
                     if self.s.retention_enabled {
                         self.retention_due = true;
                     }
+                    if let Phase::OnceTodo { todo, .. } = &mut self.phase {
+                        todo.force_snapshot = false;
+                    }
                 }
             }
             Action::Retention => {
@@ -652,6 +721,9 @@ impl Scheduler {
                 } else {
                     self.retention_retry = Retry::default();
                     self.retention_due = false;
+                    if let Phase::OnceTodo { todo, .. } = &mut self.phase {
+                        todo.enforce_retention = false;
+                    }
                 }
             }
             Action::RenewLease => {
@@ -1055,5 +1127,71 @@ mod tests {
         s.shutdown(1);
         assert_eq!(s.next(1), Next::Exit);
         assert!(!s.is_open());
+    }
+
+    #[test]
+    fn once_syncs_then_snapshots_and_applies_retention_then_stops() {
+        let once = Schedule {
+            once: Some(Once {
+                force_snapshot: true,
+                enforce_retention: true,
+            }),
+            ..schedule()
+        };
+        let mut s = Scheduler::new(once, 1, 0);
+        opened(&mut s, 0, 3);
+        synced(&mut s, 1, 4);
+        assert_eq!(s.next(2), Next::Run(Action::Snapshot { up_to_txid: 4 }));
+        s.done(2, Action::Snapshot { up_to_txid: 4 }, Outcome::Snapshotted);
+        assert_eq!(s.next(3), Next::Run(Action::Retention));
+        s.done(3, Action::Retention, Outcome::Retained);
+        assert_eq!(s.next(4), Next::Exit);
+        assert!(s.drained());
+    }
+
+    #[test]
+    fn once_gives_up_at_the_shutdown_sync_timeout() {
+        let once = Schedule {
+            once: Some(Once::default()),
+            shutdown_sync_timeout_ms: 5_000,
+            ..schedule()
+        };
+        let mut s = Scheduler::new(once, 1, 0);
+        opened(&mut s, 0, 3);
+        let mut now = 0;
+        loop {
+            match s.next(now) {
+                Next::Run(Action::Sync) => {
+                    s.done(now, Action::Sync, Outcome::Failed(Failure::Transient))
+                }
+                Next::Sleep { until_ms } => now = until_ms,
+                Next::Exit => break,
+                other => panic!("unexpected {other:?} at {now}"),
+            }
+        }
+        assert!(!s.drained(), "a sync that never succeeded is not drained");
+        assert!((5_000..6_000).contains(&now), "gave up at {now}");
+        // Nor does a replica that never opens keep a one-shot run alive.
+        let mut s = Scheduler::new(
+            Schedule {
+                once: Some(Once::default()),
+                shutdown_sync_timeout_ms: 5_000,
+                ..schedule()
+            },
+            1,
+            0,
+        );
+        let mut now = 0;
+        loop {
+            match s.next(now) {
+                Next::Run(Action::Open) => {
+                    s.done(now, Action::Open, Outcome::Failed(Failure::Transient))
+                }
+                Next::Sleep { until_ms } => now = until_ms,
+                Next::Exit => break,
+                other => panic!("unexpected {other:?} at {now}"),
+            }
+        }
+        assert!(s.stopped_by().is_some_and(|w| w.contains("-once")));
     }
 }

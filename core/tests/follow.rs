@@ -204,7 +204,10 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     let log2 = std::fs::read_to_string(ws.path("follow2.log")).expect("log");
     assert!(!log2.contains("restored "), "restored again:\n{log2}");
     assert!(log2.contains("following the replica"), "{log2}");
-    assert!(!log2.contains("seeding"), "seeded again instead of continuing:\n{log2}");
+    assert!(
+        !log2.contains("seeding"),
+        "seeded again instead of continuing:\n{log2}"
+    );
 
     common::checkpoint_truncate(&conn);
     stop(replicate, "sluice replicate");

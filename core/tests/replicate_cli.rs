@@ -890,3 +890,74 @@ fn a_second_database_on_one_directory_replica_is_refused_and_touches_nothing() {
     assert_eq!(code, 0, "-force must take the replica over: {err}");
     assert_replica_matches(&y, &replica, &ws.path("y-restored.db"));
 }
+
+/// `replicate -once` for cron backups: each run ships what is pending and exits 0;
+/// `-force-snapshot` adds a snapshot of the newest state, `-enforce-retention` deletes what
+/// retention allows (here the older snapshot), and the replica still restores byte for byte.
+#[test]
+fn once_ships_then_snapshots_and_enforces_retention_on_request() {
+    let ws = Workspace::new("once-ops");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 30);
+    let cfg = ws.path("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "snapshot:\n  retention: 1ms\nl0-retention: 1ms\ndbs:\n  - path: \"{}\"\n    replica:\n      url: \"file://{}\"\n",
+            db.display(),
+            replica.display()
+        ),
+    )
+    .expect("write the config");
+    let once = |extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"replicate", &"-once"];
+        for a in extra {
+            args.push(a);
+        }
+        args.push(&"-config");
+        args.push(&cfg);
+        let (code, _, err) = run_sluice(&args);
+        assert_eq!(code, 0, "replicate -once {extra:?}: {err}");
+    };
+    let snapshots = || -> Vec<String> {
+        common::dir_entries(&replica.join("ltx/9"))
+            .into_iter()
+            .filter(|n| n.ends_with(".ltx"))
+            .collect()
+    };
+    once(&[]);
+    let first = replica_max_txid(&replica);
+    assert!(first > 0, "nothing shipped");
+    let conn = open_db(&db);
+    insert(&conn, 10);
+    once(&["-force-snapshot"]);
+    let second = replica_max_txid(&replica);
+    assert!(second > first, "the second run shipped nothing");
+    let snaps = snapshots();
+    assert!(
+        snaps
+            .iter()
+            .any(|n| n.ends_with(&format!("-{second:016x}.ltx"))),
+        "no snapshot of TXID {second:016x}: {snaps:?}"
+    );
+    insert(&conn, 10);
+    once(&["-force-snapshot"]);
+    let third = replica_max_txid(&replica);
+    assert!(snapshots().len() >= 2, "{:?}", snapshots());
+    once(&["-enforce-retention"]);
+    let left = snapshots();
+    assert_eq!(
+        left,
+        vec![format!("0000000000000001-{third:016x}.ltx")],
+        "retention keeps the newest snapshot only"
+    );
+    drop(conn);
+    let out = ws.path("restored.db");
+    assert_replica_matches(&db, &replica, &out);
+    assert_eq!(row_count(&out), 50);
+
+    let (code, _, err) = run_sluice(&[&"replicate", &"-force-snapshot", &"-config", &cfg]);
+    assert_ne!(code, 0, "-force-snapshot without -once was accepted");
+    assert!(err.contains("needs -once"), "{err}");
+}

@@ -45,6 +45,7 @@ fn resolve_source(
         let config = Config::load(&cfg_path, !no_expand)?;
         crate::url::check_targets(&cfg_path, &config)?;
         if let Some(db) = config.db(source) {
+            let db = &db;
             let first = db
                 .replicas
                 .first()

@@ -187,6 +187,12 @@ pub struct SnapshotConfig {
 pub struct DbConfig {
     #[serde(default)]
     pub path: String,
+    /// Directory replication: every SQLite database in `dir` whose file name matches `pattern`
+    /// (in its subdirectories too when `recursive`), each to its replicas' path joined with the
+    /// database's path relative to `dir`, as Litestream does.
+    pub dir: Option<String>,
+    pub pattern: Option<String>,
+    pub recursive: Option<bool>,
     pub monitor_interval: Option<GoDuration>,
     pub checkpoint_interval: Option<GoDuration>,
     pub busy_timeout: Option<GoDuration>,
@@ -272,8 +278,8 @@ const SSE: Unacted = Unacted::Refuse(
 const V3: Unacted = Unacted::Warn(
     "a Litestream 0.3 replica setting, ignored by 0.5 too; 0.5 sets snapshot: interval and retention at the top level or per database",
 );
-const DIR: Unacted = Unacted::Refuse(
-    "directory replication (dir:, pattern:, recursive:, watch:) is not supported yet; list each database with path:",
+const WATCH: Unacted = Unacted::Refuse(
+    "databases that appear in a directory while sluice runs are not picked up yet; sluice replicates those it finds at start (restart it to add new ones), so watch: is refused rather than ignored",
 );
 const VALIDATION: Unacted = Unacted::Warn(
     "sluice does not restore in the background to validate; run `sluice verify -restore` on a schedule",
@@ -343,10 +349,7 @@ const LITESTREAM_KEYS: &[(Scope, &str, Unacted)] = &[
             "sluice keeps no metadata beside the database: its position is in the replica",
         ),
     ),
-    (Scope::Db, "dir", DIR),
-    (Scope::Db, "pattern", DIR),
-    (Scope::Db, "recursive", DIR),
-    (Scope::Db, "watch", DIR),
+    (Scope::Db, "watch", WATCH),
     (Scope::Replica, "validation-interval", VALIDATION),
     (
         Scope::Replica,
@@ -596,10 +599,32 @@ impl Config {
         config.warnings = warnings;
         let defaults = config.defaults.clone();
         for (i, db) in config.dbs.iter_mut().enumerate() {
-            if db.path.trim().is_empty() {
-                return Err(invalid(format!("dbs[{i}]: path is required")));
+            match (&db.dir, db.path.trim().is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(format!(
+                        "dbs[{i}]: give either path (one database) or dir (directory replication), not both"
+                    )));
+                }
+                (Some(dir), true) => {
+                    let pattern = db.pattern.as_deref().ok_or_else(|| {
+                        invalid(format!(
+                            "dbs[{i}]: dir {dir} needs a pattern (e.g. \"*.db\")"
+                        ))
+                    })?;
+                    glob::Pattern::new(pattern)
+                        .map_err(|e| invalid(format!("dbs[{i}]: pattern {pattern:?}: {e}")))?;
+                    db.dir = Some(expand_path(dir));
+                }
+                (None, true) => return Err(invalid(format!("dbs[{i}]: path is required"))),
+                (None, false) => {
+                    if db.pattern.is_some() || db.recursive.is_some() {
+                        return Err(invalid(format!(
+                            "dbs[{i}]: pattern and recursive go with dir (directory replication)"
+                        )));
+                    }
+                    db.path = expand_path(&db.path);
+                }
             }
-            db.path = expand_path(&db.path);
             if let Some(one) = db.replica.take() {
                 db.replicas.insert(0, one);
             }
@@ -614,7 +639,7 @@ impl Config {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for db in &config.dbs {
+        for db in config.dbs.iter().filter(|d| d.dir.is_none()) {
             if !seen.insert(db.path.clone()) {
                 return Err(invalid(format!("database {} is listed twice", db.path)));
             }
@@ -631,11 +656,121 @@ impl Config {
         Ok(config)
     }
 
-    /// The database entry for `path` (compared after expansion and canonicalisation).
-    pub fn db(&self, path: &str) -> Option<&DbConfig> {
+    /// The database entry for `path` (compared after expansion and canonicalisation): its own
+    /// entry, or the one a directory entry makes for it (whether the file exists or not: a
+    /// restore on a new host names a database that is not there yet).
+    pub fn db(&self, path: &str) -> Option<DbConfig> {
         let want = expand_path(path);
-        self.dbs.iter().find(|d| d.path == want)
+        if let Some(d) = self.dbs.iter().find(|d| d.dir.is_none() && d.path == want) {
+            return Some(d.clone());
+        }
+        self.dbs.iter().find_map(|d| d.entry_for(Path::new(&want)))
     }
+
+    /// Replaces each directory entry by an entry for every SQLite database found in it now.
+    /// A directory that holds none is an error, as in Litestream.
+    pub fn discover(&mut self) -> Result<(), String> {
+        let mut dbs = Vec::with_capacity(self.dbs.len());
+        for db in std::mem::take(&mut self.dbs) {
+            let Some(dir) = db.dir.clone() else {
+                dbs.push(db);
+                continue;
+            };
+            let mut found = Vec::new();
+            find_databases(Path::new(&dir), db.recursive.unwrap_or(false), &mut found)
+                .map_err(|e| format!("dir {dir}: {e}"))?;
+            found.sort();
+            let entries: Vec<DbConfig> = found.iter().filter_map(|p| db.entry_for(p)).collect();
+            if entries.is_empty() {
+                return Err(format!(
+                    "no SQLite databases found in directory {dir} with pattern {}",
+                    db.pattern.as_deref().unwrap_or_default()
+                ));
+            }
+            for e in entries {
+                if dbs.iter().any(|d: &DbConfig| d.path == e.path) {
+                    return Err(format!("database {} is listed twice", e.path));
+                }
+                tracing::info!(db = %e.path, dir = %dir, "found by directory replication");
+                dbs.push(e);
+            }
+        }
+        self.dbs = dbs;
+        Ok(())
+    }
+}
+
+impl DbConfig {
+    /// The entry of database `db` under this directory entry, if `db` is inside `dir` (directly,
+    /// or deeper when `recursive`) and its file name matches `pattern`: this entry with `path`
+    /// set and every replica's path joined with `db`'s path relative to `dir`.
+    pub fn entry_for(&self, db: &Path) -> Option<DbConfig> {
+        let dir = self.dir.as_deref()?;
+        let rel = db.strip_prefix(dir).ok()?;
+        let name = rel.file_name()?.to_str()?;
+        let nested = rel.components().count() > 1;
+        if nested && !self.recursive.unwrap_or(false) {
+            return None;
+        }
+        let pattern = glob::Pattern::new(self.pattern.as_deref()?).ok()?;
+        if !pattern.matches(name) {
+            return None;
+        }
+        let rel = rel.to_str()?.replace(std::path::MAIN_SEPARATOR, "/");
+        let mut entry = self.clone();
+        entry.path = db.display().to_string();
+        entry.dir = None;
+        entry.pattern = None;
+        entry.recursive = None;
+        for r in entry.replica.iter_mut().chain(entry.replicas.iter_mut()) {
+            if let Some(url) = &mut r.url {
+                let (base, query) = url
+                    .split_once('?')
+                    .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+                let mut joined = format!("{}/{rel}", base.trim_end_matches('/'));
+                if let Some(q) = query {
+                    joined.push('?');
+                    joined.push_str(q);
+                }
+                *url = joined;
+            } else {
+                let base = r.path.as_deref().unwrap_or_default().trim_end_matches('/');
+                r.path = Some(if base.is_empty() {
+                    rel.clone()
+                } else {
+                    format!("{base}/{rel}")
+                });
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// Every regular file under `dir` that starts like a SQLite database (its 16-byte magic),
+/// descending into subdirectories when `recursive`.
+fn find_databases(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            if recursive {
+                find_databases(&path, recursive, out)?;
+            }
+        } else if kind.is_file() && is_sqlite_database(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn is_sqlite_database(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"SQLite format 3\0"
 }
 
 /// serde reports an unknown key inside a flattened struct at the line where its mapping starts;
@@ -786,5 +921,65 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn directory_entries_make_one_entry_per_database_with_its_relative_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().display().to_string();
+        let text = format!(
+            "dbs:\n  - dir: {root}\n    pattern: \"*.db\"\n    recursive: true\n    replicas:\n      - url: s3://bkt/tenants?endpoint=localhost:9000\n      - type: file\n        path: /backups/tenants\n"
+        );
+        let mut c = parse(&text).expect("parses");
+        let e = c.db(&format!("{root}/a/b.db")).expect("an entry");
+        assert_eq!(e.path, format!("{root}/a/b.db"));
+        assert_eq!(
+            e.replicas[0].url.as_deref(),
+            Some("s3://bkt/tenants/a/b.db?endpoint=localhost:9000")
+        );
+        assert_eq!(
+            e.replicas[1].path.as_deref(),
+            Some("/backups/tenants/a/b.db")
+        );
+        assert!(c.db(&format!("{root}/a/b.sqlite")).is_none(), "pattern");
+        // Discovery: SQLite files only, recursively, sorted.
+        std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        for p in ["x.db", "a/b.db"] {
+            let conn = rusqlite::Connection::open(dir.path().join(p)).expect("create");
+            conn.execute_batch("CREATE TABLE t (x)").expect("schema");
+        }
+        std::fs::write(dir.path().join("notes.db"), b"not a database").expect("write");
+        c.discover().expect("discover");
+        let paths: Vec<String> = c.dbs.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![format!("{root}/a/b.db"), format!("{root}/x.db")]
+        );
+        // Not recursive: the subdirectory is left alone; nothing found is an error.
+        let flat = text.replace("    recursive: true\n", "");
+        let mut c = parse(&flat).expect("parses");
+        c.discover().expect("discover");
+        assert_eq!(c.dbs.len(), 1);
+        let none = parse(&flat.replace("*.db", "*.sqlite")).expect("parses");
+        assert!(
+            none.clone()
+                .discover()
+                .expect_err("none")
+                .contains("no SQLite databases")
+        );
+        for (bad, says) in [
+            (
+                text.replace("    pattern: \"*.db\"\n", ""),
+                "needs a pattern",
+            ),
+            (
+                text.replace("  - dir:", "  - path: /x.db\n    dir:"),
+                "not both",
+            ),
+            (text.replace("\"*.db\"", "\"[\""), "pattern"),
+        ] {
+            let err = parse(&bad).expect_err(says).to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

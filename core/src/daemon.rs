@@ -56,6 +56,8 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     if config.dbs.is_empty() {
         bail!("the configuration lists no databases");
     }
+    // Directory replication: the databases there now, each an entry of its own.
+    config.discover().map_err(|e| anyhow!(e))?;
     // Validate everything before touching anything.
     let scratch = tempfile::Builder::new()
         .prefix("sluice-")
@@ -418,7 +420,8 @@ fn mtime_ms(path: &Path) -> Option<i64> {
 /// (newest local write minus the newest replicated file's time). `databases` lists the
 /// configuration only.
 pub async fn cmd_status(args: ConfigArgs, list_only: bool) -> Result<i32> {
-    let config = load_config(args.config.as_deref(), args.no_expand_env)?;
+    let mut config = load_config(args.config.as_deref(), args.no_expand_env)?;
+    config.discover().map_err(|e| anyhow!(e))?;
     let mut rows = Vec::new();
     for db in &config.dbs {
         let path = PathBuf::from(&db.path);

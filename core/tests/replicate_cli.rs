@@ -961,3 +961,48 @@ fn once_ships_then_snapshots_and_enforces_retention_on_request() {
     assert_ne!(code, 0, "-force-snapshot without -once was accepted");
     assert!(err.contains("needs -once"), "{err}");
 }
+
+/// Directory replication: every matching SQLite database under `dir` (recursively) goes to
+/// its own replica path, the replica's path joined with the database's relative path; other
+/// files are left alone; each restores by its own path through the same configuration.
+#[test]
+fn directory_replication_replicates_every_matching_database_to_its_own_path() {
+    let ws = Workspace::new("dir-repl");
+    let tenants = ws.dir("tenants");
+    std::fs::create_dir_all(tenants.join("eu")).expect("mkdir");
+    let (a, b) = (tenants.join("a.db"), tenants.join("eu/b.db"));
+    create_db(&a, "wal", 12);
+    create_db(&b, "wal", 7);
+    std::fs::write(tenants.join("readme.db"), b"not a database").expect("write");
+    create_db(&tenants.join("c.sqlite"), "wal", 3);
+    let replicas = ws.dir("replicas");
+    let cfg = ws.path("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - dir: \"{}\"\n    pattern: \"*.db\"\n    recursive: true\n    replica:\n      url: \"file://{}\"\n",
+            tenants.display(),
+            replicas.display()
+        ),
+    )
+    .expect("write the config");
+    let (code, _, err) = run_sluice(&[&"replicate", &"-once", &"-config", &cfg]);
+    assert_eq!(code, 0, "replicate -once: {err}");
+    assert!(replica_max_txid(&replicas.join("a.db")) > 0, "{err}");
+    assert!(replica_max_txid(&replicas.join("eu/b.db")) > 0, "{err}");
+    assert!(!replicas.join("c.sqlite").exists() && !replicas.join("readme.db").exists());
+    for (db, rows) in [(&a, 12), (&b, 7)] {
+        let out = ws.path("out.db");
+        let _ = std::fs::remove_file(&out);
+        let (code, _, err) = run_sluice(&[
+            &"restore",
+            &"-config",
+            &cfg,
+            &"-o",
+            &out,
+            &db.display().to_string(),
+        ]);
+        assert_eq!(code, 0, "restore {}: {err}", db.display());
+        assert_eq!(row_count(&out), rows, "{}", db.display());
+    }
+}

@@ -193,6 +193,9 @@ pub struct DbConfig {
     pub dir: Option<String>,
     pub pattern: Option<String>,
     pub recursive: Option<bool>,
+    /// Directory replication: keep looking, replicating databases that appear in `dir` and
+    /// stopping for those removed from it.
+    pub watch: Option<bool>,
     pub monitor_interval: Option<GoDuration>,
     pub checkpoint_interval: Option<GoDuration>,
     pub busy_timeout: Option<GoDuration>,
@@ -278,9 +281,7 @@ const SSE: Unacted = Unacted::Refuse(
 const V3: Unacted = Unacted::Warn(
     "a Litestream 0.3 replica setting, ignored by 0.5 too; 0.5 sets snapshot: interval and retention at the top level or per database",
 );
-const WATCH: Unacted = Unacted::Refuse(
-    "databases that appear in a directory while sluice runs are not picked up yet; sluice replicates those it finds at start (restart it to add new ones), so watch: is refused rather than ignored",
-);
+
 const VALIDATION: Unacted = Unacted::Warn(
     "sluice does not restore in the background to validate; run `sluice verify -restore` on a schedule",
 );
@@ -349,7 +350,6 @@ const LITESTREAM_KEYS: &[(Scope, &str, Unacted)] = &[
             "sluice keeps no metadata beside the database: its position is in the replica",
         ),
     ),
-    (Scope::Db, "watch", WATCH),
     (Scope::Replica, "validation-interval", VALIDATION),
     (
         Scope::Replica,
@@ -617,9 +617,9 @@ impl Config {
                 }
                 (None, true) => return Err(invalid(format!("dbs[{i}]: path is required"))),
                 (None, false) => {
-                    if db.pattern.is_some() || db.recursive.is_some() {
+                    if db.pattern.is_some() || db.recursive.is_some() || db.watch.is_some() {
                         return Err(invalid(format!(
-                            "dbs[{i}]: pattern and recursive go with dir (directory replication)"
+                            "dbs[{i}]: pattern, recursive and watch go with dir (directory replication)"
                         )));
                     }
                     db.path = expand_path(&db.path);
@@ -667,21 +667,21 @@ impl Config {
         self.dbs.iter().find_map(|d| d.entry_for(Path::new(&want)))
     }
 
-    /// Replaces each directory entry by an entry for every SQLite database found in it now.
-    /// A directory that holds none is an error, as in Litestream.
-    pub fn discover(&mut self) -> Result<(), String> {
+    /// Replaces each directory entry by an entry for every SQLite database found in it now,
+    /// and returns the entries with `watch: true`, to look in again. A directory that holds
+    /// none is an error unless it is watched, as in Litestream.
+    pub fn discover(&mut self) -> Result<Vec<DbConfig>, String> {
         let mut dbs = Vec::with_capacity(self.dbs.len());
+        let mut watched = Vec::new();
         for db in std::mem::take(&mut self.dbs) {
             let Some(dir) = db.dir.clone() else {
                 dbs.push(db);
                 continue;
             };
-            let mut found = Vec::new();
-            find_databases(Path::new(&dir), db.recursive.unwrap_or(false), &mut found)
-                .map_err(|e| format!("dir {dir}: {e}"))?;
-            found.sort();
-            let entries: Vec<DbConfig> = found.iter().filter_map(|p| db.entry_for(p)).collect();
-            if entries.is_empty() {
+            let entries = db.databases_now().map_err(|e| format!("dir {dir}: {e}"))?;
+            if db.watch.unwrap_or(false) {
+                watched.push(db.clone());
+            } else if entries.is_empty() {
                 return Err(format!(
                     "no SQLite databases found in directory {dir} with pattern {}",
                     db.pattern.as_deref().unwrap_or_default()
@@ -696,11 +696,22 @@ impl Config {
             }
         }
         self.dbs = dbs;
-        Ok(())
+        Ok(watched)
     }
 }
 
 impl DbConfig {
+    /// A directory entry's entries for the SQLite databases in its directory now, by path.
+    pub fn databases_now(&self) -> std::io::Result<Vec<DbConfig>> {
+        let Some(dir) = self.dir.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        find_databases(Path::new(dir), self.recursive.unwrap_or(false), &mut found)?;
+        found.sort();
+        Ok(found.iter().filter_map(|p| self.entry_for(p)).collect())
+    }
+
     /// The entry of database `db` under this directory entry, if `db` is inside `dir` (directly,
     /// or deeper when `recursive`) and its file name matches `pattern`: this entry with `path`
     /// set and every replica's path joined with `db`'s path relative to `dir`.
@@ -722,6 +733,7 @@ impl DbConfig {
         entry.dir = None;
         entry.pattern = None;
         entry.recursive = None;
+        entry.watch = None;
         for r in entry.replica.iter_mut().chain(entry.replicas.iter_mut()) {
             if let Some(url) = &mut r.url {
                 let (base, query) = url

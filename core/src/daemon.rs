@@ -56,8 +56,12 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
     if config.dbs.is_empty() {
         bail!("the configuration lists no databases");
     }
-    // Directory replication: the databases there now, each an entry of its own.
-    config.discover().map_err(|e| anyhow!(e))?;
+    // Directory replication: the databases there now, each an entry of its own; watched
+    // directories are looked at again while running.
+    let watched = config.discover().map_err(|e| anyhow!(e))?;
+    if args.once && !watched.is_empty() {
+        tracing::info!("-once: watched directories are replicated as they are now");
+    }
     // Validate everything before touching anything.
     let scratch = tempfile::Builder::new()
         .prefix("sluice-")
@@ -110,37 +114,25 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         ),
         None => None,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(SystemClock);
     let mut jobs = jobs;
     take_leases(&mut jobs, clock.now_ms(), args.force, &restored).await?;
-    let mut statuses = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut job in jobs {
-        let requests = Arc::new(crate::counting::RequestCounts::default());
-        job.replica.store = Arc::new(crate::counting::CountingStore::new(
-            job.replica.store.clone(),
-            requests.clone(),
-        ));
-        let status: SharedStatus = Arc::new(std::sync::Mutex::new(JobStatus {
-            database: job.engine.db_path.clone(),
-            replica: job.replica.describe(),
-            requests,
-            ..JobStatus::default()
-        }));
-        if args.once {
-            job.schedule.once = Some(crate::scheduler::Once {
-                force_snapshot: args.force_snapshot,
-                enforce_retention: args.enforce_retention,
-            });
-        }
-        statuses.push(status.clone());
-        tracing::info!(db = %job.engine.db_path.display(), replica = %job.replica.describe(), "replicating");
-        tasks.spawn(replicate::run(job, clock.clone(), status, stop_rx.clone()));
+    let statuses: crate::metrics::Statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut running = Running::default();
+    let once = args.once.then_some(crate::scheduler::Once {
+        force_snapshot: args.force_snapshot,
+        enforce_retention: args.enforce_retention,
+    });
+    for job in jobs {
+        running.start(job, once, clock.clone(), &statuses);
     }
     if let Some(listener) = listener {
         tokio::spawn(crate::metrics::serve(listener, statuses.clone()));
     }
+    let mut rescan = tokio::time::interval(std::time::Duration::from_millis(WATCH_RESCAN_MS));
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watching = !watched.is_empty() && !args.once;
+    let mut batches = 0usize;
 
     let mut child = match &exec {
         Some(cmd) => Some(spawn_exec(cmd)?),
@@ -154,16 +146,16 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         // (within shutdown-sync-timeout); a signal cuts it short, as a final sync.
         loop {
             tokio::select! {
-                _ = sigterm.recv() => { let _ = stop_tx.send(true); }
-                _ = sigint.recv() => { let _ = stop_tx.send(true); }
-                res = tasks.join_next() => match res {
+                _ = sigterm.recv() => running.stop_all(),
+                _ = sigint.recv() => running.stop_all(),
+                res = running.tasks.join_next_with_id() => match res.map(|r| running.finished(r)) {
                     None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(stopped))) => {
+                    Some((_, Ok(Ok(())))) => {}
+                    Some((_, Ok(Err(stopped)))) => {
                         tracing::error!(error = %stopped, "-once: a job did not finish");
                         exit_code = 1;
                     }
-                    Some(Err(e)) => return Err(anyhow!(e)),
+                    Some((_, Err(e))) => return Err(anyhow!(e)),
                 },
             }
         }
@@ -180,19 +172,27 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
                     tracing::info!(code = status, "child process exited");
                     break;
                 }
-                res = tasks.join_next() => {
-                    match res {
-                        Some(Ok(Ok(()))) => {
+                _ = rescan.tick(), if watching => {
+                    batches += 1;
+                    running
+                        .rescan(&watched, &config, scratch.path(), batches, clock.clone(), &statuses)
+                        .await;
+                }
+                res = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
+                    match res.map(|r| running.finished(r)) {
+                        // A database removed from a watched directory: asked to stop.
+                        Some((true, Ok(_))) => continue,
+                        Some((_, Ok(Ok(())))) => {
                             tracing::error!("a replication job ended without being asked to");
                         }
-                        Some(Ok(Err(stopped))) => {
+                        Some((_, Ok(Err(stopped)))) => {
                             tracing::error!(error = %stopped, "replication job stopped; the others carry on");
                         }
-                        Some(Err(e)) => tracing::error!(error = %e, "replication job failed"),
+                        Some((_, Err(e))) => tracing::error!(error = %e, "replication job failed"),
                         None => {}
                     }
                     exit_code = 1;
-                    if tasks.is_empty() {
+                    if running.tasks.is_empty() && !watching {
                         tracing::error!("every replication job has stopped; exiting");
                         forward(&child, Signal::SIGTERM);
                         if let Some(c) = child.as_mut() {
@@ -203,13 +203,13 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
                 }
             }
         }
-        let _ = stop_tx.send(true);
+        running.stop_all();
         if let Some(c) = child.as_mut() {
             exit_code = c.wait().await.ok().and_then(|s| s.code()).unwrap_or(1);
         }
     }
-    while let Some(res) = tasks.join_next().await {
-        match res {
+    while let Some(res) = running.tasks.join_next_with_id().await {
+        match running.finished(res).1 {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "replication stopped with an error");
@@ -219,6 +219,157 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         }
     }
     Ok(exit_code)
+}
+
+/// How often watched directories are looked at again.
+pub const WATCH_RESCAN_MS: u64 = 1000;
+
+type JobResult = Result<(), replicate::JobStopped>;
+
+/// The running jobs: each with its own stop signal, so that one whose database left a watched
+/// directory can be stopped alone.
+#[derive(Default)]
+struct Running {
+    tasks: tokio::task::JoinSet<JobResult>,
+    jobs: std::collections::HashMap<tokio::task::Id, RunningJob>,
+}
+
+struct RunningJob {
+    db: PathBuf,
+    stop: watch::Sender<bool>,
+    /// Stopped because its database was removed from a watched directory.
+    removed: bool,
+}
+
+impl Running {
+    fn start(
+        &mut self,
+        mut job: replicate::Job,
+        once: Option<crate::scheduler::Once>,
+        clock: Arc<SystemClock>,
+        statuses: &crate::metrics::Statuses,
+    ) {
+        let requests = Arc::new(crate::counting::RequestCounts::default());
+        job.replica.store = Arc::new(crate::counting::CountingStore::new(
+            job.replica.store.clone(),
+            requests.clone(),
+        ));
+        let status: SharedStatus = Arc::new(std::sync::Mutex::new(JobStatus {
+            database: job.engine.db_path.clone(),
+            replica: job.replica.describe(),
+            requests,
+            ..JobStatus::default()
+        }));
+        job.schedule.once = once;
+        statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(status.clone());
+        tracing::info!(db = %job.engine.db_path.display(), replica = %job.replica.describe(), "replicating");
+        let (stop, stop_rx) = watch::channel(false);
+        let db = job.engine.db_path.clone();
+        let handle = self
+            .tasks
+            .spawn(replicate::run(job, clock, status, stop_rx));
+        self.jobs.insert(
+            handle.id(),
+            RunningJob {
+                db,
+                stop,
+                removed: false,
+            },
+        );
+    }
+
+    fn stop_all(&self) {
+        for j in self.jobs.values() {
+            let _ = j.stop.send(true);
+        }
+    }
+
+    /// Forgets a finished job: whether it was stopped for leaving a watched directory, and
+    /// its result.
+    fn finished(
+        &mut self,
+        res: Result<(tokio::task::Id, JobResult), tokio::task::JoinError>,
+    ) -> (bool, Result<JobResult, tokio::task::JoinError>) {
+        match res {
+            Ok((id, r)) => {
+                let removed = self.jobs.remove(&id).is_some_and(|j| j.removed);
+                (removed, Ok(r))
+            }
+            Err(e) => {
+                self.jobs.remove(&e.id());
+                (false, Err(e))
+            }
+        }
+    }
+
+    /// Looks in the watched directories again: starts replicating the databases that
+    /// appeared (taking their leases; one refused is logged and tried again later) and stops
+    /// those whose database is gone.
+    async fn rescan(
+        &mut self,
+        watched: &[crate::config::DbConfig],
+        config: &Config,
+        scratch: &Path,
+        batch: usize,
+        clock: Arc<SystemClock>,
+        statuses: &crate::metrics::Statuses,
+    ) {
+        let mut present = std::collections::HashSet::new();
+        for entry in watched {
+            let found = match entry.databases_now() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(dir = entry.dir.as_deref().unwrap_or_default(), error = %e, "cannot look in a watched directory");
+                    continue;
+                }
+            };
+            for db in found {
+                let path = PathBuf::from(&db.path);
+                present.insert(path.clone());
+                if self.jobs.values().any(|j| j.db == path) {
+                    continue;
+                }
+                tracing::info!(db = %path.display(), "appeared in a watched directory");
+                let one = Config {
+                    dbs: vec![db],
+                    ..config.clone()
+                };
+                let dir = scratch.join(format!("watch-{batch}"));
+                let mut jobs = match jobs_from_config(&one, &dir) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        tracing::error!(db = %path.display(), error = %e, "cannot replicate it");
+                        continue;
+                    }
+                };
+                for job in &jobs {
+                    let _ = std::fs::create_dir_all(job.scratch.location());
+                }
+                if let Err(e) = take_leases(&mut jobs, clock.now_ms(), false, &[]).await {
+                    tracing::error!(db = %path.display(), error = %e, "cannot replicate it; trying again at the next look");
+                    continue;
+                }
+                for job in jobs {
+                    self.start(job, None, clock.clone(), statuses);
+                }
+            }
+        }
+        let under_watch = |db: &Path| {
+            watched
+                .iter()
+                .any(|w| w.dir.as_deref().is_some_and(|d| db.starts_with(d)))
+        };
+        for j in self.jobs.values_mut() {
+            if !j.removed && under_watch(&j.db) && !present.contains(&j.db) && !j.db.exists() {
+                tracing::info!(db = %j.db.display(), "removed from a watched directory; no longer replicating it");
+                j.removed = true;
+                let _ = j.stop.send(true);
+            }
+        }
+    }
 }
 
 /// The lease time in effect: `SLUICE_LEASE_TTL_MS` (for tests and unusual deployments), else

@@ -112,7 +112,10 @@ fn escape_label(v: &str) -> String {
     out
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, statuses: Vec<SharedStatus>) {
+/// The jobs' statuses, shared with the daemon, which adds jobs as watched directories grow.
+pub type Statuses = std::sync::Arc<std::sync::Mutex<Vec<SharedStatus>>>;
+
+pub async fn serve(listener: tokio::net::TcpListener, statuses: Statuses) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
@@ -123,9 +126,13 @@ pub async fn serve(listener: tokio::net::TcpListener, statuses: Vec<SharedStatus
             let n = sock.read(&mut buf).await.unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if req.starts_with("GET /metrics") {
+                let now = statuses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 (
                     "200 OK",
-                    render(&statuses, chrono::Utc::now().timestamp_millis()),
+                    render(&now, chrono::Utc::now().timestamp_millis()),
                 )
             } else {
                 ("404 Not Found", "not found\n".to_string())

@@ -1006,3 +1006,49 @@ fn directory_replication_replicates_every_matching_database_to_its_own_path() {
         assert_eq!(row_count(&out), rows, "{}", db.display());
     }
 }
+
+/// `watch: true`: a database that appears in the directory while sluice runs is replicated
+/// within a rescan; one removed from it stops being replicated, and sluice runs on.
+#[test]
+fn watched_directories_pick_up_new_databases_and_let_go_of_removed_ones() {
+    let ws = Workspace::new("dir-watch");
+    let tenants = ws.dir("tenants");
+    let a = tenants.join("a.db");
+    create_db(&a, "wal", 5);
+    let replicas = ws.dir("replicas");
+    let cfg = ws.path("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - dir: \"{}\"\n    pattern: \"*.db\"\n    watch: true\n    monitor-interval: 20ms\n    replica:\n      url: \"file://{}\"\n      sync-interval: 20ms\n",
+            tenants.display(),
+            replicas.display()
+        ),
+    )
+    .expect("write the config");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    wait_txid_settled(&replicas.join("a.db"), 0);
+
+    let b = tenants.join("b.db");
+    create_db(&b, "wal", 9);
+    sluice.wait_log("appeared in a watched directory");
+    wait_txid_settled(&replicas.join("b.db"), 0);
+    let out = ws.path("b-restored.db");
+    restore(&replicas.join("b.db"), &out);
+    assert_eq!(row_count(&out), 9);
+
+    for p in [
+        a.clone(),
+        tenants.join("a.db-wal"),
+        tenants.join("a.db-shm"),
+    ] {
+        let _ = std::fs::remove_file(p);
+    }
+    sluice.wait_log("removed from a watched directory");
+    // b.db still replicates.
+    let before = replica_max_txid(&replicas.join("b.db"));
+    insert(&open_db(&b), 4);
+    wait_txid_settled(&replicas.join("b.db"), before);
+    let log = sluice.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+}

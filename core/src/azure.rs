@@ -29,6 +29,7 @@ pub const SERVICE: Service = Service {
     container_word: "container",
     timestamp_key: METADATA_KEY_TIMESTAMP,
     home_suffix: ".blob.core.windows.net",
+    cas_by_generation: false,
 };
 
 /// Variables tried, as Litestream does, when the configuration gives no secret.

@@ -62,6 +62,8 @@ pub struct Service {
     pub timestamp_key: &'static str,
     /// The service's own endpoints end so (messages leave them out).
     pub home_suffix: &'static str,
+    /// Compare-and-swap by the object's generation (GCS) instead of its ETag (S3, Azure).
+    pub cas_by_generation: bool,
 }
 
 /// Builds the client at first use: AWS S3 without a configured region looks the bucket's
@@ -907,7 +909,12 @@ impl ObjectStore for CloudStore {
             .get_opts(&path, GetOptions::default())
             .await
             .map_err(|e| self.error("get", key, &e))?;
-        let version = result.meta.e_tag.clone().ok_or_else(|| {
+        let version = if self.service.cas_by_generation {
+            result.meta.version.clone()
+        } else {
+            result.meta.e_tag.clone()
+        };
+        let version = version.ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Permanent,
                 "get",
@@ -936,9 +943,16 @@ impl ObjectStore for CloudStore {
             format_timestamp(timestamp_ms).into(),
         );
         let put_opts = object_store::PutOptions {
-            mode: object_store::PutMode::Update(object_store::UpdateVersion {
-                e_tag: Some(version.to_string()),
-                version: None,
+            mode: object_store::PutMode::Update(if self.service.cas_by_generation {
+                object_store::UpdateVersion {
+                    e_tag: None,
+                    version: Some(version.to_string()),
+                }
+            } else {
+                object_store::UpdateVersion {
+                    e_tag: Some(version.to_string()),
+                    version: None,
+                }
             }),
             attributes,
             ..object_store::PutOptions::default()
@@ -949,12 +963,17 @@ impl ObjectStore for CloudStore {
             .put_opts(&path, PutPayload::from(data), put_opts)
             .await
             .map_err(|e| self.error("put", key, &e))?;
-        res.e_tag.ok_or_else(|| {
+        let new = if self.service.cas_by_generation {
+            res.version
+        } else {
+            res.e_tag
+        };
+        new.ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Permanent,
                 "put",
                 self.location(key),
-                format!("{} returned no ETag", self.endpoint),
+                format!("{} returned no object version", self.endpoint),
             )
         })
     }

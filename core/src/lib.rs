@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod follow;
+pub mod gcs;
 pub mod jobs;
 pub mod lease;
 pub mod ltx;

@@ -26,6 +26,7 @@ pub const SERVICE: Service = Service {
     container_word: "bucket",
     timestamp_key: METADATA_KEY_TIMESTAMP,
     home_suffix: ".amazonaws.com",
+    cas_by_generation: false,
 };
 
 /// An access key pair. Its `Debug` never shows the secret.

@@ -32,6 +32,13 @@ pub enum ReplicaTarget {
         /// The account's blob endpoint (`http(s)://host[:port][/path]`); `None` for Azure's.
         endpoint: Option<String>,
     },
+    /// A Google Cloud Storage bucket (`gs://bucket/path`).
+    Gcs {
+        bucket: String,
+        path: String,
+        /// An emulator or private endpoint; `None`: Google's (or `STORAGE_EMULATOR_HOST`).
+        endpoint: Option<String>,
+    },
     /// A directory on an SFTP server (`sftp://user[:password]@host[:port]/path`).
     Sftp {
         user: Option<String>,
@@ -76,6 +83,17 @@ impl std::fmt::Display for ReplicaTarget {
                     None => Ok(()),
                 }
             }
+            ReplicaTarget::Gcs {
+                bucket,
+                path,
+                endpoint,
+            } => {
+                write!(f, "gs://{bucket}/{path}")?;
+                match endpoint {
+                    Some(e) => write!(f, "?endpoint={e}"),
+                    None => Ok(()),
+                }
+            }
             ReplicaTarget::Sftp {
                 user, host, path, ..
             } => {
@@ -110,9 +128,12 @@ impl ReplicaTarget {
         if let Some(rest) = url.strip_prefix("sftp://") {
             return parse_sftp(url, rest);
         }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            return parse_gs(url, rest);
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!(
-                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3, abs, sftp)"
+                "replica URL {url:?}: unsupported scheme {scheme:?} (supported: file, s3, abs, sftp, gs)"
             ));
         }
         if url.trim().is_empty() {
@@ -171,6 +192,19 @@ impl ReplicaTarget {
                         *endpoint = Some(azure_endpoint(ep)?);
                     }
                     require_account(account.as_deref())?;
+                }
+                if let ReplicaTarget::Gcs {
+                    bucket, endpoint, ..
+                } = &mut target
+                {
+                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != bucket.as_str()) {
+                        return Err(format!(
+                            "replica URL {url:?} names bucket {bucket:?} but bucket: says {b:?}; give one"
+                        ));
+                    }
+                    if let Some(ep) = &s.endpoint {
+                        *endpoint = Some(endpoint_with_scheme(ep)?);
+                    }
                 }
                 if let ReplicaTarget::Sftp {
                     user, host, path, ..
@@ -237,6 +271,19 @@ impl ReplicaTarget {
                         endpoint: s.endpoint.as_deref().map(azure_endpoint).transpose()?,
                     })
                 }
+                "gs" => {
+                    let bucket = s.bucket.clone().ok_or("gs replica needs a bucket")?;
+                    Ok(ReplicaTarget::Gcs {
+                        bucket,
+                        path: clean_path(path.as_deref().unwrap_or_default(), "bucket")
+                            .map_err(|e| format!("path: {e}"))?,
+                        endpoint: s
+                            .endpoint
+                            .as_deref()
+                            .map(endpoint_with_scheme)
+                            .transpose()?,
+                    })
+                }
                 "sftp" => {
                     let host = s.host.clone().ok_or("sftp replica needs a host")?;
                     let user = s.user.clone().ok_or("sftp replica needs a user")?;
@@ -252,7 +299,7 @@ impl ReplicaTarget {
                     })
                 }
                 other => Err(format!(
-                    "unsupported replica type {other:?} (supported: file, s3, abs, sftp)"
+                    "unsupported replica type {other:?} (supported: file, s3, abs, sftp, gs)"
                 )),
             },
         }
@@ -329,6 +376,19 @@ impl ReplicaTarget {
                     credentials,
                 })?;
                 // Litestream's Azure replica lays files out as its file replica does.
+                Ok(Replica::new(Arc::new(store), Layout::File))
+            }
+            ReplicaTarget::Gcs {
+                bucket,
+                path,
+                endpoint,
+            } => {
+                let store = crate::gcs::open(crate::gcs::GcsConfig {
+                    bucket: bucket.clone(),
+                    path: path.clone(),
+                    endpoint: endpoint.clone(),
+                })?;
+                // Litestream's GCS replica lays files out as its file replica does.
                 Ok(Replica::new(Arc::new(store), Layout::File))
             }
             ReplicaTarget::Sftp {
@@ -576,6 +636,29 @@ fn parse_abs(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
         account,
         container: container.to_string(),
         path: clean_path(path, "container").map_err(bad)?,
+        endpoint,
+    })
+}
+
+fn parse_gs(url: &str, rest: &str) -> Result<ReplicaTarget, String> {
+    let bad = |what: String| format!("replica URL {url:?}: {what}");
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(bad("missing bucket name".into()));
+    }
+    let mut endpoint = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "endpoint" if !v.is_empty() => endpoint = Some(endpoint_with_scheme(v).map_err(bad)?),
+            "endpoint" => return Err(bad("endpoint= is empty".into())),
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(ReplicaTarget::Gcs {
+        bucket: bucket.to_string(),
+        path: clean_path(path, "bucket").map_err(bad)?,
         endpoint,
     })
 }
@@ -835,5 +918,34 @@ mod tests {
             ReplicaTarget::from_config(&t),
             Ok(ReplicaTarget::Azure { path, .. }) if path == "app.db"
         ));
+    }
+
+    #[test]
+    fn gs_urls_and_configs() {
+        assert_eq!(
+            ReplicaTarget::parse("gs://bkt/a/db?endpoint=localhost:4443"),
+            Ok(ReplicaTarget::Gcs {
+                bucket: "bkt".into(),
+                path: "a/db".into(),
+                endpoint: Some("http://localhost:4443".into()),
+            })
+        );
+        assert!(ReplicaTarget::parse("gs:///db").is_err());
+        assert!(ReplicaTarget::parse("gs://bkt").is_err());
+        let mut r = ReplicaConfig {
+            kind: Some("gs".into()),
+            path: Some("/db".into()),
+            ..ReplicaConfig::default()
+        };
+        assert!(ReplicaTarget::from_config(&r).is_err(), "no bucket");
+        r.settings.bucket = Some("bkt".into());
+        assert_eq!(
+            ReplicaTarget::from_config(&r),
+            Ok(ReplicaTarget::Gcs {
+                bucket: "bkt".into(),
+                path: "db".into(),
+                endpoint: None,
+            })
+        );
     }
 }

@@ -139,6 +139,19 @@ fn sftp() -> Option<Backend> {
     })
 }
 
+/// The GCS store against `gcp-storage-emulator`.
+fn gcs() -> Option<Backend> {
+    let server = common::gcs::gcs_or_skip()?;
+    let path = server.fresh_path("conformance");
+    Some(Backend {
+        store: server.replica(&path).store,
+        atomic_create: false,
+        reopen: Some(Box::new(move || server.replica(&path).store)),
+        _dir: None,
+        _guard: None,
+    })
+}
+
 /// MinIO in Docker (feature `minio`); conditional writes are atomic there.
 #[cfg(feature = "minio")]
 fn minio() -> Option<Backend> {
@@ -162,5 +175,6 @@ backend_tests!(s3s);
 backend_tests!(moto);
 backend_tests!(azurite);
 backend_tests!(sftp);
+backend_tests!(gcs);
 #[cfg(feature = "minio")]
 backend_tests!(minio);

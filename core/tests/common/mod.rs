@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod gcs;
 pub mod s3;
 pub mod sftp;
 

@@ -158,11 +158,7 @@ impl ReplicaTarget {
                 } = &mut target
                 {
                     // Litestream's precedence: the configuration's settings win over the URL's.
-                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != bucket.as_str()) {
-                        return Err(format!(
-                            "replica URL {url:?} names bucket {bucket:?} but bucket: says {b:?}; give one"
-                        ));
-                    }
+                    one_container(url, "bucket", bucket, s.bucket.as_deref())?;
                     if let Some(ep) = &s.endpoint {
                         *endpoint = Some(endpoint_with_scheme(ep)?);
                     }
@@ -179,11 +175,7 @@ impl ReplicaTarget {
                     ..
                 } = &mut target
                 {
-                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != container.as_str()) {
-                        return Err(format!(
-                            "replica URL {url:?} names container {container:?} but bucket: says {b:?}; give one"
-                        ));
-                    }
+                    one_container(url, "container", container, s.bucket.as_deref())?;
                     if let Some(a) = &s.account_name {
                         azure::check_account(a).map_err(|e| format!("account-name: {e}"))?;
                         *account = Some(a.clone());
@@ -197,11 +189,7 @@ impl ReplicaTarget {
                     bucket, endpoint, ..
                 } = &mut target
                 {
-                    if let Some(b) = s.bucket.as_deref().filter(|b| *b != bucket.as_str()) {
-                        return Err(format!(
-                            "replica URL {url:?} names bucket {bucket:?} but bucket: says {b:?}; give one"
-                        ));
-                    }
+                    one_container(url, "bucket", bucket, s.bucket.as_deref())?;
                     if let Some(ep) = &s.endpoint {
                         *endpoint = Some(endpoint_with_scheme(ep)?);
                     }
@@ -421,6 +409,16 @@ impl ReplicaTarget {
                 Ok(Replica::new(Arc::new(store), Layout::File))
             }
         }
+    }
+}
+
+/// A URL and a `bucket:` setting must not name two buckets (Azure: containers).
+fn one_container(url: &str, word: &str, in_url: &str, setting: Option<&str>) -> Result<(), String> {
+    match setting {
+        Some(b) if b != in_url => Err(format!(
+            "replica URL {url:?} names {word} {in_url:?} but bucket: says {b:?}; give one"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -13,7 +13,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::azure::{Azurite, azurite_or_skip, azurite_tls_or_skip};
 use common::s3::{
@@ -21,8 +20,9 @@ use common::s3::{
     wait_upload, write,
 };
 use common::{
-    Remote, WAIT_MAX, Workspace, assert_integrity_ok, assert_refused, assert_same_file,
-    assert_timestamps_match_headers, checkpoint_truncate, litestream_command, litestream_or_skip,
+    Remote, Workspace, assert_integrity_ok, assert_refused, assert_same_file,
+    assert_timestamps_match_headers, checkpoint_truncate, first_upload, litestream_command,
+    litestream_or_skip,
 };
 
 #[test]
@@ -93,20 +93,6 @@ fn config(server: &Azurite, db: &Path, path: &str) -> String {
         db.display(),
         server.config_replica(path)
     )
-}
-
-/// Waits for the first file `proc`'s replicator uploads to `path`.
-fn first_upload(server: &Azurite, path: &str, mut alive: impl FnMut()) -> u64 {
-    let started = Instant::now();
-    loop {
-        alive();
-        let t = server.max_txid(path);
-        if t > 0 {
-            return t;
-        }
-        assert!(started.elapsed() < WAIT_MAX, "nothing uploaded to {path}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

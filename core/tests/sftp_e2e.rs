@@ -12,15 +12,14 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::s3::{
     Running, free_port, open_wal, output, page_size, sluice, wait_settled, wait_upload, write,
 };
 use common::sftp::{Sshd, sshd_or_skip};
 use common::{
-    Remote, WAIT_MAX, Workspace, assert_integrity_ok, assert_refused, assert_same_file,
-    checkpoint_truncate, litestream_command, litestream_or_skip,
+    Remote, Workspace, assert_integrity_ok, assert_refused, assert_same_file, checkpoint_truncate,
+    first_upload, litestream_command, litestream_or_skip,
 };
 
 /// A configuration replicating `db` to `path` on `server` in Litestream's keys (SFTP's key
@@ -104,20 +103,6 @@ fn replicate_and_restore_byte_identical_over_sftp() {
         "the password leaked: {err}"
     );
     assert_same_file(&db, &out2, page, "restore with a password vs source");
-}
-
-/// Waits for the first file a replicator uploads to `path`.
-fn first_upload(server: &Sshd, path: &str, mut alive: impl FnMut()) -> u64 {
-    let started = Instant::now();
-    loop {
-        alive();
-        let t = server.max_txid(path);
-        if t > 0 {
-            return t;
-        }
-        assert!(started.elapsed() < WAIT_MAX, "nothing uploaded to {path}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

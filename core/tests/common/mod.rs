@@ -35,6 +35,21 @@ pub trait Remote {
     fn sluice_env(&self) -> Vec<(&'static str, String)>;
 }
 
+/// Waits for the first file a replicator uploads to `path` on `server`; `alive` panics if the
+/// replicator has exited.
+pub fn first_upload(server: &impl Remote, path: &str, mut alive: impl FnMut()) -> u64 {
+    let started = Instant::now();
+    loop {
+        alive();
+        let t = server.max_txid(path);
+        if t > 0 {
+            return t;
+        }
+        assert!(started.elapsed() < WAIT_MAX, "nothing uploaded to {path}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A replica path no other test uses: `<label>-<pid>-<n>`.
 pub fn fresh_path(label: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -20,9 +20,9 @@ use common::s3::{
     wait_upload, write,
 };
 use common::{
-    Remote, Workspace, assert_integrity_ok, assert_refused, assert_same_file,
-    assert_timestamps_match_headers, checkpoint_truncate, first_upload, litestream_command,
-    litestream_or_skip,
+    Remote, Workspace, assert_integrity_ok, assert_litestream_restores, assert_refused,
+    assert_same_file, assert_timestamps_match_headers, checkpoint_truncate, first_upload,
+    litestream_command, litestream_or_skip,
 };
 
 #[test]
@@ -167,29 +167,16 @@ fn litestream_and_sluice_restore_each_others_azure_replicas() {
     proc.stop();
     checkpoint_truncate(&conn);
     drop(conn);
-    let out = ws.path("sl-restored.db");
     let mut cmd = litestream_command(&ls);
     litestream(&mut cmd);
-    let restored = cmd
-        .args(["restore", "-config"])
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&out)
-        .arg(&db)
-        .output()
-        .expect("run litestream restore");
-    assert!(
-        restored.status.success(),
-        "Litestream restore of sluice's Azure replica: {}",
-        String::from_utf8_lossy(&restored.stderr)
-    );
-    assert_same_file(
+    assert_litestream_restores(
+        cmd,
+        &cfg,
         &db,
-        &out,
+        &ws.path("sl-restored.db"),
         page,
         "Litestream restore of sluice's Azure replica",
     );
-    assert_integrity_ok(&out);
 }
 
 #[test]

@@ -18,8 +18,8 @@ use common::s3::{
 };
 use common::sftp::{Sshd, sshd_or_skip};
 use common::{
-    Remote, Workspace, assert_integrity_ok, assert_refused, assert_same_file, checkpoint_truncate,
-    first_upload, litestream_command, litestream_or_skip,
+    Remote, Workspace, assert_integrity_ok, assert_litestream_restores, assert_refused,
+    assert_same_file, checkpoint_truncate, first_upload, litestream_command, litestream_or_skip,
 };
 
 /// A configuration replicating `db` to `path` on `server` in Litestream's keys (SFTP's key
@@ -168,27 +168,14 @@ fn litestream_and_sluice_restore_each_others_sftp_replicas() {
     proc.stop();
     checkpoint_truncate(&conn);
     drop(conn);
-    let out = ws.path("sl-restored.db");
-    let restored = litestream_command(&ls)
-        .args(["restore", "-config"])
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&out)
-        .arg(&db)
-        .output()
-        .expect("run litestream restore");
-    assert!(
-        restored.status.success(),
-        "Litestream restore of sluice's SFTP replica: {}",
-        String::from_utf8_lossy(&restored.stderr)
-    );
-    assert_same_file(
+    assert_litestream_restores(
+        litestream_command(&ls),
+        &cfg,
         &db,
-        &out,
+        &ws.path("sl-restored.db"),
         page,
         "Litestream restore of sluice's SFTP replica",
     );
-    assert_integrity_ok(&out);
 }
 
 fn start_replicate_config(server: &Sshd, dir: &Path, cfg: &Path, log: &Path) -> Running {

@@ -465,3 +465,30 @@ pub fn assert_timestamps_match_headers(replica: &sluice_core::replica::Replica) 
         );
     }
 }
+
+/// `cmd` (a `litestream` command) run as `restore -config cfg -o out db`: it must succeed, and
+/// `out` must be `db` byte for byte and pass `integrity_check`.
+pub fn assert_litestream_restores(
+    mut cmd: Command,
+    cfg: &Path,
+    db: &Path,
+    out: &Path,
+    page_size: u32,
+    what: &str,
+) {
+    let restored = cmd
+        .args(["restore", "-config"])
+        .arg(cfg)
+        .arg("-o")
+        .arg(out)
+        .arg(db)
+        .output()
+        .expect("run litestream restore");
+    assert!(
+        restored.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_same_file(db, out, page_size, what);
+    assert_integrity_ok(out);
+}

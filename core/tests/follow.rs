@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use common::{Workspace, first_difference, sluice_bin, wait_for, wait_txid_settled};
 use rusqlite::Connection;
 
-/// The reader: opens the follower's copy again and again, checks it, and prints a summary
-/// line once `stop` exists.
+/// The reader: opens the follower's copy again and again, checks it, prints `seen SEQ` for
+/// each new state it sees and a summary line once `stop` exists.
 const READER: &str = r#"
 import os, sqlite3, sys, time
 db, stop = sys.argv[1], sys.argv[2]
@@ -30,7 +30,7 @@ while not os.path.exists(stop):
     try:
         c = sqlite3.connect(db, timeout=30)
         c.execute("BEGIN")
-        rows, n = c.execute("SELECT (SELECT count(*) FROM t), (SELECT n FROM c)").fetchone()
+        rows, n, seq = c.execute("SELECT (SELECT count(*) FROM t), n, seq FROM c").fetchone()
         check = c.execute("PRAGMA quick_check").fetchone()[0]
         c.execute("COMMIT")
         c.close()
@@ -38,7 +38,9 @@ while not os.path.exists(stop):
         busy += 1
         continue
     reads += 1
-    seen.add(n)
+    if seq not in seen:
+        seen.add(seq)
+        print(f"seen {seq}", flush=True)
     if check != "ok" or rows != n:
         violations.append((rows, n, check))
 print(f"reads={reads} states={len(seen)} busy={busy} violations={violations[:5]}", flush=True)
@@ -84,9 +86,14 @@ fn commit(c: &Connection, i: u32) {
     } else {
         0
     };
+    // `seq` tells states apart where the count does not (a commit may delete as many rows
+    // as it adds).
     tx.execute(
-        "UPDATE c SET n = n + ?1",
-        [i64::from(k) - i64::try_from(gone).expect("rows")],
+        "UPDATE c SET n = n + ?1, seq = ?2",
+        [
+            i64::from(k) - i64::try_from(gone).expect("rows"),
+            i64::from(i),
+        ],
     )
     .expect("count");
     tx.commit().expect("commit");
@@ -94,11 +101,20 @@ fn commit(c: &Connection, i: u32) {
 
 /// The count the writer keeps, or -1 while there is no database (opening one would create it).
 fn count(db: &Path) -> i64 {
+    read_c(db, "n")
+}
+
+/// The number of the last commit applied, or -1.
+fn seq(db: &Path) -> i64 {
+    read_c(db, "seq")
+}
+
+fn read_c(db: &Path, column: &str) -> i64 {
     if !db.exists() {
         return -1;
     }
     Connection::open(db)
-        .and_then(|c| c.query_row("SELECT n FROM c", [], |r| r.get(0)))
+        .and_then(|c| c.query_row(&format!("SELECT {column} FROM c"), [], |r| r.get(0)))
         .unwrap_or(-1)
 }
 
@@ -111,7 +127,7 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     let conn = Connection::open(&src).expect("open the source");
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
-         CREATE TABLE c (n INTEGER); INSERT INTO c VALUES (0);",
+         CREATE TABLE c (n INTEGER, seq INTEGER); INSERT INTO c VALUES (0, 0);",
     )
     .expect("schema");
     for i in 0..20 {
@@ -139,13 +155,35 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     wait_txid_settled(&replica, 0);
 
     let stop_file = ws.path("stop-reader");
-    let reader = Command::new("python3")
+    let mut reader = Command::new("python3")
         .args(["-c", READER])
         .arg(&copy)
         .arg(&stop_file)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the reader");
+    // What the reader has seen, as it says it: the writer waits for it between batches, so the
+    // reader reads while files are applied however the machine schedules the processes.
+    let reader_seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let summary_line = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let lines = {
+        let out = reader.stdout.take().expect("the reader's stdout");
+        let (seen, summary) = (reader_seen.clone(), summary_line.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                match line
+                    .strip_prefix("seen ")
+                    .and_then(|n| n.parse::<i64>().ok())
+                {
+                    Some(n) => {
+                        seen.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => *summary.lock().expect("summary") = line,
+                }
+            }
+        })
+    };
     let follower = start_follower(&ws, &copy, &replica, "follow.log");
     wait_for("the follower's first restore", || {
         (count(&copy) >= 0).then_some(())
@@ -161,18 +199,25 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
             conn.execute_batch("DELETE FROM t WHERE id % 2 = 0; UPDATE c SET n = (SELECT count(*) FROM t); VACUUM;")
                 .expect("vacuum");
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        if i % 20 == 19 {
+            let at = i64::from(i);
+            wait_for("the follower and its reader to reach this batch", || {
+                (seq(&copy) >= at && reader_seen.load(std::sync::atomic::Ordering::Relaxed) >= at)
+                    .then_some(())
+            });
+        }
     }
-    let want = count(&src);
+    let want = seq(&src);
     wait_for("the follower to reach the source", || {
-        (count(&copy) == want).then_some(())
+        (seq(&copy) == want).then_some(())
     });
 
     std::fs::write(&stop_file, b"").expect("stop the reader");
-    let out = reader.wait_with_output().expect("the reader's summary");
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = reader.wait().expect("the reader's exit");
+    lines.join().expect("the reader's output");
+    let summary = summary_line.lock().expect("summary").clone();
     println!("reader: {summary}");
-    assert!(out.status.success(), "reader failed: {summary}");
+    assert!(status.success(), "reader failed: {summary}");
     assert!(
         summary.contains("violations=[]"),
         "torn state seen: {summary}"
@@ -186,7 +231,7 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     };
     assert!(number("reads=") >= 20, "the reader barely read: {summary}");
     assert!(
-        number("states=") >= 3,
+        number("states=") >= 10,
         "the reader saw too few states to have read while files were applied: {summary}"
     );
 
@@ -196,9 +241,9 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     for i in 220..240 {
         commit(&conn, i);
     }
-    let want = count(&src);
+    let want = seq(&src);
     wait_for("the restarted follower to reach the source", || {
-        (count(&copy) == want).then_some(())
+        (seq(&copy) == want).then_some(())
     });
     stop(follower, "the restarted follower");
     let log2 = std::fs::read_to_string(ws.path("follow2.log")).expect("log");

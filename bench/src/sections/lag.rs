@@ -6,6 +6,10 @@
 //! carries `<seq:i>`; each new level-0 file is decoded and verified with sluice's LTX decoder,
 //! and the largest marker in its pages is the newest commit it holds (a file is a consistent
 //! state, so it holds every older commit too). The poller adds at most one poll interval.
+//!
+//! Follow mode (a read replica, `restore -f`, both tools at their defaults): the time from a
+//! commit until a reader of the follower's copy sees it, read the way an application reads it
+//! (`SELECT max(id)` through SQLite every [`POLL_INTERVAL`]).
 
 use std::io::BufReader;
 use std::path::Path;
@@ -168,6 +172,116 @@ fn newest_in(path: &Path, page: &mut [u8]) -> Option<u64> {
     Some(newest)
 }
 
+#[derive(Serialize)]
+struct FollowRow {
+    tool: Tool,
+    commits_per_s: f64,
+    commits: u64,
+    p50_s: f64,
+    p99_s: f64,
+    max_s: f64,
+    /// Why the tool could not be measured, if it could not.
+    failed: Option<String>,
+}
+
+/// Follow-mode lag of `tool`: replicator and follower at their defaults on one file replica.
+fn measure_follow(ctx: &Ctx, tool: Tool, per_s: f64, seconds: u64) -> Result<FollowRow> {
+    let dir = ctx.work.join(format!("follow-{}-{per_s}", tool.name()));
+    std::fs::create_dir_all(&dir)?;
+    let (db, copy) = (dir.join("app.db"), dir.join("copy.db"));
+    let replica = dir.join("replica");
+    let conn = workload::open(&db)?;
+    workload::marker_schema(&conn)?;
+    let url = format!("file://{}", replica.display());
+    let mut child = ctx
+        .tools
+        .replicate(tool, &db, &url, &dir.join("replicate.log"))?;
+    child.wait_until("its first file", || Ok(super::has_level0_file(&replica)))?;
+    let mut cmd = ctx.tools.command(tool);
+    cmd.arg("restore").arg("-f").arg("-o").arg(&copy).arg(&url);
+    let mut follower = crate::proc::Running::start(cmd, &dir.join("follow.log"))?;
+    follower.wait_until("its restore", || Ok(copy.exists()))?;
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, stop, copy) = (seen.clone(), stop.clone(), copy.clone());
+        std::thread::spawn(move || read_copy(&copy, &seen, &stop))
+    };
+    let commits = (per_s * seconds as f64).round().max(1.0) as u64;
+    let returned = workload::marker_commits(&conn, per_s, commits)?;
+    let reached = follower.wait_until("the follower to show the last commit", || {
+        Ok(lock(&seen).iter().any(|s| s.newest_seq >= commits))
+    });
+    stop.store(true, Ordering::Relaxed);
+    if reader.join().is_err() {
+        bail!("the follower's reader panicked");
+    }
+    follower.stop()?;
+    child.stop()?;
+    if let Err(e) = reached {
+        return Ok(FollowRow {
+            tool,
+            commits_per_s: per_s,
+            commits,
+            p50_s: f64::NAN,
+            p99_s: f64::NAN,
+            max_s: f64::NAN,
+            failed: Some(e.to_string().lines().next().unwrap_or_default().to_string()),
+        });
+    }
+    let seen = lock(&seen).clone();
+    let mut lags: Vec<f64> = returned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, at)| {
+            let seq = i as u64 + 1;
+            seen.iter()
+                .find(|s| s.newest_seq >= seq && s.at >= *at)
+                .map(|s| s.at.duration_since(*at).as_secs_f64())
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    if lags.len() != returned.len() {
+        bail!(
+            "{}: some commits were never seen in the follower's copy",
+            tool.name()
+        );
+    }
+    Ok(FollowRow {
+        tool,
+        commits_per_s: per_s,
+        commits,
+        p50_s: percentile(&lags, 0.50),
+        p99_s: percentile(&lags, 0.99),
+        max_s: percentile(&lags, 1.0),
+        failed: None,
+    })
+}
+
+/// Reads the follower's copy every [`POLL_INTERVAL`] as an application would, until `stop`; a
+/// read that fails (a state torn under it, a lock) is tried again at the next look.
+fn read_copy(copy: &Path, seen: &Mutex<Vec<Seen>>, stop: &AtomicBool) {
+    let mut newest = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let max: Option<i64> =
+            rusqlite::Connection::open_with_flags(copy, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("SELECT max(id) FROM t", [], |r| r.get(0)))
+                .ok()
+                .flatten();
+        let at = Instant::now();
+        if let Some(m) = max.and_then(|m| u64::try_from(m).ok())
+            && m > newest
+        {
+            newest = m;
+            lock(seen).push(Seen {
+                at,
+                newest_seq: newest,
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // (commits/s, seconds of writing)
     let rates: &[(f64, u64)] = if ctx.quick {
@@ -251,5 +365,60 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &series,
     )?;
     report.put("lag", &rows);
+
+    let follow_rates: &[(f64, u64)] = if ctx.quick {
+        &[(10.0, 5)]
+    } else {
+        &[(1.0, 30), (100.0, 20)]
+    };
+    let mut follow = Vec::new();
+    for &(per_s, seconds) in follow_rates {
+        for tool in TOOLS {
+            let row = match measure_follow(ctx, tool, per_s, seconds) {
+                Ok(row) => row,
+                // Litestream's follow mode is reported as it behaves, not a stop of the report.
+                Err(e) if tool == Tool::Litestream => FollowRow {
+                    tool,
+                    commits_per_s: per_s,
+                    commits: 0,
+                    p50_s: f64::NAN,
+                    p99_s: f64::NAN,
+                    max_s: f64::NAN,
+                    failed: Some(e.to_string().lines().next().unwrap_or_default().to_string()),
+                },
+                Err(e) => return Err(e),
+            };
+            follow.push(row);
+        }
+    }
+    report.section("Follow mode: a read replica's lag");
+    report.line(format!(
+        "Commit to visible in the follower's copy (`restore -f`, the replicator and the follower \
+         at their defaults: 1 s sync and 1 s poll, one file replica), read through SQLite by a \
+         reader every {} ms. Milliseconds. Bound: one sync interval plus one poll interval plus \
+         one download (about 2 s).",
+        POLL_INTERVAL.as_millis()
+    ));
+    let table: Vec<Vec<String>> = follow
+        .iter()
+        .map(|r| match &r.failed {
+            Some(why) => vec![
+                format!("{}/s", r.commits_per_s),
+                r.tool.name().to_string(),
+                format!("failed: {why}"),
+                String::new(),
+                String::new(),
+            ],
+            None => vec![
+                format!("{}/s", r.commits_per_s),
+                r.tool.name().to_string(),
+                ms(r.p50_s),
+                ms(r.p99_s),
+                ms(r.max_s),
+            ],
+        })
+        .collect();
+    report.table(&["rate", "tool", "p50", "p99", "max"], &table);
+    report.put("follow", &follow);
     Ok(())
 }

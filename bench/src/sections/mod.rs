@@ -117,3 +117,8 @@ pub fn rss_series(tool: Tool, samples: &[crate::proc::Sample]) -> crate::plot::S
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
+
+/// Whether a file replica holds a level-0 file yet (a replicator's first upload).
+pub(crate) fn has_level0_file(replica: &std::path::Path) -> bool {
+    std::fs::read_dir(replica.join("ltx").join("0")).is_ok_and(|mut d| d.next().is_some())
+}

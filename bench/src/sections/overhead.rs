@@ -44,10 +44,8 @@ fn one(ctx: &Ctx, tool: Option<Tool>, round: usize, length: Duration) -> Result<
             let mut r = ctx
                 .tools
                 .replicate(t, &db, &url, &dir.join("replicate.log"))?;
-            let l0 = dir.join("replica").join("ltx").join("0");
-            r.wait_until("its first file", || {
-                Ok(std::fs::read_dir(&l0).is_ok_and(|mut d| d.next().is_some()))
-            })?;
+            let replica = dir.join("replica");
+            r.wait_until("its first file", || Ok(super::has_level0_file(&replica)))?;
             Some(r)
         }
         None => None,

@@ -37,8 +37,8 @@ pub struct GcsConfig {
     pub bucket: String,
     /// The replica's path inside the bucket, without leading or trailing `/`.
     pub path: String,
-    /// `http(s)://host[:port]` of an emulator or a private endpoint; `None`: Google's, or
-    /// `STORAGE_EMULATOR_HOST`.
+    /// `http(s)://host[:port]` of an emulator or a private endpoint; `None`: Google's.
+    /// (`url.rs` fills it from `STORAGE_EMULATOR_HOST` when the replica names none.)
     pub endpoint: Option<String>,
 }
 
@@ -50,15 +50,6 @@ pub fn open(cfg: GcsConfig) -> Result<CloudStore, String> {
         endpoint,
     } = cfg;
     let label = format!("gs://{bucket}/{path}");
-    let endpoint = match endpoint {
-        Some(e) => Some(e),
-        None => std::env::var(EMULATOR_ENV)
-            .ok()
-            .filter(|h| !h.trim().is_empty())
-            .map(|h| crate::url::endpoint_with_scheme(&h))
-            .transpose()
-            .map_err(|e| format!("{label}: {EMULATOR_ENV}: {e}"))?,
-    };
     let mut builder = GoogleCloudStorageBuilder::from_env()
         .with_bucket_name(&bucket)
         .with_retry(cloud::retry_config());

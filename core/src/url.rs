@@ -371,10 +371,22 @@ impl ReplicaTarget {
                 path,
                 endpoint,
             } => {
+                // Google's clients' variable for an emulator, for replicas that name no endpoint.
+                let endpoint = match endpoint {
+                    Some(e) => Some(e.clone()),
+                    None => std::env::var(crate::gcs::EMULATOR_ENV)
+                        .ok()
+                        .filter(|h| !h.trim().is_empty())
+                        .map(|h| endpoint_with_scheme(&h))
+                        .transpose()
+                        .map_err(|e| {
+                            format!("gs://{bucket}/{path}: {}: {e}", crate::gcs::EMULATOR_ENV)
+                        })?,
+                };
                 let store = crate::gcs::open(crate::gcs::GcsConfig {
                     bucket: bucket.clone(),
                     path: path.clone(),
-                    endpoint: endpoint.clone(),
+                    endpoint,
                 })?;
                 // Litestream's GCS replica lays files out as its file replica does.
                 Ok(Replica::new(Arc::new(store), Layout::File))

@@ -21,7 +21,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -314,8 +314,11 @@ fn copy_spooled(body: &dyn ScratchFile, f: &mut std::fs::File) -> std::io::Resul
 /// How much of a spooled body a directory store copies at a time.
 const COPY_PART_BYTES: usize = 1 << 20;
 
-/// Writes a temporary file with `write`, fsyncs it, and moves it into place (`rename`, or
-/// `link` for `Create`), then fsyncs the directory. A failure removes the temporary.
+/// Writes a temporary file with `write` (`tempfile`, in the object's directory, named
+/// `<name>.<random>.tmp` so listings skip it), fsyncs it, and moves it into place: a rename for
+/// `Overwrite`, a rename that refuses an existing target for `Create` (`persist_noclobber`:
+/// `renameat2(RENAME_NOREPLACE)`, or link then unlink), then fsyncs the directory. A failure,
+/// or a panic, removes the temporary.
 fn put_file_with(
     final_path: &Path,
     opts: PutOptions,
@@ -325,45 +328,22 @@ fn put_file_with(
         .parent()
         .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
-    let mut name = final_path.file_name().unwrap_or_default().to_os_string();
-    // Unique per writer so concurrent puts of one key never share a temporary.
-    name.push(format!(
-        ".{}.{:x}{TMP_SUFFIX}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    let tmp = dir.join(name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        write(&mut f)?;
-        let when = UNIX_EPOCH
-            + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
-        f.set_modified(when)?;
-        f.sync_all()?;
-        drop(f);
-        match opts.mode {
-            PutMode::Overwrite => std::fs::rename(&tmp, final_path)?,
-            // link(2) fails if the target exists: an atomic create-if-absent.
-            PutMode::Create => {
-                std::fs::hard_link(&tmp, final_path)?;
-                std::fs::remove_file(&tmp)?;
-            }
-        }
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (u64::from(nanos) << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+    let mut prefix = final_path.file_name().unwrap_or_default().to_os_string();
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(TMP_SUFFIX)
+        .tempfile_in(dir)?;
+    write(tmp.as_file_mut())?;
+    let when =
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
+    tmp.as_file().set_modified(when)?;
+    tmp.as_file().sync_all()?;
+    match opts.mode {
+        PutMode::Overwrite => tmp.persist(final_path).map_err(|e| e.error)?,
+        PutMode::Create => tmp.persist_noclobber(final_path).map_err(|e| e.error)?,
+    };
+    fsync_dir(dir)
 }
 
 fn list_dir(

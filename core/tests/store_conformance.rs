@@ -10,7 +10,7 @@
 //!
 //! The race cases (many concurrent `PutMode::Create` puts of one key: exactly one wins) run only
 //! where conditional writes are atomic: the in-memory store (a mutex), the directory store
-//! (link(2)), moto, Azurite and OpenSSH (whose SFTP rename never replaces a file). s3s-fs checks, then writes, so two racing creates can both succeed there;
+//! (a rename that refuses an existing target), moto, Azurite and OpenSSH (whose SFTP rename never replaces a file). s3s-fs checks, then writes, so two racing creates can both succeed there;
 //! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
 //! on S3): the directory store swaps under flock(2), atomic among its clients.
 //!

@@ -9,8 +9,9 @@
 //! case for every backend, so a failure names both (`s3s::list_pages_past_1000_keys`).
 //!
 //! The race cases (many concurrent `PutMode::Create` puts of one key: exactly one wins) run only
-//! where conditional writes are atomic: the in-memory store (a mutex), the directory store
-//! (a rename that refuses an existing target), moto, Azurite and OpenSSH (whose SFTP rename never replaces a file). s3s-fs checks, then writes, so two racing creates can both succeed there;
+//! where conditional writes are atomic: the in-memory store (a mutex), the directory store (a
+//! rename that refuses an existing target), moto, Azurite and OpenSSH (whose SFTP rename never
+//! replaces a file). s3s-fs checks, then writes, so two racing creates can both succeed there;
 //! it still runs the sequential `Create` case. The same split holds for `put_if_version` (If-Match
 //! on S3): the directory store swaps under flock(2), atomic among its clients.
 //!

@@ -62,10 +62,7 @@ impl std::fmt::Display for ReplicaTarget {
                 ..
             } => {
                 write!(f, "s3://{bucket}/{path}")?;
-                match endpoint {
-                    Some(e) => write!(f, "?endpoint={e}"),
-                    None => Ok(()),
-                }
+                endpoint_query(f, endpoint.as_deref())
             }
             ReplicaTarget::Azure {
                 account,
@@ -78,10 +75,7 @@ impl std::fmt::Display for ReplicaTarget {
                     write!(f, "{a}@")?;
                 }
                 write!(f, "{container}/{path}")?;
-                match endpoint {
-                    Some(e) => write!(f, "?endpoint={e}"),
-                    None => Ok(()),
-                }
+                endpoint_query(f, endpoint.as_deref())
             }
             ReplicaTarget::Gcs {
                 bucket,
@@ -89,10 +83,7 @@ impl std::fmt::Display for ReplicaTarget {
                 endpoint,
             } => {
                 write!(f, "gs://{bucket}/{path}")?;
-                match endpoint {
-                    Some(e) => write!(f, "?endpoint={e}"),
-                    None => Ok(()),
-                }
+                endpoint_query(f, endpoint.as_deref())
             }
             ReplicaTarget::Sftp {
                 user, host, path, ..
@@ -104,6 +95,14 @@ impl std::fmt::Display for ReplicaTarget {
                 write!(f, "{host}/{}", path.trim_start_matches('/'))
             }
         }
+    }
+}
+
+/// The `?endpoint=` of a listed URL, when the replica names one.
+fn endpoint_query(f: &mut std::fmt::Formatter<'_>, endpoint: Option<&str>) -> std::fmt::Result {
+    match endpoint {
+        Some(e) => write!(f, "?endpoint={e}"),
+        None => Ok(()),
     }
 }
 

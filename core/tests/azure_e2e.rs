@@ -21,8 +21,8 @@ use common::s3::{
 };
 use common::{
     Remote, Workspace, assert_integrity_ok, assert_litestream_restores, assert_refused,
-    assert_same_file, assert_timestamps_match_headers, checkpoint_truncate, first_upload,
-    litestream_command, litestream_or_skip,
+    assert_same_file, assert_timestamps_match_headers, checkpoint_truncate, litestream_command,
+    litestream_or_skip, replicate_through,
 };
 
 #[test]
@@ -120,14 +120,8 @@ fn litestream_and_sluice_restore_each_others_azure_replicas() {
     let mut cmd = litestream_command(&ls);
     litestream(&mut cmd);
     cmd.args(["replicate", "-config"]).arg(&cfg);
-    let mut proc = Running::start(cmd, &ws.path("litestream.log"));
-    let first = first_upload(server, &path, || proc.assert_running());
-    write(&conn, 40, 6);
-    wait_settled(server, &path, first);
-    proc.stop();
-    checkpoint_truncate(&conn);
-    let page = page_size(&conn);
-    drop(conn);
+    let proc = Running::start(cmd, &ws.path("litestream.log"));
+    let page = replicate_through(server, &path, conn, 6, proc);
     let out = ws.path("ls-restored.db");
     let (code, stdout, err) = output(
         sluice(server, ws.root())
@@ -160,13 +154,8 @@ fn litestream_and_sluice_restore_each_others_azure_replicas() {
     cmd.env_remove("LITESTREAM_AZURE_ACCOUNT_KEY")
         .args(["replicate", "-config"])
         .arg(&cfg);
-    let mut proc = Running::start(cmd, &ws.path("sluice.log"));
-    let first = first_upload(server, &path, || proc.assert_running());
-    write(&conn, 40, 8);
-    wait_settled(server, &path, first);
-    proc.stop();
-    checkpoint_truncate(&conn);
-    drop(conn);
+    let proc = Running::start(cmd, &ws.path("sluice.log"));
+    let page = replicate_through(server, &path, conn, 8, proc);
     let mut cmd = litestream_command(&ls);
     litestream(&mut cmd);
     assert_litestream_restores(

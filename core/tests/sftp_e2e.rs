@@ -19,7 +19,8 @@ use common::s3::{
 use common::sftp::{Sshd, sshd_or_skip};
 use common::{
     Remote, Workspace, assert_integrity_ok, assert_litestream_restores, assert_refused,
-    assert_same_file, checkpoint_truncate, first_upload, litestream_command, litestream_or_skip,
+    assert_same_file, checkpoint_truncate, litestream_command, litestream_or_skip,
+    replicate_through,
 };
 
 /// A configuration replicating `db` to `path` on `server` in Litestream's keys (SFTP's key
@@ -124,14 +125,8 @@ fn litestream_and_sluice_restore_each_others_sftp_replicas() {
     std::fs::write(&cfg, config(server, &db, &path)).expect("write the config");
     let mut cmd = litestream_command(&ls);
     cmd.args(["replicate", "-config"]).arg(&cfg);
-    let mut proc = Running::start(cmd, &ws.path("litestream.log"));
-    let first = first_upload(server, &path, || proc.assert_running());
-    write(&conn, 40, 6);
-    wait_settled(server, &path, first);
-    proc.stop();
-    checkpoint_truncate(&conn);
-    let page = page_size(&conn);
-    drop(conn);
+    let proc = Running::start(cmd, &ws.path("litestream.log"));
+    let page = replicate_through(server, &path, conn, 6, proc);
     let out = ws.path("ls-restored.db");
     let (code, stdout, err) = output(
         sluice(server, ws.root())
@@ -161,13 +156,8 @@ fn litestream_and_sluice_restore_each_others_sftp_replicas() {
     write(&conn, 10, 7);
     let cfg = ws.path("sl.yml");
     std::fs::write(&cfg, config(server, &db, &path)).expect("write the config");
-    let mut proc = start_replicate_config(server, ws.root(), &cfg, &ws.path("sluice.log"));
-    let first = first_upload(server, &path, || proc.assert_running());
-    write(&conn, 40, 8);
-    wait_settled(server, &path, first);
-    proc.stop();
-    checkpoint_truncate(&conn);
-    drop(conn);
+    let proc = start_replicate_config(server, ws.root(), &cfg, &ws.path("sluice.log"));
+    let page = replicate_through(server, &path, conn, 8, proc);
     assert_litestream_restores(
         litestream_command(&ls),
         &cfg,

@@ -492,3 +492,21 @@ pub fn assert_litestream_restores(
     assert_same_file(db, out, page_size, what);
     assert_integrity_ok(out);
 }
+
+/// With `proc` replicating the database of `conn` to `path` on `server`: waits for its first
+/// upload, makes 40 more commits (`salt` varies their bytes), waits for the replica to settle,
+/// stops the process and checkpoints the database (TRUNCATE). Returns its page size.
+pub fn replicate_through(
+    server: &impl Remote,
+    path: &str,
+    conn: rusqlite::Connection,
+    salt: u32,
+    mut proc: s3::Running,
+) -> u32 {
+    let first = first_upload(server, path, || proc.assert_running());
+    s3::write(&conn, 40, salt);
+    s3::wait_settled(server, path, first);
+    proc.stop();
+    checkpoint_truncate(&conn);
+    s3::page_size(&conn)
+}

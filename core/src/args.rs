@@ -134,6 +134,10 @@ pub struct RestoreArgs {
     /// How often follow mode looks for new files (1s, 500ms, ...).
     #[arg(long = "follow-interval", value_name = "DURATION")]
     pub follow_interval: Option<String>,
+    /// With -f: serve the follower's Prometheus metrics on ADDR (`host:port`, or `:port` for
+    /// loopback), at /metrics.
+    #[arg(long = "addr", value_name = "ADDR")]
+    pub addr: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

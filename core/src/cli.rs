@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -108,6 +109,11 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
         bail!("-parallelism must be at least 1");
     }
     let follow_interval = follow_interval(&args)?;
+    // Bound before anything is restored, so a taken port fails at once.
+    let metrics = match &args.addr {
+        Some(addr) => Some(crate::metrics::listen(addr).await?),
+        None => None,
+    };
     let (replica, db_path) =
         resolve_source(&args.source, args.config.as_deref(), args.no_expand_env)?;
     let output = match (&args.output, db_path) {
@@ -124,7 +130,7 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
         && !args.force
     {
         let follower = crate::follow::Follower::open(&output, None)?;
-        follow(&replica, follower, interval).await?;
+        follow(&replica, follower, interval, metrics).await?;
         return Ok(0);
     }
     if output.exists() {
@@ -212,7 +218,7 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
     }
     if let Some(interval) = follow_interval {
         let follower = crate::follow::Follower::open(&output, Some(report.txid))?;
-        follow(&replica, follower, interval).await?;
+        follow(&replica, follower, interval, metrics).await?;
     }
     Ok(0)
 }
@@ -221,8 +227,13 @@ async fn cmd_restore(args: RestoreArgs) -> Result<i32> {
 /// combined with.
 fn follow_interval(args: &RestoreArgs) -> Result<Option<std::time::Duration>> {
     if !args.follow {
-        if args.follow_interval.is_some() {
-            bail!("-follow-interval needs -f");
+        for (set, flag) in [
+            (args.follow_interval.is_some(), "-follow-interval"),
+            (args.addr.is_some(), "-addr"),
+        ] {
+            if set {
+                bail!("{flag} needs -f");
+            }
         }
         return Ok(None);
     }
@@ -253,6 +264,7 @@ async fn follow(
     replica: &Replica,
     follower: crate::follow::Follower,
     interval: std::time::Duration,
+    metrics: Option<tokio::net::TcpListener>,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -268,7 +280,28 @@ async fn follow(
         .tempdir()
         .context("cannot create a scratch directory")?;
     let scratch = crate::scratch::OsScratch::new(tmp.path());
-    crate::follow::run(replica, follower, interval, &scratch, stop).await?;
+    let requests = Arc::new(crate::counting::RequestCounts::default());
+    let counted = Replica::new(
+        Arc::new(crate::counting::CountingStore::new(
+            replica.store.clone(),
+            requests.clone(),
+        )),
+        replica.layout,
+    );
+    let status = Arc::new(std::sync::Mutex::new(crate::follow::FollowStatus {
+        output: follower.output().to_path_buf(),
+        replica: replica.describe(),
+        txid: follower.txid(),
+        requests,
+        ..Default::default()
+    }));
+    if let Some(listener) = metrics {
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            crate::metrics::follower(status.clone()),
+        ));
+    }
+    crate::follow::run(&counted, follower, interval, &scratch, &status, stop).await?;
     Ok(())
 }
 

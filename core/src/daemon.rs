@@ -107,11 +107,7 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
 
     // Bound before any lease is taken: a wrong address fails the start with nothing to undo.
     let listener = match &config.addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(normalize_addr(addr))
-                .await
-                .with_context(|| format!("cannot listen on addr {addr}"))?,
-        ),
+        Some(addr) => Some(crate::metrics::listen(addr).await?),
         None => None,
     };
     let clock = Arc::new(SystemClock);
@@ -127,7 +123,10 @@ pub async fn cmd_replicate(args: ReplicateArgs) -> Result<i32> {
         running.start(job, once, clock.clone(), &statuses);
     }
     if let Some(listener) = listener {
-        tokio::spawn(crate::metrics::serve(listener, statuses.clone()));
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            crate::metrics::jobs(statuses.clone()),
+        ));
     }
     let mut rescan = tokio::time::interval(std::time::Duration::from_millis(WATCH_RESCAN_MS));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -483,14 +482,6 @@ where
 }
 
 /// Litestream accepts `:9090`; so do we.
-fn normalize_addr(addr: &str) -> String {
-    if addr.starts_with(':') {
-        format!("127.0.0.1{addr}")
-    } else {
-        addr.to_string()
-    }
-}
-
 fn spawn_exec(cmd: &str) -> Result<tokio::process::Child> {
     let words = shell_words::split(cmd).with_context(|| format!("-exec {cmd:?}: cannot parse"))?;
     let (prog, rest) = words

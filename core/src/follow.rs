@@ -12,7 +12,7 @@
 //!
 //! Where the replica cannot be continued (retention removed files the follower still needed, a
 //! new lineage whose TXIDs are behind ours, a file that does not match the database we have),
-//! the follower says so in the log and re-seeds from the replica's newest snapshot through the
+//! the follower says so in the log and its metrics (`restore -f -addr`) and re-seeds from the replica's newest snapshot through the
 //! same transactions, so a reader still sees only whole states.
 //!
 //! One part of page 1 is SQLite's own: a writer stamps its change counter and version numbers
@@ -235,7 +235,13 @@ impl Follower {
             }
         }
         let txid = match txid {
-            Some(t) => t,
+            Some(t) => {
+                // Recorded at once, so a follower stopped before its first file continues too.
+                if let Err(e) = write_state(out, t, sums.total(), &stamp) {
+                    tracing::warn!(error = %e, "cannot record the follower's TXID");
+                }
+                t
+            }
             None => match recorded {
                 Some((t, sum, s)) if sum == sums.total().raw() => {
                     stamp = s;
@@ -263,6 +269,10 @@ impl Follower {
 
     pub fn txid(&self) -> u64 {
         self.txid
+    }
+
+    pub fn output(&self) -> &Path {
+        &self.out
     }
 
     /// Applies one fetched file in one transaction, after checking it continues the output;
@@ -335,33 +345,103 @@ impl Follower {
     }
 }
 
+/// Why the follower seeds its output again from the newest snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reseed {
+    /// The replica has newer TXIDs but no file continues the output's: retention removed what
+    /// the follower still needed.
+    Gap { txid: u64 },
+    /// The replica's newest TXID is behind the output's: a new lineage.
+    Lineage { txid: u64, newest: u64 },
+    /// A file failed its checks against the output (see the log's error).
+    Checks,
+}
+
+impl Reseed {
+    /// Every reason's metric label, in [`Reseed::index`] order.
+    pub const LABELS: [&'static str; 3] = ["gap", "lineage", "checks"];
+
+    pub fn index(self) -> usize {
+        match self {
+            Reseed::Gap { .. } => 0,
+            Reseed::Lineage { .. } => 1,
+            Reseed::Checks => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Reseed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reseed::Gap { txid } => write!(
+                f,
+                "no file continues TXID {txid:016x} (retention removed what the follower still needed)"
+            ),
+            Reseed::Lineage { txid, newest } => write!(
+                f,
+                "the replica's newest TXID {newest:016x} is behind the output's {txid:016x} (a new lineage)"
+            ),
+            Reseed::Checks => write!(f, "a file does not continue the output"),
+        }
+    }
+}
+
 /// The files that take the output from `txid` as far as the replica goes: the chain that
 /// continues it, or (when none does, or the replica is behind it) the newest snapshot and its
-/// chain, to seed it again. Empty when there is nothing new.
+/// chain, to seed it again, with the reason. Empty when there is nothing new.
 pub fn next_files(
     replica: &str,
     files: &[FileInfo],
     txid: u64,
-) -> Result<(Vec<FileInfo>, Option<String>), RestoreError> {
+) -> Result<(Vec<FileInfo>, Option<Reseed>), RestoreError> {
     if txid == 0 {
         return Ok((restore::plan(replica, files, Target::Latest)?, None));
     }
     let newest = files.iter().map(|f| f.max_txid).max().unwrap_or(0);
     let chain = restore::extend(files, txid, Target::Latest);
     let why = if newest < txid {
-        format!(
-            "the replica's newest TXID {newest:016x} is behind the output's {txid:016x} (a new lineage)"
-        )
+        Reseed::Lineage { txid, newest }
     } else if chain.is_empty() && newest > txid {
-        format!(
-            "no file continues TXID {txid:016x} (retention removed what the follower still needed)"
-        )
+        Reseed::Gap { txid }
     } else {
         // What continues the output (a gap after it is judged at the next poll), or nothing.
         return Ok((chain, None));
     };
     Ok((restore::plan(replica, files, Target::Latest)?, Some(why)))
 }
+
+/// What a follower has done, for its metrics (`restore -f -addr`).
+#[derive(Debug, Default)]
+pub struct FollowStatus {
+    pub output: PathBuf,
+    pub replica: String,
+    /// The TXID the output is at.
+    pub txid: u64,
+    pub files_applied: u64,
+    /// Re-seeds by reason ([`Reseed::LABELS`]).
+    pub reseeds: [u64; 3],
+    /// Polls that failed (the replica did not answer, or a file could not be applied).
+    pub poll_errors: u64,
+    /// When a poll last ended with the output as current as the replica (wall-clock ms).
+    pub current_at_ms: Option<i64>,
+    pub requests: std::sync::Arc<crate::counting::RequestCounts>,
+}
+
+/// A follower's status, shared with the metrics endpoint.
+pub type SharedFollowStatus = std::sync::Arc<std::sync::Mutex<FollowStatus>>;
+
+fn update(status: &SharedFollowStatus, f: impl FnOnce(&mut FollowStatus)) {
+    f(&mut status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner));
+}
+
+/// A poll lists level 0 only, where every new file first lands (one LIST on S3 instead of one per
+/// level), unless level 0 is empty or shows a gap after the output ([`listing`]); every this many
+/// polls it lists every level, which is how a follower notices what level 0 cannot show: a new lineage whose files
+/// are all behind the output, or newer files that were compacted out of level 0 while it was
+/// away (then it catches up within this many polls).
+pub const FULL_LISTING_EVERY: u32 = 60;
 
 /// Follows `replica` into `out` until `stop` resolves: polls every `interval`, applies what
 /// continues the output, re-seeds where it cannot. A poll that fails (the store unreachable) is
@@ -371,6 +451,7 @@ pub async fn run(
     mut follower: Follower,
     interval: Duration,
     scratch: &dyn Scratch,
+    status: &SharedFollowStatus,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), FollowError> {
     let mut stop = std::pin::pin!(stop);
@@ -381,8 +462,21 @@ pub async fn run(
         "following the replica"
     );
     let in_memory_max = scratch.in_memory_bytes_max();
-    loop {
-        if let Err(e) = poll_once(replica, &mut follower, scratch, in_memory_max).await {
+    for poll in 0u32.. {
+        let full = poll % FULL_LISTING_EVERY == 0;
+        let polled = poll_once(replica, &mut follower, scratch, in_memory_max, full, status).await;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        update(status, |s| {
+            s.txid = follower.txid;
+            match &polled {
+                Ok(()) => s.current_at_ms = Some(now_ms),
+                Err(_) => s.poll_errors += 1,
+            }
+            if matches!(polled, Err(FollowError::Restore(RestoreError::Ltx { .. }))) {
+                s.reseeds[Reseed::Checks.index()] += 1;
+            }
+        });
+        if let Err(e) = polled {
             match e {
                 FollowError::Restore(RestoreError::Store(ref s))
                     if s.kind == crate::store::StoreErrorKind::Transient =>
@@ -404,6 +498,29 @@ pub async fn run(
             () = tokio::time::sleep(interval) => {}
         }
     }
+    Ok(())
+}
+
+/// What one poll lists for an output at `txid`: level 0 alone when it continues the output
+/// (`None` when it shows nothing newer), or every level when `full`, when the output is empty,
+/// or when level 0 is empty or shows a gap after the output.
+pub async fn listing(
+    replica: &Replica,
+    txid: u64,
+    full: bool,
+) -> Result<Option<Vec<FileInfo>>, crate::store::StoreError> {
+    if !full && txid > 0 {
+        let level0 = replica.list_level_untimed(0).await?;
+        let newest = level0.iter().map(|f| f.max_txid).max();
+        match newest {
+            Some(n) if n <= txid => return Ok(None),
+            Some(_) if !restore::extend(&level0, txid, Target::Latest).is_empty() => {
+                return Ok(Some(level0));
+            }
+            _ => {}
+        }
+    }
+    replica.list_all_untimed().await.map(Some)
 }
 
 async fn poll_once(
@@ -411,21 +528,31 @@ async fn poll_once(
     follower: &mut Follower,
     scratch: &dyn Scratch,
     in_memory_max: u64,
+    full: bool,
+    status: &SharedFollowStatus,
 ) -> Result<(), FollowError> {
-    let files = replica
-        .list_all_untimed()
+    let Some(files) = listing(replica, follower.txid, full)
         .await
-        .map_err(RestoreError::from)?;
+        .map_err(RestoreError::from)?
+    else {
+        return Ok(());
+    };
     let (todo, reseed) = next_files(&replica.describe(), &files, follower.txid)?;
     if let Some(why) = reseed {
         tracing::warn!(
             output = %follower.out.display(),
+            reason = Reseed::LABELS[why.index()],
             "follow: {why}; seeding the output again from the newest snapshot"
         );
+        update(status, |s| s.reseeds[why.index()] += 1);
     }
     for info in todo {
         let fetched = restore::fetch(replica, info, scratch, in_memory_max).await?;
         let txid = tokio::task::block_in_place(|| follower.apply(&fetched))?;
+        update(status, |s| {
+            s.files_applied += 1;
+            s.txid = txid;
+        });
         tracing::info!(
             file = %fetched.info,
             txid = format!("{txid:016x}"),
@@ -476,15 +603,79 @@ mod tests {
         let gap = [file(9, 1, 30), file(0, 31, 31)];
         let (next, why) = next_files("r", &gap, 14).expect("plan");
         assert_eq!(ranges(&next), vec![(9, 1, 30), (0, 31, 31)]);
-        assert!(why.expect("a reason").contains("no file continues"));
+        assert_eq!(why, Some(Reseed::Gap { txid: 14 }));
         // A new lineage behind the output.
         let (next, why) = next_files("r", &[file(9, 1, 3)], 14).expect("plan");
         assert_eq!(ranges(&next), vec![(9, 1, 3)]);
-        assert!(why.expect("a reason").contains("behind"));
+        assert_eq!(
+            why,
+            Some(Reseed::Lineage {
+                txid: 14,
+                newest: 3
+            })
+        );
         // Seeding from nothing.
         let (next, why) = next_files("r", &replica, 0).expect("plan");
         assert_eq!(ranges(&next)[0], (9, 1, 10));
         assert_eq!(why, None);
+    }
+
+    #[tokio::test]
+    async fn a_poll_lists_level_zero_and_every_level_only_when_it_must() {
+        use std::sync::Arc;
+
+        use crate::counting::{CountingStore, OPS, RequestCounts};
+        use crate::replica::Layout;
+        use crate::store::{MemStore, PutOptions};
+        let counts = Arc::new(RequestCounts::default());
+        let store = Arc::new(CountingStore::new(
+            Arc::new(MemStore::new()),
+            counts.clone(),
+        ));
+        let replica = Replica::new(store, Layout::File);
+        for f in [
+            file(9, 1, 10),
+            file(1, 1, 10),
+            file(0, 11, 11),
+            file(0, 12, 14),
+        ] {
+            replica
+                .store
+                .put(&replica.key(&f), vec![0; 4], PutOptions::default())
+                .await
+                .expect("put");
+        }
+        let list = OPS.iter().position(|&op| op == "list").expect("a list op");
+        let lists = |counts: &RequestCounts| counts.snapshot()[list].0;
+        let mut polls = Vec::new();
+        for (txid, full) in [
+            (11, false),
+            (12, false),
+            (14, false),
+            (20, false),
+            (9, false),
+            (11, true),
+            (0, false),
+        ] {
+            let before = lists(&counts);
+            let files = listing(&replica, txid, full).await.expect("listing");
+            polls.push((lists(&counts) - before, files.map(|f| ranges(&f))));
+        }
+        let all = 1 + crate::replica::LEVEL_MAX as u64;
+        let level0 = vec![(0, 11, 11), (0, 12, 14)];
+        let every = vec![(0, 11, 11), (0, 12, 14), (1, 1, 10), (9, 1, 10)];
+        assert_eq!(
+            polls,
+            vec![
+                (1, Some(level0.clone())),      // level 0 continues 11
+                (1, Some(level0)),              // and 12, from inside a file
+                (1, None),                      // nothing newer than 14
+                (1, None),                      // nor than 20 (a lineage shows at a full listing)
+                (1 + all, Some(every.clone())), // a gap after 9: every level
+                (all, Some(every.clone())),     // the periodic full listing
+                (all, Some(every)),             // an empty output seeds from every level
+            ]
+        );
     }
 
     #[test]

@@ -115,25 +115,120 @@ fn escape_label(v: &str) -> String {
 /// The jobs' statuses, shared with the daemon, which adds jobs as watched directories grow.
 pub type Statuses = std::sync::Arc<std::sync::Mutex<Vec<SharedStatus>>>;
 
-pub async fn serve(listener: tokio::net::TcpListener, statuses: Statuses) {
+/// The replication jobs' metrics, as [`serve`] renders them at each scrape.
+pub fn jobs(statuses: Statuses) -> Render {
+    std::sync::Arc::new(move |now_ms| {
+        let now = statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        render(&now, now_ms)
+    })
+}
+
+/// Renders the metrics text at a scrape, given the wall-clock time in milliseconds.
+pub type Render = std::sync::Arc<dyn Fn(i64) -> String + Send + Sync>;
+
+/// A follower's metrics (`restore -f -addr`).
+pub fn follower(status: crate::follow::SharedFollowStatus) -> Render {
+    std::sync::Arc::new(move |now_ms| {
+        let s = status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        render_follow(&s, now_ms)
+    })
+}
+
+pub fn render_follow(s: &crate::follow::FollowStatus, now_ms: i64) -> String {
+    let labels = format!(
+        "db=\"{}\",replica=\"{}\"",
+        escape_label(&s.output.display().to_string()),
+        escape_label(&s.replica)
+    );
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, values: &[(String, f64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (extra, v) in values {
+            out.push_str(&format!("{name}{{{labels}{extra}}} {v}\n"));
+        }
+    };
+    let one = |v: f64| [(String::new(), v)];
+    metric(
+        "sluice_follow_txid",
+        "gauge",
+        "TXID the follower's output is at.",
+        &one(s.txid as f64),
+    );
+    metric(
+        "sluice_follow_staleness_seconds",
+        "gauge",
+        "Time since a poll last found the output as current as the replica (-1 before the first).",
+        &one(s
+            .current_at_ms
+            .map_or(-1.0, |t| (now_ms - t).max(0) as f64 / 1000.0)),
+    );
+    metric(
+        "sluice_follow_files_applied_total",
+        "counter",
+        "LTX files applied to the output.",
+        &one(s.files_applied as f64),
+    );
+    let reseeds: Vec<(String, f64)> = crate::follow::Reseed::LABELS
+        .iter()
+        .zip(s.reseeds)
+        .map(|(reason, n)| (format!(",reason=\"{reason}\""), n as f64))
+        .collect();
+    metric(
+        "sluice_follow_reseeds_total",
+        "counter",
+        "Times the output was seeded again from the newest snapshot: gap (retention removed files it needed), lineage (the replica is behind it), checks (a file did not match it).",
+        &reseeds,
+    );
+    metric(
+        "sluice_follow_poll_errors_total",
+        "counter",
+        "Polls that failed (see the log).",
+        &one(s.poll_errors as f64),
+    );
+    let requests: Vec<(String, f64)> = crate::counting::OPS
+        .iter()
+        .zip(s.requests.snapshot())
+        .map(|(op, (n, _))| (format!(",op=\"{op}\""), n as f64))
+        .collect();
+    metric(
+        "sluice_store_requests_total",
+        "counter",
+        "Object-store requests by operation.",
+        &requests,
+    );
+    out
+}
+
+/// Listens on `addr` (`host:port`; `:port` is loopback's, as Litestream takes it).
+pub async fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    let full = match addr.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => addr.to_string(),
+    };
+    tokio::net::TcpListener::bind(&full)
+        .await
+        .with_context(|| format!("cannot listen on addr {addr}"))
+}
+
+/// Answers `GET /metrics` on `listener` with `render`'s text, until dropped.
+pub async fn serve(listener: tokio::net::TcpListener, render: Render) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let statuses = statuses.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; REQUEST_BYTES_MAX];
             let n = sock.read(&mut buf).await.unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if req.starts_with("GET /metrics") {
-                let now = statuses
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                (
-                    "200 OK",
-                    render(&now, chrono::Utc::now().timestamp_millis()),
-                )
+                ("200 OK", render(chrono::Utc::now().timestamp_millis()))
             } else {
                 ("404 Not Found", "not found\n".to_string())
             };
@@ -175,6 +270,42 @@ mod tests {
                 "{line:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_followers_metrics_name_each_reseed_reason_and_its_staleness() {
+        let status = crate::follow::FollowStatus {
+            output: "/r/copy\".db".into(),
+            replica: "s3://b/p".into(),
+            txid: 42,
+            files_applied: 7,
+            reseeds: [2, 1, 0],
+            poll_errors: 3,
+            current_at_ms: Some(10_000),
+            ..Default::default()
+        };
+        let text = render_follow(&status, 12_500);
+        let labels = "db=\"/r/copy\\\".db\",replica=\"s3://b/p\"";
+        for sample in [
+            format!("sluice_follow_txid{{{labels}}} 42"),
+            format!("sluice_follow_staleness_seconds{{{labels}}} 2.5"),
+            format!("sluice_follow_files_applied_total{{{labels}}} 7"),
+            format!("sluice_follow_reseeds_total{{{labels},reason=\"gap\"}} 2"),
+            format!("sluice_follow_reseeds_total{{{labels},reason=\"lineage\"}} 1"),
+            format!("sluice_follow_reseeds_total{{{labels},reason=\"checks\"}} 0"),
+            format!("sluice_follow_poll_errors_total{{{labels}}} 3"),
+            format!("sluice_store_requests_total{{{labels},op=\"list\"}} 0"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == sample),
+                "no {sample:?} in\n{text}"
+            );
+        }
+        let before_first = crate::follow::FollowStatus::default();
+        assert!(
+            render_follow(&before_first, 1)
+                .contains("sluice_follow_staleness_seconds{db=\"\",replica=\"\"} -1\n")
+        );
     }
 
     #[tokio::test]

@@ -159,15 +159,19 @@ impl Replica {
     /// level, where [`Replica::list_all`] takes one LIST per level in turn plus a HEAD per file
     /// it did not write itself.
     pub async fn list_all_untimed(&self) -> Result<Vec<FileInfo>, StoreError> {
-        let levels = futures::future::try_join_all((0..=LEVEL_MAX).map(|level| async move {
-            let metas = self
-                .store
-                .list_untimed(&self.layout.level_prefix(level))
+        let levels =
+            futures::future::try_join_all((0..=LEVEL_MAX).map(|l| self.list_level_untimed(l)))
                 .await?;
-            Ok::<_, StoreError>(self.infos(&metas))
-        }))
-        .await?;
         Ok(levels.into_iter().flatten().collect())
+    }
+
+    /// One level's files as [`Replica::list_all_untimed`] lists them: one LIST on S3.
+    pub async fn list_level_untimed(&self, level: u8) -> Result<Vec<FileInfo>, StoreError> {
+        let metas = self
+            .store
+            .list_untimed(&self.layout.level_prefix(level))
+            .await?;
+        Ok(self.infos(&metas))
     }
 
     /// `len` bytes of `info` from `offset` (fewer only at its end), in ranged reads of at most

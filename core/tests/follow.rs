@@ -6,13 +6,20 @@
 //! source byte for byte but for the stamp SQLite writes into page 1 (change counter and version
 //! numbers, bytes 24..28 and 92..100: the follower's own SQLite stamps them when it writes page
 //! 1); a follower restarted on its own output continues from where it was.
+//!
+//! And a follower that cannot continue its output seeds it again from the newest snapshot,
+//! saying why in its log and its metrics (`-addr`): once retention removed files it needed (a
+//! gap), once the replica was replaced by a new lineage behind it.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{Workspace, first_difference, sluice_bin, wait_for, wait_txid_settled};
+use common::{
+    Workspace, file_url, first_difference, replica_max_txid, run_sluice, sluice_bin, wait_for,
+    wait_txid_settled,
+};
 use rusqlite::Connection;
 
 /// The reader: opens the follower's copy again and again, checks it, prints `seen SEQ` for
@@ -47,9 +54,21 @@ print(f"reads={reads} states={len(seen)} busy={busy} violations={violations[:5]}
 "#;
 
 fn start_follower(ws: &Workspace, out: &Path, replica: &Path, log: &str) -> Child {
+    start_follower_with(ws, out, replica, log, &["-follow-interval", "20ms"])
+}
+
+fn start_follower_with(
+    ws: &Workspace,
+    out: &Path,
+    replica: &Path,
+    log: &str,
+    flags: &[&str],
+) -> Child {
     let log = std::fs::File::create(ws.path(log)).expect("create the follower log");
     Command::new(sluice_bin())
-        .args(["restore", "-f", "-follow-interval", "20ms", "-o"])
+        .args(["restore", "-f"])
+        .args(flags)
+        .arg("-o")
         .arg(out)
         .arg(format!("file://{}", replica.display()))
         .env("SLUICE_LOG", "info")
@@ -109,6 +128,52 @@ fn seq(db: &Path) -> i64 {
     read_c(db, "seq")
 }
 
+/// The database file with page 1's stamp (bytes 24..28 and 92..100) zeroed.
+fn unstamped(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("read a database");
+    for range in [24..28, 92..100] {
+        bytes[range].fill(0);
+    }
+    bytes
+}
+
+fn assert_same_but_stamp(src: &Path, copy: &Path, what: &str) {
+    let (a, b) = (unstamped(src), unstamped(copy));
+    assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+    assert_eq!(first_difference(&a, &b), None, "{what}: the copy differs");
+}
+
+/// The source database: the writer's schema, WAL mode.
+fn source(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open the source");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
+         CREATE TABLE c (n INTEGER, seq INTEGER); INSERT INTO c VALUES (0, 0);",
+    )
+    .expect("schema");
+    conn
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`: the value of metric `name` in the sample carrying every
+/// label of `labels`, or `None` while nothing answers or there is no such sample.
+fn metric_with(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    sock.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| {
+        let (sample, value) = line
+            .strip_prefix(name)?
+            .strip_prefix('{')?
+            .rsplit_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| sample.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
 fn read_c(db: &Path, column: &str) -> i64 {
     if !db.exists() {
         return -1;
@@ -124,12 +189,7 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     let src = ws.path("src.db");
     let replica = ws.dir("replica");
     let copy = ws.path("copy.db");
-    let conn = Connection::open(&src).expect("open the source");
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
-         CREATE TABLE c (n INTEGER, seq INTEGER); INSERT INTO c VALUES (0, 0);",
-    )
-    .expect("schema");
+    let conn = source(&src);
     for i in 0..20 {
         commit(&conn, i);
     }
@@ -258,18 +318,123 @@ fn a_follower_stays_current_and_readers_never_see_a_torn_state() {
     stop(replicate, "sluice replicate");
     drop(conn);
     // The follower's last connection checkpointed its WAL into the copy on exit.
-    let unstamped = |path: &Path| {
-        let mut bytes = std::fs::read(path).expect("read a database");
-        for range in [24..28, 92..100] {
-            bytes[range].fill(0);
-        }
-        bytes
+    assert_same_but_stamp(&src, &copy, "the follower's copy");
+}
+
+#[test]
+fn a_follower_that_cannot_continue_seeds_again_and_says_why() {
+    let ws = Workspace::new("follow-reseed");
+    let src = ws.path("src.db");
+    let replica = ws.dir("replica");
+    let copy = ws.path("copy.db");
+    let url = file_url(&replica);
+    let once = |flags: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"replicate", &"-once"];
+        args.extend(flags.iter().map(|f| f as &dyn AsRef<std::ffi::OsStr>));
+        args.extend([&src as &dyn AsRef<std::ffi::OsStr>, &url]);
+        let (code, _, err) = run_sluice(&args);
+        assert_eq!(code, 0, "replicate -once {flags:?}: {err}");
+        replica_max_txid(&replica)
     };
-    let (a, b) = (unstamped(&src), unstamped(&copy));
-    assert_eq!(a.len(), b.len(), "sizes differ");
-    assert_eq!(
-        first_difference(&a, &b),
-        None,
-        "the follower's copy differs from the source"
+    let port = common::s3::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let flags = ["-follow-interval", "50ms", "-addr", addr.as_str()];
+    let txid_is = |want: u64| {
+        move || {
+            metric_with(port, "sluice_follow_txid", &[])
+                .filter(|&t| t as u64 == want)
+                .map(|_| ())
+        }
+    };
+    let reseeds = |reason: &str| {
+        metric_with(port, "sluice_follow_reseeds_total", &[("reason", reason)]).unwrap_or(-1.0)
+    };
+
+    let conn = source(&src);
+    for i in 0..10 {
+        commit(&conn, i);
+    }
+    let first = once(&[]);
+    let follower = start_follower_with(&ws, &copy, &replica, "follow.log", &flags);
+    wait_for("the follower to reach the replica", txid_is(first));
+    stop(follower, "the follower");
+
+    // A gap: the files after the follower's TXID are gone, a newer snapshot is there.
+    for i in 10..20 {
+        commit(&conn, i);
+    }
+    once(&[]);
+    for i in 20..25 {
+        commit(&conn, i);
+    }
+    let newest = once(&["-force-snapshot"]);
+    let mut removed = 0;
+    for level in 0..9 {
+        let dir = replica.join("ltx").join(level.to_string());
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let range = name.strip_suffix(".ltx").and_then(|r| r.split_once('-'));
+            let Some((min, max)) = range else { continue };
+            let (min, max) = (
+                u64::from_str_radix(min, 16).expect("min TXID"),
+                u64::from_str_radix(max, 16).expect("max TXID"),
+            );
+            if min <= first + 1 && first < max {
+                std::fs::remove_file(entry.path()).expect("remove a file");
+                removed += 1;
+            }
+        }
+    }
+    assert!(removed > 0, "no file continued TXID {first:016x}");
+    let follower = start_follower_with(&ws, &copy, &replica, "follow-gap.log", &flags);
+    wait_for("the follower to seed again across the gap", txid_is(newest));
+    assert_eq!(reseeds("gap"), 1.0, "the gap re-seed in the metrics");
+    common::checkpoint_truncate(&conn);
+    drop(conn);
+    wait_for("the follower's copy to match", || {
+        (seq(&copy) == seq(&src)).then_some(())
+    });
+    let log = std::fs::read_to_string(ws.path("follow-gap.log")).expect("log");
+    assert!(
+        log.contains("no file continues") && log.contains("seeding the output again"),
+        "the gap is not in the log:\n{log}"
     );
+
+    // A new lineage behind the follower: the replica and the database replaced by a smaller one.
+    std::fs::remove_dir_all(&replica).expect("remove the replica");
+    for p in [src.clone(), ws.path("src.db-wal"), ws.path("src.db-shm")] {
+        let _ = std::fs::remove_file(p);
+    }
+    let conn = source(&src);
+    for i in 100..103 {
+        commit(&conn, i);
+    }
+    let lineage = once(&[]);
+    assert!(
+        lineage < newest,
+        "the new lineage is not behind the follower"
+    );
+    wait_for("the follower to seed the new lineage", txid_is(lineage));
+    assert_eq!(
+        reseeds("lineage"),
+        1.0,
+        "the lineage re-seed in the metrics"
+    );
+    assert_eq!(reseeds("checks"), 0.0, "no file failed its checks");
+    let applied = metric_with(port, "sluice_follow_files_applied_total", &[]).expect("applied");
+    assert!(
+        applied >= 2.0,
+        "a file for each re-seed; applied: {applied}"
+    );
+    let lists = metric_with(port, "sluice_store_requests_total", &[("op", "list")]).expect("lists");
+    assert!(lists > 0.0, "the follower's LISTs are not counted");
+    common::checkpoint_truncate(&conn);
+    drop(conn);
+    stop(follower, "the follower");
+    let log = std::fs::read_to_string(ws.path("follow-gap.log")).expect("log");
+    assert!(
+        log.contains("a new lineage"),
+        "the lineage is not in the log:\n{log}"
+    );
+    assert_same_but_stamp(&src, &copy, "the follower's copy of the new lineage");
 }

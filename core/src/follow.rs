@@ -12,8 +12,9 @@
 //!
 //! Where the replica cannot be continued (retention removed files the follower still needed, a
 //! new lineage whose TXIDs are behind ours, a file that does not match the database we have),
-//! the follower says so in the log and its metrics (`restore -f -addr`) and re-seeds from the replica's newest snapshot through the
-//! same transactions, so a reader still sees only whole states.
+//! the follower says so in the log and its metrics (`restore -f -addr`) and re-seeds from the
+//! replica's newest snapshot through the same transactions, so a reader still sees only whole
+//! states.
 //!
 //! One part of page 1 is SQLite's own: a writer stamps its change counter and version numbers
 //! (bytes 24..28 and 92..100) into page 1 whenever it writes it, so the follower's copy carries

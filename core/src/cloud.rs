@@ -846,6 +846,29 @@ impl ObjectStore for CloudStore {
         self.finish_put(key, size, opts.timestamp_ms, result)
     }
 
+    /// A server-side copy (S3 CopyObject, Azure Copy Blob, GCS rewrite), which keeps the
+    /// object's metadata and so its timestamp. `Create` is conditional where the service
+    /// offers it (Azure, GCS); S3's copies have no condition (`Unsupported`). S3 copies at most
+    /// 5 GB in one request, and a larger source fails (`Permanent`): callers then write the
+    /// bytes themselves.
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        let src = self.object_path("copy", from)?;
+        let dst = self.object_path("copy", to)?;
+        self.cache_forget(to);
+        let options = object_store::CopyOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::CopyMode::Overwrite,
+                PutMode::Create => object_store::CopyMode::Create,
+            },
+            ..object_store::CopyOptions::default()
+        };
+        self.client("copy", to)
+            .await?
+            .copy_opts(&src, &dst, options)
+            .await
+            .map_err(|e| self.error("copy", to, &e))
+    }
+
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.object_path("get", key)?;
         if len == 0 {

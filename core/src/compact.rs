@@ -18,6 +18,7 @@ use crate::scratch::{Scratch, Spool, SpoolBody};
 use crate::ltx::{Decoder, Encoder, ExtChecksums, HEADER_FLAG_NO_CHECKSUM, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL};
 use crate::restore::{self, Fetched, RestoreError, Target};
+use crate::store::{PutMode, StoreErrorKind};
 
 /// The most input files one compaction merges (the rest wait for the next run).
 pub const COMPACTION_INPUTS_MAX: usize = 1024;
@@ -261,7 +262,7 @@ async fn merge_and_write(
             header.max_txid,
             bytes,
             timestamp_ms,
-            crate::store::PutMode::Overwrite,
+            PutMode::Overwrite,
         )
         .await
         .map_err(|e| CompactError::Restore(e.into()))?;
@@ -361,12 +362,64 @@ pub async fn compact_level(
             level_max_txid: dst_max,
         });
     }
-    let min_txid = run[0].min_txid;
-    let file = merge_and_write(replica, run, level, min_txid, scratch, None).await?;
+    let run_max = run.last().map_or(0, |f| f.max_txid);
+    let copied = copy_first_snapshot(replica, &mut run, level).await?;
+    if crate::planted::active(crate::planted::Bug::CopiedSnapshotEndsTheRun)
+        && let Some(copied) = copied
+    {
+        return Ok(Compacted {
+            file: Some(copied),
+            level_max_txid: run_max.max(dst_max),
+        });
+    }
+    let file = match (run.first(), copied) {
+        (Some(first), _) => {
+            let min_txid = first.min_txid;
+            merge_and_write(replica, run, level, min_txid, scratch, None).await?
+        }
+        (None, Some(copied)) => copied,
+        (None, None) => unreachable!("the run was not empty"),
+    };
     Ok(Compacted {
         level_max_txid: file.max_txid.max(dst_max),
         file: Some(file),
     })
+}
+
+/// A run from TXID 1 opens with a file holding the whole database (the first snapshot):
+/// merged alone it would come out as it is, so the store copies it up to `level` under the same
+/// name (a hard link, a server-side copy) and the rest of the run is merged after it. Without
+/// this, the first compaction of each level read and wrote the whole database again (level 1
+/// 30 s after the first snapshot, then level 2 and level 3). Where the store cannot copy
+/// (SFTP, an S3 object over 5 GB) the file stays in the run and is merged as before. Returns
+/// the copy, taken off the front of `run`.
+async fn copy_first_snapshot(
+    replica: &Replica,
+    run: &mut Vec<FileInfo>,
+    level: u8,
+) -> Result<Option<FileInfo>, CompactError> {
+    let Some(first) = run.first().filter(|f| f.min_txid == 1) else {
+        return Ok(None);
+    };
+    match replica
+        .copy_to_level(first, level, PutMode::Overwrite)
+        .await
+    {
+        Ok(copied) => {
+            run.remove(0);
+            Ok(Some(copied))
+        }
+        Err(e)
+            if matches!(
+                e.kind,
+                StoreErrorKind::Unsupported | StoreErrorKind::Permanent
+            ) =>
+        {
+            tracing::debug!(%e, "the store cannot copy the snapshot up a level: merging it");
+            Ok(None)
+        }
+        Err(e) => Err(CompactError::Restore(e.into())),
+    }
 }
 
 /// Writes a level-9 snapshot covering `1..=up_to_txid` by merging the restore plan, planned

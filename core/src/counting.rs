@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::store::{ObjectMeta, ObjectStore, PutOptions, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError};
 
 /// Operations counted, in metric label order.
 pub const OPS: [&str; 5] = ["put", "get", "head", "list", "delete"];
@@ -68,6 +68,10 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         self.count(1, self.inner.get_range(key, offset, len).await)
+    }
+    /// Counted as a put: on S3 a copy is a PUT.
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        self.count(0, self.inner.copy(from, to, mode).await)
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         self.count(2, self.inner.head(key).await)

@@ -500,6 +500,12 @@ impl ObjectStore for FencedStore {
         self.inner.get_range(key, offset, len).await
     }
 
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        self.check("copy", to)?;
+        self.inner.copy(from, to, mode).await?;
+        self.answered("copy", to)
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         self.inner.head(key).await
     }

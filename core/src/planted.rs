@@ -57,10 +57,13 @@ pub enum Bug {
     /// generation: once the file reached the threshold, every sync checkpoints, and the next
     /// write restarts the WAL over frames not read yet (a full compare every few seconds).
     PassiveByFileLength,
+    /// A compaction that copies the first snapshot up a level reports its whole run done and
+    /// merges nothing after the copy: the level skips the TXIDs that followed the snapshot.
+    CopiedSnapshotEndsTheRun,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -82,6 +85,7 @@ impl Bug {
         Bug::FenceCheckedBeforeOnly,
         Bug::BackfillUnchecked,
         Bug::PassiveByFileLength,
+        Bug::CopiedSnapshotEndsTheRun,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +111,7 @@ impl Bug {
             Bug::FenceCheckedBeforeOnly => "fence-checked-before-only",
             Bug::BackfillUnchecked => "backfill-unchecked",
             Bug::PassiveByFileLength => "passive-by-file-length",
+            Bug::CopiedSnapshotEndsTheRun => "copied-snapshot-ends-the-run",
         }
     }
 

@@ -199,6 +199,22 @@ impl Replica {
         Ok(bytes)
     }
 
+    /// `info` copied to `level` under the same name, by the store itself (see
+    /// [`crate::store::ObjectStore::copy`]): `StoreErrorKind::Unsupported` where it cannot.
+    pub async fn copy_to_level(
+        &self,
+        info: &FileInfo,
+        level: u8,
+        mode: PutMode,
+    ) -> Result<FileInfo, StoreError> {
+        let to = self.layout.key(level, info.min_txid, info.max_txid);
+        self.store.copy(&self.key(info), &to, mode).await?;
+        Ok(FileInfo {
+            level,
+            ..info.clone()
+        })
+    }
+
     /// Uploads one LTX file. `PutMode::Create` fails with `StoreErrorKind::AlreadyExists`
     /// instead of replacing a file of the same name.
     pub async fn write(

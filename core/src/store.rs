@@ -142,6 +142,21 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Reads `len` bytes from `offset` (fewer at the end of the object).
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
 
+    /// Copies the object at `from` to `to`, its bytes and its timestamp, with `put`'s contract
+    /// for `to` (atomic and durable; `Create` refuses an existing key), without the bytes
+    /// passing through this process: a hard link in a directory, a server-side copy on S3,
+    /// Azure and GCS. A missing `from` is [`StoreErrorKind::NotFound`]. Where the store cannot
+    /// copy by itself (the default, SFTP) it fails with [`StoreErrorKind::Unsupported`], and
+    /// the caller moves the bytes itself.
+    async fn copy(&self, _from: &str, to: &str, _mode: PutMode) -> Result<(), StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Unsupported,
+            "copy",
+            format!("{}/{to}", self.describe()),
+            "this store has no server-side copy",
+        ))
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
@@ -346,6 +361,41 @@ fn put_file_with(
     fsync_dir(dir)
 }
 
+/// `src` given a second name, `dst` (objects are never written in place, so a hard link is a
+/// copy that moves no bytes), then the directory fsynced: through a temporary like every put,
+/// renamed over `dst` for `Overwrite` or refusing an existing `dst` for `Create`. Where the
+/// filesystem has no hard links the bytes are copied instead, with the source's mtime.
+fn link_file(src: &Path, dst: &Path, mode: PutMode) -> std::io::Result<()> {
+    let dir = dst
+        .parent()
+        .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
+    let source = std::fs::metadata(src)?;
+    std::fs::create_dir_all(dir)?;
+    let mut prefix = dst.file_name().unwrap_or_default().to_os_string();
+    prefix.push(".");
+    let linked = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(TMP_SUFFIX)
+        .make_in(dir, |tmp| std::fs::hard_link(src, tmp));
+    let tmp = match linked {
+        Ok(tmp) => tmp,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {
+            let mut from = std::fs::File::open(src)?;
+            let opts = PutOptions {
+                mode,
+                timestamp_ms: mtime_ms(&source),
+            };
+            return put_file_with(dst, opts, |f| std::io::copy(&mut from, f).map(drop));
+        }
+    };
+    match mode {
+        PutMode::Overwrite => tmp.persist(dst).map_err(|e| e.error)?,
+        PutMode::Create => tmp.persist_noclobber(dst).map_err(|e| e.error)?,
+    };
+    fsync_dir(dir)
+}
+
 fn list_dir(
     root: &Path,
     dir: &Path,
@@ -509,6 +559,16 @@ impl ObjectStore for DirStore {
         .await
     }
 
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        check_key("copy", &self.describe(), from)?;
+        check_key("copy", &self.describe(), to)?;
+        let (src, dst, loc) = (self.path(from), self.path(to), self.location(to));
+        blocking(move || {
+            link_file(&src, &dst, mode).map_err(|e| StoreError::from_io("copy", loc, &e))
+        })
+        .await
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         check_key("head", &self.describe(), key)?;
         let (path, loc, key) = (self.path(key), self.location(key), key.to_string());
@@ -660,6 +720,25 @@ impl ObjectStore for MemStore {
             .unwrap_or(usize::MAX)
             .min(data.len());
         Ok(data.get(start..end).unwrap_or_default().to_vec())
+    }
+
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        check_key("copy", "mem:/", to)?;
+        let mut objects = self.lock();
+        let (data, ts, _) = objects
+            .get(from)
+            .cloned()
+            .ok_or_else(|| mem_not_found("copy", from))?;
+        if mode == PutMode::Create && objects.contains_key(to) {
+            return Err(StoreError::new(
+                StoreErrorKind::AlreadyExists,
+                "copy",
+                format!("mem://{to}"),
+                "object exists",
+            ));
+        }
+        objects.insert(to.to_string(), (data, ts, next_mem_version()));
+        Ok(())
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -1052,3 +1052,91 @@ fn watched_directories_pick_up_new_databases_and_let_go_of_removed_ones() {
     let log = sluice.stop();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// Issue 10: the first compaction of each level read and wrote the whole database again (the
+/// first snapshot is level-0 file 1, and the level-1 file over it held every page). Now the
+/// store copies that file up: on a directory replica a hard link (the same inode at levels 0,
+/// 1 and 2: no byte moved), and the TXIDs after it are merged as before. With level 0 pruned
+/// down to what the levels above do not hold, both tools restore the levels' chains, and
+/// `-txid 1` still gives the first snapshot's state.
+#[test]
+fn each_level_copies_the_first_snapshot_up_and_both_tools_restore_the_levels() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new("copy-up");
+    let db = ws.path("app.db");
+    let replica = ws.dir("replica");
+    create_db(&db, "wal", 200);
+    let first_state = ws.path("first.db");
+    std::fs::copy(&db, &first_state).expect("copy the first state");
+    let cfg = ws.path("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: 1s\n  - interval: 2s\nl0-retention: 1ms\ndbs:\n  - path: \"{}\"\n    monitor-interval: 5ms\n    replica:\n      url: \"{}\"\n      sync-interval: 20ms\n",
+            db.display(),
+            file_url(&replica)
+        ),
+    )
+    .expect("write the config");
+    let mut sluice = Replicate::start(&[&"-config", &cfg], ws.path("sluice.log"));
+    let snapshot = "0000000000000001-0000000000000001.ltx";
+    wait_for("the first snapshot", || {
+        level_files(&replica, 0).contains(snapshot).then_some(())
+    });
+    let conn = open_db(&db);
+    let mut txid = replica_max_txid(&replica);
+    // Commits until level 2 holds the copy and a merged file after it, and level 0 has been
+    // pruned below level 1's newest file.
+    let mut commits = 0;
+    wait_for("level 2 past the first snapshot, level 0 pruned", || {
+        if let Ok(Some(status)) = sluice.child.try_wait() {
+            panic!("sluice exited ({status}); log:\n{}", sluice.log());
+        }
+        insert(&conn, 3);
+        commits += 1;
+        txid = wait_txid_settled(&replica, txid);
+        let (l0, l2) = (level_files(&replica, 0), level_files(&replica, 2));
+        (l2.len() >= 2 && !l0.contains(snapshot)).then_some(())
+    });
+    sluice.stop();
+    drop(conn);
+    for level in [1, 2] {
+        assert!(
+            level_files(&replica, level).contains(snapshot),
+            "level {level} has no copy of the first snapshot: {:?}",
+            level_files(&replica, level)
+        );
+    }
+    // Level 0's snapshot was pruned, but levels 1 and 2 still name its inode.
+    let inode = |level: u8| {
+        std::fs::metadata(replica.join(format!("ltx/{level}/{snapshot}")))
+            .expect("stat the copy")
+            .ino()
+    };
+    assert_eq!(inode(1), inode(2), "level 2's copy is not a hard link");
+    assert!(commits >= 2, "too few commits to merge after the copy");
+    assert_replica_matches(&db, &replica, &ws.path("restored.db"));
+    let at_one = ws.path("at-1.db");
+    let (code, _, err) = run_sluice(&[
+        &"restore",
+        &"-txid",
+        &"1",
+        &"-o",
+        &at_one,
+        &file_url(&replica),
+    ]);
+    assert_eq!(code, 0, "restore -txid 1: {err}");
+    assert_same_file(
+        &first_state,
+        &at_one,
+        PAGE_SIZE,
+        "restore -txid 1 vs the first state",
+    );
+    if let Some(ls) = common::litestream_or_skip() {
+        let out = ws.path("litestream.db");
+        let (code, _, err) =
+            common::run_litestream(&ls, &[&"restore", &"-o", &out, &file_url(&replica)]);
+        assert_eq!(code, 0, "litestream restore of the copied levels: {err}");
+        assert_same_file(&db, &out, PAGE_SIZE, "litestream restore vs source");
+    }
+}

@@ -5,8 +5,8 @@
 //!
 //! Each test writes a database of incompressible pages several times larger than the memory
 //! cap, starts the real `sluice replicate` on it, and samples the process's peak resident set
-//! (`VmHWM` in /proc) through the first snapshot, then a scheduled snapshot and a compaction
-//! of it (merges of the full file), then checks the peak against [`cap_bytes`] and restores
+//! (`VmHWM` in /proc) through the first snapshot, then a scheduled snapshot (a merge of the
+//! full file) and a level-1 compaction (which copies the full file up), then checks the peak against [`cap_bytes`] and restores
 //! the replica byte for byte. To a directory and to S3 (s3s-fs).
 //!
 //! The S3 test also samples the restore's peak resident set (64 MiB at most: it streams the
@@ -90,8 +90,8 @@ fn peak_through_snapshots(
         "after the first snapshot: peak RSS {:.1} MiB",
         first as f64 / f64::from(1 << 20)
     );
-    // One more commit: a scheduled snapshot (level 9) and a level-1 compaction each merge
-    // the every-page file with it.
+    // One more commit: a scheduled snapshot (level 9) merges the every-page file with it; a
+    // level-1 compaction copies that file up and merges the commit after it.
     let conn = Connection::open(db).expect("open");
     conn.execute("INSERT INTO t (v) VALUES (x'00')", [])
         .expect("insert");

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::scratch::ScratchFile;
-use sluice_core::store::{ObjectMeta, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+use sluice_core::store::{
+    ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError, StoreErrorKind,
+};
 
 use crate::vfs;
 
@@ -271,6 +273,11 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
             }
             _ => Err(injected("get", key)),
         }
+    }
+
+    /// The faults of a put: a copy is a write of `to`.
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
+        self.faulted_put(to, self.inner.copy(from, to, mode)).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

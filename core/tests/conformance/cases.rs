@@ -541,6 +541,80 @@ pub async fn racing_replaces_have_exactly_one_winner(b: &Backend) {
     }
 }
 
+pub async fn copies_keep_the_bytes_and_the_timestamp(b: &Backend) {
+    let s = &*b.store;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    s.put("cp/0000/a.ltx", body.clone(), at(1_700_000_000_321))
+        .await
+        .expect("put");
+    match s
+        .copy("cp/0000/a.ltx", "cp/0001/a.ltx", PutMode::Overwrite)
+        .await
+    {
+        Err(e) if e.kind == StoreErrorKind::Unsupported => {
+            println!("skipping: this backend has no server-side copy ({e})");
+            assert!(s.list("cp/0001/").await.expect("list").is_empty());
+            return;
+        }
+        r => r.expect("copy"),
+    }
+    assert!(get_all(s, "cp/0001/a.ltx").await == body, "copy differs");
+    let listed = s.list("cp/0001/").await.expect("list");
+    assert_eq!(
+        (listed.len(), listed[0].size, listed[0].timestamp_ms),
+        (1, body.len() as u64, kept(s, 1_700_000_000_321)),
+        "the copy is listed with the source's size and timestamp"
+    );
+    if let Some(reopen) = &b.reopen {
+        let fresh = reopen();
+        let meta = fresh.head("cp/0001/a.ltx").await.expect("head");
+        assert_eq!(
+            meta.timestamp_ms,
+            kept(s, 1_700_000_000_321),
+            "the timestamp is the object's, not a client's cache"
+        );
+    }
+    // The copy outlives its source, and an Overwrite copy replaces a target whole.
+    s.delete("cp/0000/a.ltx").await.expect("delete the source");
+    assert!(get_all(s, "cp/0001/a.ltx").await == body, "copy lost");
+    s.put("cp/0001/b.ltx", b"old".to_vec(), at(5))
+        .await
+        .expect("put");
+    s.copy("cp/0001/a.ltx", "cp/0001/b.ltx", PutMode::Overwrite)
+        .await
+        .expect("copy over an existing key");
+    assert!(get_all(s, "cp/0001/b.ltx").await == body, "not replaced");
+    // Create refuses an existing key where the store can copy conditionally.
+    s.put("cp/0001/c.ltx", b"kept".to_vec(), at(6))
+        .await
+        .expect("put");
+    match s
+        .copy("cp/0001/a.ltx", "cp/0001/c.ltx", PutMode::Create)
+        .await
+    {
+        Err(e) if e.kind == StoreErrorKind::AlreadyExists => {}
+        Err(e) if e.kind == StoreErrorKind::Unsupported => {
+            println!("no conditional copy here ({e})");
+        }
+        other => panic!("a Create copy over an existing key: {other:?}"),
+    }
+    assert_eq!(get_all(s, "cp/0001/c.ltx").await, b"kept");
+    // A missing source writes nothing.
+    let err = s
+        .copy("cp/0000/never.ltx", "cp/0001/never.ltx", PutMode::Overwrite)
+        .await
+        .expect_err("copy of a missing object");
+    assert_eq!(err.kind, StoreErrorKind::NotFound, "{err}");
+    let keys: Vec<String> = s
+        .list("cp/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["cp/0001/a.ltx", "cp/0001/b.ltx", "cp/0001/c.ltx"]);
+}
+
 pub async fn invalid_keys_are_refused(b: &Backend) {
     let s = &*b.store;
     for key in ["", "/abs", "a//b", "../up", "a/./b", "a/.."] {
@@ -573,6 +647,7 @@ macro_rules! backend_tests {
                 conditional_replace_detects_a_change,
                 racing_replaces_have_exactly_one_winner,
                 invalid_keys_are_refused,
+                copies_keep_the_bytes_and_the_timestamp,
             );
         }
     };

@@ -60,10 +60,14 @@ pub enum Bug {
     /// A compaction that copies the first snapshot up a level reports its whole run done and
     /// merges nothing after the copy: the level skips the TXIDs that followed the snapshot.
     CopiedSnapshotEndsTheRun,
+    /// A recovery lets its read go before the upload it prepared (the old rule): a busy
+    /// application's checkpoints restart the WAL under the first snapshot's upload, and the
+    /// next sync compares the whole database.
+    SnapshotReadReleased,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -86,6 +90,7 @@ impl Bug {
         Bug::BackfillUnchecked,
         Bug::PassiveByFileLength,
         Bug::CopiedSnapshotEndsTheRun,
+        Bug::SnapshotReadReleased,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +117,7 @@ impl Bug {
             Bug::BackfillUnchecked => "backfill-unchecked",
             Bug::PassiveByFileLength => "passive-by-file-length",
             Bug::CopiedSnapshotEndsTheRun => "copied-snapshot-ends-the-run",
+            Bug::SnapshotReadReleased => "snapshot-read-released",
         }
     }
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use common::Workspace;
 use sluice_core::engine::{DbFiles, Engine, EngineConfig, OsFiles, SystemClock};
 use sluice_core::replica::{Layout, Replica};
-use sluice_core::scratch::OsScratch;
-use sluice_core::store::DirStore;
+use sluice_core::scratch::{OsScratch, ScratchFile};
+use sluice_core::store::{DirStore, ObjectMeta, ObjectStore, PutOptions, StoreError};
 
 /// The real files, with `hook` run once, on the first read of the database file at `at`.
 struct FireOnRead {
@@ -53,6 +53,38 @@ impl DbFiles for FireOnRead {
     fn replaced(&self) -> io::Result<bool> {
         self.inner.replaced()
     }
+}
+
+/// A WAL database of 400 rows of 1,000 random bytes, automatic checkpoints off.
+fn wal_db(db: &Path) -> rusqlite::Connection {
+    let app = rusqlite::Connection::open(db).expect("open the database");
+    app.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO t SELECT i, randomblob(1000) FROM n;",
+    )
+    .expect("fill the database");
+    app
+}
+
+/// The engine on `files` of the database, replicating to `replica`, scratch files in `ws`.
+async fn open_engine(
+    cfg: EngineConfig,
+    files: Arc<dyn DbFiles>,
+    replica: Replica,
+    ws: &Workspace,
+) -> Engine {
+    Engine::open(
+        cfg,
+        files,
+        replica,
+        Arc::new(SystemClock),
+        Arc::new(OsScratch::new(ws.root().join("scratch"))),
+    )
+    .await
+    .expect("open the engine")
 }
 
 /// The WAL header's salts: they change when the WAL restarts.
@@ -144,15 +176,7 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
         }))),
     };
     let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
-    let mut engine = Engine::open(
-        EngineConfig::new(&db),
-        Arc::new(files),
-        replica,
-        Arc::new(SystemClock),
-        Arc::new(OsScratch::new(ws.root().join("scratch"))),
-    )
-    .await
-    .expect("open the engine");
+    let mut engine = open_engine(EngineConfig::new(&db), Arc::new(files), replica, &ws).await;
     assert_ne!(
         wal_salts(&db),
         salts_before,
@@ -194,15 +218,7 @@ async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
     let ws = Workspace::new("engine-checkpoint");
     let db = ws.root().join("app.db");
     let replica_dir = ws.root().join("replica");
-    let app = rusqlite::Connection::open(&db).expect("open the database");
-    app.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA wal_autocheckpoint = 0;
-         CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO t SELECT i, randomblob(1000) FROM n;",
-    )
-    .expect("fill the database");
+    let app = wal_db(&db);
     let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
     let mut cfg = EngineConfig::new(&db);
     // A checkpoint after every sync that ships.
@@ -211,15 +227,13 @@ async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
         truncate_pages: 0,
         interval_ms: i64::MAX / 4,
     };
-    let mut engine = Engine::open(
+    let mut engine = open_engine(
         cfg,
         Arc::new(OsFiles::open(&db).expect("open the files")),
         replica,
-        Arc::new(SystemClock),
-        Arc::new(OsScratch::new(ws.root().join("scratch"))),
+        &ws,
     )
-    .await
-    .expect("open the engine");
+    .await;
 
     for round in 0..3 {
         app.execute(
@@ -255,4 +269,127 @@ async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
     }
     engine.close().expect("close the engine");
     assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
+}
+
+/// A directory store that runs `hook` once, when the first put begins: the application acts
+/// while the engine's first snapshot is being uploaded.
+struct FireOnPut {
+    inner: DirStore,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for FireOnPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FireOnPut")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl FireOnPut {
+    fn fire(&self) {
+        let hook = self
+            .hook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FireOnPut {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
+        self.fire();
+        self.inner.put(key, data, opts).await
+    }
+    async fn put_spooled(
+        &self,
+        key: &str,
+        body: &dyn ScratchFile,
+        opts: PutOptions,
+    ) -> Result<(), StoreError> {
+        self.fire();
+        self.inner.put_spooled(key, body, opts).await
+    }
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn supports_conditional_writes(&self) -> bool {
+        self.inner.supports_conditional_writes()
+    }
+}
+
+/// Issue 10: the first snapshot of a busy 1 GiB database was followed by a compare of every
+/// page: while it uploaded (seconds, for a large file) the application's checkpoints backfilled
+/// the WAL and its writes restarted it over the frames the snapshot's position named. The read
+/// the snapshot was taken under is now kept until the store answers. Both ways SQLite may have
+/// given that read: a WAL with frames not yet checkpointed (a read mark past 0: nothing may
+/// restart the WAL while it is held), and a WAL wholly checkpointed (mark 0: one restart may
+/// happen, but no checkpoint may write the database file, so the snapshot is where the new
+/// generation begins). During the upload the application makes a commit larger than the WAL
+/// so far, asks for a TRUNCATE checkpoint (busy while the read is held) and commits again;
+/// the next sync reads those commits from the WAL, not by comparing every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_it() {
+    for wholly_checkpointed in [false, true] {
+        let ws = Workspace::new("engine-upload-read");
+        let db = ws.root().join("app.db");
+        let replica_dir = ws.root().join("replica");
+        let app = wal_db(&db);
+        app.execute("UPDATE t SET v = randomblob(1000) WHERE id = 1", [])
+            .expect("a WAL transaction");
+        if wholly_checkpointed {
+            app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .expect("checkpoint");
+        }
+        let writer = Arc::new(Mutex::new(
+            rusqlite::Connection::open(&db).expect("open a second connection"),
+        ));
+        let w = writer.clone();
+        let store = FireOnPut {
+            inner: DirStore::new(&replica_dir),
+            hook: Mutex::new(Some(Box::new(move || {
+                let w = w.lock().expect("the writer");
+                w.execute("UPDATE t SET v = randomblob(1000)", [])
+                    .expect("a commit larger than the WAL, during the upload");
+                w.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .expect("a TRUNCATE checkpoint during the upload");
+                w.execute("UPDATE t SET v = randomblob(1000)", [])
+                    .expect("another commit during the upload");
+            }))),
+        };
+        let replica = Replica::new(Arc::new(store), Layout::File);
+        let mut engine = open_engine(
+            EngineConfig::new(&db),
+            Arc::new(OsFiles::open(&db).expect("open the files")),
+            replica,
+            &ws,
+        )
+        .await;
+        assert!(engine.opened_with_snapshot());
+        let out = engine.sync().await.expect("sync");
+        assert!(out.shipped.is_some(), "the commits are shipped");
+        assert!(
+            !out.resynced,
+            "wholly checkpointed {wholly_checkpointed}: the commits made during the upload were read from the WAL, not found by comparing every page"
+        );
+        engine.close().expect("close the engine");
+        drop(writer);
+        assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
+    }
 }

@@ -218,6 +218,9 @@ impl<S: ObjectStore> FaultyStore<S> {
         key: &str,
         write: impl std::future::Future<Output = Result<(), StoreError>>,
     ) -> Result<(), StoreError> {
+        if key.ends_with(".ltx") {
+            crate::files::upload_begins();
+        }
         let stall = self.lock().stall.take();
         if let Some(gate) = stall {
             // Opened or dropped, the writer goes on.

@@ -29,6 +29,7 @@ impl SimFiles {
 /// Something to run just before the engine's `at`th read through the file seam: the simulator
 /// uses it to land an application commit in the middle of an engine read.
 struct Interrupt {
+    /// The read it runs before, or 0: when an upload of an LTX file begins instead.
     at: u32,
     reads: u32,
     action: Option<Box<dyn FnOnce()>>,
@@ -49,6 +50,29 @@ pub fn arm_interrupt(at: u32, action: Box<dyn FnOnce()>) {
     });
 }
 
+/// Arms `action` to run when the engine's next upload of an LTX file begins.
+pub fn arm_upload_interrupt(action: Box<dyn FnOnce()>) {
+    INTERRUPT.with(|i| {
+        *i.borrow_mut() = Some(Interrupt {
+            at: 0,
+            reads: 0,
+            action: Some(action),
+        });
+    });
+}
+
+/// An upload of an LTX file begins (the simulated store's put): runs an interrupt armed for it.
+pub fn upload_begins() {
+    let due = INTERRUPT.with(|i| {
+        let mut i = i.borrow_mut();
+        let x = i.as_mut()?;
+        if x.at == 0 { x.action.take() } else { None }
+    });
+    if let Some(action) = due {
+        action();
+    }
+}
+
 /// Disarms the interrupt; whether it ran.
 pub fn disarm_interrupt() -> bool {
     INTERRUPT.with(|i| i.borrow_mut().take().is_some_and(|x| x.action.is_none()))
@@ -60,7 +84,7 @@ fn tick() {
         let mut i = i.borrow_mut();
         let x = i.as_mut()?;
         x.reads += 1;
-        if x.reads == x.at {
+        if x.at > 0 && x.reads == x.at {
             x.action.take()
         } else {
             None

@@ -29,6 +29,10 @@ pub struct Knobs {
     /// first commit after a WAL restart truncates the file to it. Never drawn; scenarios set it.
     #[serde(default = "no_journal_size_limit")]
     pub app_journal_size_limit: i64,
+    /// The first host starts this many ms into the run (0: at once), on a database the
+    /// application has written meanwhile. Never drawn; scenarios set it.
+    #[serde(default)]
+    pub first_start_ms: i64,
     pub engine_crash_rate: f64,
     pub power_loss_rate: f64,
     /// Replacement of the host by a new empty one that restores and carries on.
@@ -118,6 +122,7 @@ impl Knobs {
             two_connections: false,
             app_cache_pages,
             app_journal_size_limit: -1,
+            first_start_ms: 0,
             engine_crash_rate,
             power_loss_rate,
             host_replace_rate,

@@ -69,6 +69,10 @@ pub enum Step {
     /// The engine starts now (if it is down), and just before its `at_read`th read while it
     /// recovers its position the application commits a transaction of `ops` operations.
     TxnDuringStart { ops: u8, at_read: u32 },
+    /// The engine starts now (if it is down), and as the upload its start prepared begins (a
+    /// first snapshot, a heal), a busy application commits `ops` operations, asks for a
+    /// TRUNCATE checkpoint and commits `ops` more.
+    StormDuringStartUpload { ops: u8 },
     /// `DELETE` a third of the rows, then `VACUUM`.
     Vacuum,
     /// The application runs `PRAGMA wal_checkpoint(MODE)`.

@@ -16,6 +16,7 @@
 
 mod encode;
 mod recovery;
+use recovery::HeldRead;
 pub mod source;
 pub mod state;
 mod sync;
@@ -238,6 +239,9 @@ pub struct Engine {
     /// The WAL's committed pages, when the last recovery or resync read the database file
     /// alone because the WAL was wholly checkpointed into it (see `recover_position`).
     read_db_only: Option<StateMap>,
+    /// The read a recovery began, kept through the upload it prepared until the store answers
+    /// ([`Engine::acknowledge`]).
+    held: Option<HeldRead>,
     /// Where files too large for memory are spooled while they are encoded and uploaded.
     scratch: Arc<dyn Scratch>,
 }
@@ -317,13 +321,10 @@ impl Engine {
             damaged: Vec::new(),
             recoveries: 0,
             read_db_only: None,
+            held: None,
             scratch,
         };
-        engine.begin_read()?;
-        let prepared = engine.recover_position().await;
-        let released = engine.end_read();
-        let prepared = prepared?;
-        released?;
+        let prepared = engine.recover_holding().await?;
         // Proven, or shipped on purpose: later recoveries continue this database's lineage.
         engine.cfg.foreign_lineage = None;
         if let Some(p) = prepared {
@@ -438,6 +439,14 @@ impl Engine {
             };
             r.map_err(|e| self.db_err(e))?;
             self.reading = true;
+        }
+        Ok(())
+    }
+
+    /// Ends a read kept for an upload that was never answered (its sync was cancelled).
+    fn release_held(&mut self) -> Result<(), EngineError> {
+        if self.held.take().is_some() {
+            self.end_read()?;
         }
         Ok(())
     }

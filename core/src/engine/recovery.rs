@@ -13,12 +13,34 @@ pub(super) enum DbOnlyRead {
     Torn,
 }
 
+/// A recovery's read kept through the upload it prepared (see [`Engine::recover_holding`]).
+pub(super) struct HeldRead {
+    /// The WAL's header when the read's state was judged.
+    wal: Option<WalHeader>,
+    /// The state read was the database file alone (the WAL wholly checkpointed into it).
+    db_only: bool,
+}
+
 /// The local database as one recovery read it.
 struct LocalRead {
     all: Option<(WalHeader, Committed)>,
     current: StateMap,
     current_sums: PageSums,
     current_wal: Option<WalPos>,
+}
+
+/// A WAL header as far as telling generations apart goes.
+fn whole_header(h: Option<WalHeader>) -> Option<(u32, u32, (u32, u32))> {
+    h.map(|h| (h.salt1, h.salt2, h.checksum))
+}
+
+/// The position at the start of the generation `h` begins, before its first frame.
+fn generation_start(h: WalHeader) -> WalPos {
+    WalPos {
+        header: h,
+        offset: WAL_HEADER_SIZE as u64,
+        checksum: h.checksum,
+    }
 }
 
 impl Engine {
@@ -49,6 +71,52 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// [`Self::recover_position`] under a read transaction. When it prepared an upload (the
+    /// first snapshot, a heal: every page), the read is kept until the store answers
+    /// ([`Self::acknowledge`]): the application's checkpoints cannot backfill past the state
+    /// shipped, nor restart the WAL over frames not read yet, while it uploads, so the next
+    /// sync continues from it instead of comparing the whole database (core/DESIGN.md, "The
+    /// first snapshot of a busy database").
+    pub(super) async fn recover_holding(&mut self) -> Result<Option<Prepared>, EngineError> {
+        self.release_held()?;
+        self.begin_read()?;
+        let prepared = self.recover_position().await;
+        let keep = matches!(prepared, Ok(Some(_))) && !planted::active(Bug::SnapshotReadReleased);
+        let header = if keep {
+            self.wal_header().map(|(h, _)| Some(h))
+        } else {
+            Ok(None)
+        };
+        if let Ok(Some(wal)) = header {
+            self.held = Some(HeldRead {
+                wal,
+                db_only: self.read_db_only.is_some(),
+            });
+            return prepared;
+        }
+        let released = self.end_read();
+        let prepared = prepared?;
+        header?;
+        released?;
+        Ok(prepared)
+    }
+
+    /// At the answer to an upload read under `held`: whether the WAL restarted meanwhile. Only
+    /// a read of the database file alone (SQLite's read mark 0) lets a writer restart it, and
+    /// that mark also stops every checkpoint from writing the file, so the state shipped is
+    /// where the new generation begins (as [`Self::judge_db_only_read`] finds for a restart
+    /// during the read). `Some(start)` moves the position there.
+    pub(super) fn restart_under(
+        &self,
+        held: &HeldRead,
+    ) -> Result<Option<Option<WalPos>>, EngineError> {
+        if !held.db_only {
+            return Ok(None);
+        }
+        let (now, _) = self.wal_header()?;
+        Ok((whole_header(held.wal) != whole_header(now)).then(|| now.map(generation_start)))
     }
 
     /// [`Self::recover_position_once`], repeated while the WAL moved under the read: the
@@ -175,14 +243,9 @@ impl Engine {
         let Some(map) = &self.read_db_only else {
             return Ok(None);
         };
-        let whole = |h: Option<WalHeader>| h.map(|h| (h.salt1, h.salt2, h.checksum));
-        if whole(before) != whole(after) {
+        if whole_header(before) != whole_header(after) {
             tracing::debug!(db = %self.cfg.db_path.display(), "the WAL restarted while the database file was read; following the new generation from its start");
-            return Ok(Some(DbOnlyRead::Restarted(after.map(|h| WalPos {
-                header: h,
-                offset: WAL_HEADER_SIZE as u64,
-                checksum: h.checksum,
-            }))));
+            return Ok(Some(DbOnlyRead::Restarted(after.map(generation_start))));
         }
         Ok(Some(if self.wal_backfilled(map)? {
             DbOnlyRead::Held

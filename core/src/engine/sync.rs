@@ -54,12 +54,9 @@ impl Engine {
             });
         }
         let mut outcome = SyncOutcome::default();
+        self.release_held()?;
         if self.recover_needed {
-            self.begin_read()?;
-            let prepared = self.recover_position().await;
-            let released = self.end_read();
-            let prepared = prepared?;
-            released?;
+            let prepared = self.recover_holding().await?;
             self.recover_needed = false;
             if let Some(p) = prepared {
                 return Ok(Ready::Upload(Box::new(
@@ -115,6 +112,17 @@ impl Engine {
         ack: Ack,
         answer: Result<(), StoreError>,
     ) -> Result<SyncOutcome, EngineError> {
+        // A read kept through the upload: judged while still held, then let go before any
+        // checkpoint (it would block a TRUNCATE), whatever the answer.
+        let held = self.held.take();
+        let restarted = match (&held, &answer) {
+            (Some(h), Ok(())) => self.restart_under(h),
+            _ => Ok(None),
+        };
+        if held.is_some() {
+            self.end_read()?;
+        }
+        let restarted = restarted?;
         let heals = std::mem::take(&mut self.heal_pending);
         if heals && answer.is_err() {
             // Judge the chain again and ship the heal again at the next sync.
@@ -143,7 +151,12 @@ impl Engine {
         if heals {
             self.heal_file = Some(ack.info.clone());
         }
-        self.pos = ack.pos;
+        self.pos = match restarted {
+            Some(wal) => ack
+                .pos
+                .follow(ack.pos.txid, ack.pos.checksum, wal, self.read_stamp),
+            None => ack.pos,
+        };
         self.sums = ack.sums;
         let checkpoint = match ack.checkpoint {
             Some(CheckpointPlan::Truncate) => {
@@ -189,7 +202,12 @@ impl Engine {
     /// The read transaction is held only while reading and encoding, never during the upload
     /// or between syncs: a reader that never lets go starves the application's RESTART and
     /// TRUNCATE checkpoints, which hold the write lock while they wait (Litestream #724). Frames
-    /// overwritten between syncs are caught by the continuity checks instead.
+    /// overwritten between syncs are caught by the continuity checks instead. The one exception
+    /// is the upload a recovery prepared (a first snapshot, a heal: every page), whose read is
+    /// kept until the store answers ([`Engine::recover_holding`]): that read already lasted as
+    /// long as reading the whole database, and letting it go before a long upload let a busy
+    /// application's checkpoints restart the WAL past the snapshot, so the next sync compared
+    /// the whole database again.
     pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
         match self.prepare().await? {
             Ready::Nothing(outcome) => Ok(outcome),

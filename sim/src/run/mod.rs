@@ -295,6 +295,7 @@ impl World {
             Step::TxnDuringStart { ops, at_read } => {
                 self.transaction_during_start(ops.max(1), at_read);
             }
+            Step::StormDuringStartUpload { ops } => self.storm_during_start_upload(ops.max(1)),
             Step::Vacuum => self.app_vacuum(),
             Step::Checkpoint(mode) => self.app_checkpoint(mode),
             Step::Reconnect => self.app_reconnect(),
@@ -504,7 +505,11 @@ pub fn run_scenario(
         w.fail(format!("cannot create the table: {e}"));
     }
     w.record_commit();
-    w.start_engine();
+    if w.knobs.first_start_ms > 0 {
+        w.host_start_at = w.now() + w.knobs.first_start_ms;
+    } else {
+        w.start_engine();
+    }
 
     // Fault phase: the plan's steps, or events drawn from the seed.
     match &scenario.steps {

@@ -329,7 +329,21 @@ impl World {
         self.transaction_during(n_ops, at_read, "start", Self::start_engine);
     }
 
-    /// Runs `engine_action` with an application commit armed before its `at_read`th read.
+    /// The engine starts (it is down) and, as the upload its start prepared begins, the
+    /// application commits and then asks for a TRUNCATE checkpoint (busy while the engine
+    /// holds the read its upload was taken under; let through, it would leave the next sync
+    /// nothing to read the commit from but a compare of the whole database).
+    pub(super) fn storm_during_start_upload(&mut self, n_ops: u8) {
+        if self.engine_open() || self.app.is_none() {
+            self.transaction(n_ops, false, false);
+            return;
+        }
+        self.transaction_during(n_ops, 0, "start-upload", Self::start_engine);
+    }
+
+    /// Runs `engine_action` with an application commit armed before its `at_read`th read, or
+    /// with `at_read` 0 as its next upload of an LTX file begins, followed then by a TRUNCATE
+    /// checkpoint.
     pub(super) fn transaction_during(
         &mut self,
         n_ops: u8,
@@ -337,38 +351,56 @@ impl World {
         what: &str,
         engine_action: fn(&mut Self),
     ) {
+        let at_upload = at_read == 0;
+        let checkpointed = Rc::new(RefCell::new(None::<String>));
+        let ckpt = checkpointed.clone();
         let ops = self.draw_ops(n_ops);
         let slot = Rc::new(RefCell::new(self.app.take()));
         // The transaction's outcome and the simulated time it committed at (store latency may
         // move the clock before the engine's action returns).
         let outcome = Rc::new(RefCell::new(None::<(rusqlite::Result<()>, i64)>));
         let (app, out) = (slot.clone(), outcome.clone());
-        files::arm_interrupt(
-            at_read,
-            Box::new(move || {
+        let action: Box<dyn FnOnce()> = Box::new(move || {
+            tracing::trace!(
+                wal = ?wal_summary(),
+                "interrupt: app commits now"
+            );
+            let was = vfs::with(|s| std::mem::replace(&mut s.current, Proc::App));
+            if let Some(c) = app.borrow().as_ref() {
+                let r = c
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .and_then(|()| apply_ops(c, &ops))
+                    .and_then(|()| c.execute_batch("COMMIT"));
+                if r.is_err() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
                 tracing::trace!(
                     wal = ?wal_summary(),
-                    "interrupt: app commits now"
+                    ok = r.is_ok(),
+                    "interrupt: app committed"
                 );
-                let was = vfs::with(|s| std::mem::replace(&mut s.current, Proc::App));
-                if let Some(c) = app.borrow().as_ref() {
-                    let r = c
-                        .execute_batch("BEGIN IMMEDIATE")
-                        .and_then(|()| apply_ops(c, &ops))
-                        .and_then(|()| c.execute_batch("COMMIT"));
-                    if r.is_err() {
-                        let _ = c.execute_batch("ROLLBACK");
-                    }
-                    tracing::trace!(
-                        wal = ?wal_summary(),
-                        ok = r.is_ok(),
-                        "interrupt: app committed"
-                    );
-                    *out.borrow_mut() = Some((r, vfs::with(|s| s.now_ms)));
+                let committed = r.is_ok();
+                *out.borrow_mut() = Some((r, vfs::with(|s| s.now_ms)));
+                if at_upload && committed {
+                    let r: rusqlite::Result<(i64, i64, i64)> =
+                        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        });
+                    *ckpt.borrow_mut() = Some(match r {
+                        Ok((busy, log, done)) => {
+                            format!("busy={busy} log={log} done={done}")
+                        }
+                        Err(e) => format!("error {e}"),
+                    });
                 }
-                vfs::with(|s| s.current = was);
-            }),
-        );
+            }
+            vfs::with(|s| s.current = was);
+        });
+        if at_upload {
+            files::arm_upload_interrupt(action);
+        } else {
+            files::arm_interrupt(at_read, action);
+        }
         engine_action(self);
         let fired = files::disarm_interrupt();
         self.app = slot.borrow_mut().take();
@@ -376,6 +408,9 @@ impl World {
             Some((Ok(()), at)) => {
                 self.log(format!("app commit during-{what} read={at_read}"));
                 self.record_commit_at(at);
+                if let Some(c) = checkpointed.borrow_mut().take() {
+                    self.log(format!("app checkpoint TRUNCATE during-{what} {c}"));
+                }
             }
             Some((Err(e), _)) => self.log(format!("app txn-failed during-{what} {e}")),
             None => {

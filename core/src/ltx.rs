@@ -252,6 +252,13 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// One page index entry: page number, offset of its frame, frame size.
+fn put_index_entry(out: &mut Vec<u8>, pgno: u32, offset: u64, size: u64) {
+    put_uvarint(out, u64::from(pgno));
+    put_uvarint(out, offset);
+    put_uvarint(out, size);
+}
+
 fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -292,13 +299,14 @@ impl<W: Write> Counted<W> {
 }
 
 /// Streams one LTX file out. Pages must arrive in ascending order; a snapshot must carry
-/// every page 1..=commit except the lock page. Memory: one compressed page plus the page index
-/// (three integers per page).
+/// every page 1..=commit except the lock page. Memory: one compressed page plus the page index,
+/// kept as it is written (three uvarints a page: about 11 bytes for a 10 GiB database).
 pub struct Encoder<W: Write> {
     out: Counted<W>,
     header: Header,
     prev_pgno: u32,
-    index: Vec<(u32, u64, u64)>,
+    /// The page index's entries, encoded.
+    index: Vec<u8>,
     compressed: Vec<u8>,
     /// Database checksum accumulated over a snapshot's pages.
     snapshot_sum: DbChecksum,
@@ -375,7 +383,7 @@ impl<W: Write> Encoder<W> {
         self.out.inner.write_all(&self.compressed[..n])?;
         self.out.offset += n as u64;
         self.out.hash.update(page);
-        self.index.push((pgno, offset, self.out.offset - offset));
+        put_index_entry(&mut self.index, pgno, offset, self.out.offset - offset);
         self.prev_pgno = pgno;
         Ok(())
     }
@@ -419,16 +427,13 @@ impl<W: Write> Encoder<W> {
             }
         }
         self.out.write_hashed(&[0u8; PAGE_HEADER_SIZE])?;
-        let index_start = self.out.offset;
-        let mut buf = Vec::with_capacity(self.index.len() * 8 + 16);
-        for &(pgno, offset, size) in &self.index {
-            put_uvarint(&mut buf, u64::from(pgno));
-            put_uvarint(&mut buf, offset);
-            put_uvarint(&mut buf, size);
-        }
+        let index = std::mem::take(&mut self.index);
+        self.out.write_hashed(&index)?;
+        let mut buf = Vec::with_capacity(16);
         put_uvarint(&mut buf, 0);
         // The size field counts the index entries and terminator, not itself.
-        let index_len = (self.out.offset - index_start) + buf.len() as u64;
+        let index_len = (index.len() + buf.len()) as u64;
+        drop(index);
         buf.extend_from_slice(&index_len.to_be_bytes());
         self.out.write_hashed(&buf)?;
         self.out.write_hashed(&post.to_be_bytes())?;
@@ -458,7 +463,8 @@ pub struct Decoder<R: Read> {
     done: bool,
     compressed: Vec<u8>,
     snapshot_sum: DbChecksum,
-    index: Vec<(u32, u64, u64)>,
+    /// The page index the pages read call for, encoded as the file must hold it.
+    index: Vec<u8>,
 }
 
 /// Reads a whole file and checks it: header, every page, trailer and CRC. Returns the header
@@ -584,7 +590,7 @@ impl<R: Read> Decoder<R> {
             page.copy_from_slice(&decoded);
         }
         self.hash.update(page);
-        self.index.push((pgno, start, self.offset - start));
+        put_index_entry(&mut self.index, pgno, start, self.offset - start);
         if self.header.is_snapshot() {
             self.snapshot_sum.toggle(page_checksum(pgno, page));
         }
@@ -631,16 +637,25 @@ impl<R: Read> Decoder<R> {
         }
         // The index must list exactly the pages we read, at the offsets we read them.
         let index_bytes = &body[..body.len() - 8];
-        let mut pos = 0usize;
-        for &(pgno, offset, size) in &self.index {
-            let got = (
+        let (mut pos, mut want) = (0usize, 0usize);
+        while want < self.index.len() {
+            let mut entry = || -> Result<[u64; 3], LtxError> {
+                Ok([
+                    read_uvarint(&self.index, &mut want)?,
+                    read_uvarint(&self.index, &mut want)?,
+                    read_uvarint(&self.index, &mut want)?,
+                ])
+            };
+            let expected = entry()?;
+            let got = [
                 read_uvarint(index_bytes, &mut pos)?,
                 read_uvarint(index_bytes, &mut pos)?,
                 read_uvarint(index_bytes, &mut pos)?,
-            );
-            if got != (u64::from(pgno), offset, size) {
+            ];
+            if got != expected {
                 return Err(LtxError::InvalidPage(format!(
-                    "page index disagrees with page {pgno}"
+                    "page index disagrees with page {}",
+                    expected[0]
                 )));
             }
         }
@@ -892,9 +907,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn legacy_frame_pages_decode() {
-        // Build a file whose page uses the old LZ4-frame body (no size flag) by hand.
+    /// A file built by hand whose one page uses the old LZ4-frame body (no size flag), its
+    /// index naming the frame at `index_offset`, its CRC right.
+    fn legacy_file(index_offset: u64) -> (Vec<u8>, Vec<u8>) {
         let h = header(2, 2, 2, HEADER_FLAG_NO_CHECKSUM, 0);
         let data = page(9);
         let mut frame = Vec::new();
@@ -915,7 +930,7 @@ mod tests {
         hash.update(&data);
         let mut tail = vec![0u8; 6];
         put_uvarint(&mut tail, 2);
-        put_uvarint(&mut tail, HEADER_SIZE as u64);
+        put_uvarint(&mut tail, index_offset);
         put_uvarint(&mut tail, (PAGE_HEADER_SIZE + frame.len()) as u64);
         put_uvarint(&mut tail, 0);
         let index_len = (tail.len() - 6) as u64;
@@ -924,7 +939,25 @@ mod tests {
         hash.update(&tail);
         file.extend_from_slice(&tail);
         file.extend_from_slice(&hash.finish_flagged().to_be_bytes());
+        (file, data)
+    }
+
+    #[test]
+    fn legacy_frame_pages_decode() {
+        let (file, data) = legacy_file(HEADER_SIZE as u64);
         let (_, pages, _) = decode_all(&file).expect("legacy decode");
         assert_eq!(pages, vec![(2, data)]);
+    }
+
+    /// A page index that does not name the frames where they are is damage, even under a right
+    /// file checksum.
+    #[test]
+    fn an_index_that_misplaces_a_page_is_refused() {
+        let (file, _) = legacy_file(HEADER_SIZE as u64 + 1);
+        let err = decode_all(&file).expect_err("a misplaced page in the index");
+        assert!(
+            err.to_string().contains("page index disagrees with page 2"),
+            "{err}"
+        );
     }
 }

@@ -87,6 +87,13 @@ async fn open_engine(
     .expect("open the engine")
 }
 
+/// The next sync ships what was committed, read from the WAL (`what` says why it must be).
+async fn sync_from_the_wal(engine: &mut Engine, what: &str) {
+    let out = engine.sync().await.expect("sync");
+    assert!(out.shipped.is_some(), "the commits are shipped");
+    assert!(!out.resynced, "{what}");
+}
+
 /// The WAL header's salts: they change when the WAL restarts.
 fn wal_salts(db: &Path) -> [u8; 8] {
     let wal = std::fs::read(format!("{}-wal", db.display())).expect("read the WAL");
@@ -194,12 +201,11 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
         "the snapshot is the state the read began with"
     );
 
-    let out = engine.sync().await.expect("sync");
-    assert!(out.shipped.is_some(), "the commit is shipped");
-    assert!(
-        !out.resynced,
-        "the new generation is followed from its start, not found by comparing every page"
-    );
+    sync_from_the_wal(
+        &mut engine,
+        "the new generation is followed from its start, not found by comparing every page",
+    )
+    .await;
     engine.close().expect("close the engine");
     drop(writer);
     assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
@@ -382,12 +388,11 @@ async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_
         )
         .await;
         assert!(engine.opened_with_snapshot());
-        let out = engine.sync().await.expect("sync");
-        assert!(out.shipped.is_some(), "the commits are shipped");
-        assert!(
-            !out.resynced,
-            "wholly checkpointed {wholly_checkpointed}: the commits made during the upload were read from the WAL, not found by comparing every page"
-        );
+        sync_from_the_wal(
+            &mut engine,
+            &format!("wholly checkpointed {wholly_checkpointed}: the commits made during the upload were read from the WAL, not found by comparing every page"),
+        )
+        .await;
         engine.close().expect("close the engine");
         drop(writer);
         assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));

@@ -259,6 +259,15 @@ fn put_index_entry(out: &mut Vec<u8>, pgno: u32, offset: u64, size: u64) {
     put_uvarint(out, size);
 }
 
+/// The page index entry at `pos`: page number, offset, size.
+fn read_index_entry(b: &[u8], pos: &mut usize) -> Result<[u64; 3], LtxError> {
+    Ok([
+        read_uvarint(b, pos)?,
+        read_uvarint(b, pos)?,
+        read_uvarint(b, pos)?,
+    ])
+}
+
 fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -639,20 +648,8 @@ impl<R: Read> Decoder<R> {
         let index_bytes = &body[..body.len() - 8];
         let (mut pos, mut want) = (0usize, 0usize);
         while want < self.index.len() {
-            let mut entry = || -> Result<[u64; 3], LtxError> {
-                Ok([
-                    read_uvarint(&self.index, &mut want)?,
-                    read_uvarint(&self.index, &mut want)?,
-                    read_uvarint(&self.index, &mut want)?,
-                ])
-            };
-            let expected = entry()?;
-            let got = [
-                read_uvarint(index_bytes, &mut pos)?,
-                read_uvarint(index_bytes, &mut pos)?,
-                read_uvarint(index_bytes, &mut pos)?,
-            ];
-            if got != expected {
+            let expected = read_index_entry(&self.index, &mut want)?;
+            if read_index_entry(index_bytes, &mut pos)? != expected {
                 return Err(LtxError::InvalidPage(format!(
                     "page index disagrees with page {}",
                     expected[0]

@@ -18,20 +18,34 @@ use sluice_core::store::{DirStore, ObjectMeta, ObjectStore, PutOptions, StoreErr
 struct FireOnRead {
     inner: OsFiles,
     at: u64,
-    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    hook: Hook,
+}
+
+/// An application action the test fires once, from inside the engine's I/O.
+struct Hook(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl Hook {
+    fn new(action: impl FnOnce() + Send + 'static) -> Self {
+        Self(Mutex::new(Some(Box::new(action))))
+    }
+
+    /// Runs the action, the first time only.
+    fn fire(&self) {
+        let action = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(action) = action {
+            action();
+        }
+    }
 }
 
 impl DbFiles for FireOnRead {
     fn read_db(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset == self.at {
-            let hook = self
-                .hook
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(hook) = hook {
-                hook();
-            }
+            self.hook.fire();
         }
         self.inner.read_db(offset, buf)
     }
@@ -175,12 +189,12 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
     let files = FireOnRead {
         inner: OsFiles::open(&db).expect("open the files"),
         at: (pages / 2) * page_size,
-        hook: Mutex::new(Some(Box::new(move || {
+        hook: Hook::new(move || {
             w.lock()
                 .expect("the writer")
                 .execute("UPDATE t SET v = randomblob(300) WHERE id > 1900", [])
                 .expect("a commit during the read");
-        }))),
+        }),
     };
     let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
     let mut engine = open_engine(EngineConfig::new(&db), Arc::new(files), replica, &ws).await;
@@ -281,7 +295,7 @@ async fn an_engine_checkpoint_never_backfills_a_commit_it_has_not_shipped() {
 /// while the engine's first snapshot is being uploaded.
 struct FireOnPut {
     inner: DirStore,
-    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    hook: Hook,
 }
 
 impl std::fmt::Debug for FireOnPut {
@@ -292,26 +306,13 @@ impl std::fmt::Debug for FireOnPut {
     }
 }
 
-impl FireOnPut {
-    fn fire(&self) {
-        let hook = self
-            .hook
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl ObjectStore for FireOnPut {
     fn describe(&self) -> String {
         self.inner.describe()
     }
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
-        self.fire();
+        self.hook.fire();
         self.inner.put(key, data, opts).await
     }
     async fn put_spooled(
@@ -320,7 +321,7 @@ impl ObjectStore for FireOnPut {
         body: &dyn ScratchFile,
         opts: PutOptions,
     ) -> Result<(), StoreError> {
-        self.fire();
+        self.hook.fire();
         self.inner.put_spooled(key, body, opts).await
     }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
@@ -369,7 +370,7 @@ async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_
         let w = writer.clone();
         let store = FireOnPut {
             inner: DirStore::new(&replica_dir),
-            hook: Mutex::new(Some(Box::new(move || {
+            hook: Hook::new(move || {
                 let w = w.lock().expect("the writer");
                 w.execute("UPDATE t SET v = randomblob(1000)", [])
                     .expect("a commit larger than the WAL, during the upload");
@@ -377,7 +378,7 @@ async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_
                     .expect("a TRUNCATE checkpoint during the upload");
                 w.execute("UPDATE t SET v = randomblob(1000)", [])
                     .expect("another commit during the upload");
-            }))),
+            }),
         };
         let replica = Replica::new(Arc::new(store), Layout::File);
         let mut engine = open_engine(

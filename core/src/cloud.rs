@@ -281,10 +281,27 @@ impl CloudStore {
             let _ = upload.abort().await;
             return Err(e);
         }
-        upload
-            .complete()
-            .await
-            .map_err(|e| self.error("put", key, &e))
+        let err = match upload.complete().await {
+            Ok(done) => return Ok(done),
+            Err(e) => self.error("put", key, &e),
+        };
+        // The client retries a completion whose answer it lost, and a server answers the
+        // retry of an upload that did complete with an error (NoSuchUpload on AWS, 403 on
+        // s3s-fs): not an access problem, and the object may exist. An object of the size
+        // sent makes the failure ambiguous, which the caller resolves (the engine re-reads the
+        // replica's position); otherwise the error stands.
+        match client.head(path).await {
+            Ok(meta) if meta.size == size => Err(StoreError::new(
+                StoreErrorKind::Transient,
+                "put",
+                self.location(key),
+                format!(
+                    "the upload's completion failed ({}), but an object of its size is there: it may have completed",
+                    err.message
+                ),
+            )),
+            _ => Err(err),
+        }
     }
 
     /// The part size of a multipart upload of `size` bytes: the configured size, at most

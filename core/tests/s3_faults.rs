@@ -307,3 +307,64 @@ fn a_second_listing_heads_nothing() {
     assert_eq!(requests.get("HEAD"), None, "{requests:?}");
     assert_eq!(requests.get("LIST"), Some(&1), "{requests:?}");
 }
+
+/// A first snapshot large enough to go up in parts, whose `CompleteMultipartUpload` the server
+/// applies but whose answer is lost: the S3 client retries the completion, and the server
+/// answers the retry of an upload that completed with an error (s3s-fs: 403). That is not an
+/// access problem: the replicator finds the object there, reports the failure as ambiguous, and
+/// replicates on from the snapshot it uploaded (before, the start was retried with "access
+/// denied ... check the credentials" in the log, a wrong lead for whoever reads it).
+#[test]
+fn a_lost_answer_to_a_multipart_completion_is_ambiguous_not_access_denied() {
+    let Some(server) = s3s_or_skip() else { return };
+    let Setup {
+        proxy,
+        ws,
+        path,
+        db,
+        conn,
+    } = setup(server, "lost-completion");
+    // About 24 MiB of incompressible rows: above the size a spooled file goes up in parts.
+    conn.execute_batch(
+        "CREATE TABLE big (v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO big SELECT randomblob(4000) FROM n;",
+    )
+    .expect("fill the database");
+    proxy.set(Mode::DropOneCompletion);
+    let mut cmd = sluice(server, ws.root());
+    cmd.args(["replicate"]).arg(&db).arg(format!(
+        "s3://{}/{path}?endpoint={}",
+        server.bucket,
+        proxy.endpoint()
+    ));
+    let mut proc = Running::start(cmd, &ws.path("sluice.log"));
+    wait_upload(server, &path, 0, &mut proc);
+    common::wait_for("the completion's answer to be dropped", || {
+        (proxy.faults() > 0).then_some(())
+    });
+    let before = s3_max_txid(server, &path);
+    write(&conn, 3, 1);
+    wait_upload(server, &path, before, &mut proc);
+    let log = proc.stop();
+    assert!(
+        !log.contains("stopped:"),
+        "a lost completion answer stopped the job:\n{log}"
+    );
+    assert!(
+        log.contains("it may have completed"),
+        "the completion's failure should be judged ambiguous:\n{log}"
+    );
+    checkpoint_truncate(&conn);
+    let page = page_size(&conn);
+    drop(conn);
+    let out = ws.path("restored.db");
+    let (code, _, err) = output(
+        sluice(server, ws.root())
+            .args(["restore", "-o"])
+            .arg(&out)
+            .arg(server.url(&path)),
+    );
+    assert_eq!(code, 0, "restore failed: {err}\nreplicate log:\n{log}");
+    assert_same_file(&db, &out, page, "restore after a lost completion vs source");
+}

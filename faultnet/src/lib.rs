@@ -10,6 +10,7 @@
 //! | `Stall` | accepted, nothing forwarded until the mode changes | stop moving until the mode changes |
 //! | `DropResponses` | forwarded; cut as the server's answer arrives, which is not relayed | the same |
 //! | `Slow` | forwarded, each chunk [`SLOW_CHUNK_DELAY`] late (a slow store: latency per round trip) | the same |
+//! | `DropOneCompletion` | forwarded; the answer to the next `CompleteMultipartUpload` is cut as it arrives (the upload completed, the client never learns), then the mode is `Pass` again | the same |
 //!
 //! | knob, independent of the mode | default | effect |
 //! | --- | --- | --- |
@@ -52,6 +53,7 @@ pub enum Mode {
     Stall = 3,
     DropResponses = 4,
     Slow = 5,
+    DropOneCompletion = 6,
 }
 
 impl Mode {
@@ -62,6 +64,7 @@ impl Mode {
             3 => Mode::Stall,
             4 => Mode::DropResponses,
             5 => Mode::Slow,
+            6 => Mode::DropOneCompletion,
             _ => Mode::Pass,
         }
     }
@@ -175,7 +178,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, s: &Shared, accepted_at: Insta
                 return;
             }
             Mode::Stall => std::thread::sleep(POLL),
-            Mode::Pass | Mode::DropResponses | Mode::Slow => break,
+            Mode::Pass | Mode::DropResponses | Mode::Slow | Mode::DropOneCompletion => break,
         }
     }
     let Ok(up) = TcpStream::connect(upstream) else {
@@ -187,6 +190,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, s: &Shared, accepted_at: Insta
         client,
         upstream: up,
         cut_seen: std::sync::atomic::AtomicBool::new(false),
+        completing: std::sync::atomic::AtomicBool::new(false),
     };
     // Without the timeouts a thread could block for good and miss a cut; without nodelay,
     // Nagle's algorithm would hold small chunks and add delay that is not the emulated one.

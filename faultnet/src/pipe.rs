@@ -39,6 +39,9 @@ pub(crate) struct Ends {
     pub(crate) upstream: TcpStream,
     /// Set by the first thread to see the connection cut, which counts the fault.
     pub(crate) cut_seen: AtomicBool,
+    /// The client's latest request is a `CompleteMultipartUpload` (HTTP/1.1 answers in order,
+    /// and clients do not pipeline: the next answer is its).
+    pub(crate) completing: AtomicBool,
 }
 
 impl Ends {
@@ -110,6 +113,20 @@ impl Reader<'_> {
                 s.faults.fetch_add(1, Ordering::SeqCst);
                 return End::Now;
             }
+            if self.answers
+                && self.ends.completing.load(Ordering::SeqCst)
+                && s.mode
+                    .compare_exchange(
+                        Mode::DropOneCompletion as u8,
+                        Mode::Pass as u8,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+            {
+                s.faults.fetch_add(1, Ordering::SeqCst);
+                return End::Now;
+            }
             let bytes = buf.get(..n).unwrap_or_default();
             if mode(s) == Mode::Slow {
                 std::thread::sleep(SLOW_CHUNK_DELAY);
@@ -117,7 +134,16 @@ impl Reader<'_> {
             // Counted before forwarding, so a request whose answer the client has seen is
             // always in `Proxy::requests`. The counter only reads the bytes.
             if let Some(counter) = &mut self.counter {
-                counter.feed(bytes, &mut |t| s.requests.add(t));
+                let completing = &self.ends.completing;
+                counter.feed(bytes, &mut |t| {
+                    if let crate::http::Tallied::Request(kind) = t {
+                        completing.store(
+                            kind == crate::http::RequestKind::CompleteMultipart,
+                            Ordering::SeqCst,
+                        );
+                    }
+                    s.requests.add(t);
+                });
             }
             let rtt = s.rtt();
             let mut sent_at = Instant::now();

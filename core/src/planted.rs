@@ -64,10 +64,13 @@ pub enum Bug {
     /// application's checkpoints restart the WAL under the first snapshot's upload, and the
     /// next sync compares the whole database.
     SnapshotReadReleased,
+    /// The lease is renewed only between actions (the old driver): an action longer than the
+    /// lease (a large first snapshot, a compaction on a slow store) has its writes refused.
+    LeaseNotKeptDuringActions,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 24] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -91,6 +94,7 @@ impl Bug {
         Bug::PassiveByFileLength,
         Bug::CopiedSnapshotEndsTheRun,
         Bug::SnapshotReadReleased,
+        Bug::LeaseNotKeptDuringActions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +122,7 @@ impl Bug {
             Bug::PassiveByFileLength => "passive-by-file-length",
             Bug::CopiedSnapshotEndsTheRun => "copied-snapshot-ends-the-run",
             Bug::SnapshotReadReleased => "snapshot-read-released",
+            Bug::LeaseNotKeptDuringActions => "lease-not-kept-during-actions",
         }
     }
 

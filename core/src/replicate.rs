@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::compact;
 use crate::engine::{Clock, Engine, EngineConfig, EngineError, LocalDb, OsDb};
 use crate::lease::{Lease, LeaseError};
+use crate::planted::{self, Bug};
 use crate::replica::{FileInfo, Replica};
 pub use crate::scheduler::Schedule;
 use crate::scheduler::{Action, Failure, Next, Outcome, Scheduler};
@@ -94,25 +95,36 @@ fn engine_failure(e: &EngineError) -> (Failure, String) {
 
 /// A job's engine, lease and scheduler, and the code that performs the scheduler's actions.
 pub struct Driver {
+    work: Work,
+    /// Kept apart from `work`: renewed beside a running action.
+    lease: Option<Lease>,
+    sched: Scheduler,
+}
+
+/// What the scheduler's actions work on: the whole job but its lease and its scheduler.
+struct Work {
     cfg: EngineConfig,
     replica: Replica,
     scratch: Arc<dyn Scratch>,
     local: Arc<dyn LocalDb>,
     clock: Arc<dyn Clock>,
     engine: Option<Engine>,
-    lease: Option<Lease>,
-    sched: Scheduler,
     status: SharedStatus,
     /// The last file a sync shipped (for the simulator's event log).
     last_shipped: Option<(FileInfo, bool)>,
     /// "Waiting for the database" was logged (once, not per open retry).
     waiting_logged: bool,
+    /// A merge or a heal asked for the replica's chain to be judged again: the next sync is
+    /// due now, even on an idle database.
+    recheck: bool,
+    /// Lease renewals made beside the last action.
+    renewed_beside: u32,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
-            .field("db", &self.cfg.db_path)
+            .field("db", &self.work.cfg.db_path)
             .field("sched", &self.sched)
             .finish_non_exhaustive()
     }
@@ -134,17 +146,21 @@ impl Driver {
             sched = sched.with_lease(l.ttl_ms(), now);
         }
         Driver {
-            cfg: job.engine,
-            replica: job.replica,
-            scratch: job.scratch,
-            local,
-            clock,
-            engine: None,
+            work: Work {
+                cfg: job.engine,
+                replica: job.replica,
+                scratch: job.scratch,
+                local,
+                clock,
+                engine: None,
+                status,
+                last_shipped: None,
+                waiting_logged: false,
+                recheck: false,
+                renewed_beside: 0,
+            },
             lease: job.lease,
             sched,
-            status,
-            last_shipped: None,
-            waiting_logged: false,
         }
     }
 
@@ -157,17 +173,22 @@ impl Driver {
     }
 
     pub fn engine(&self) -> Option<&Engine> {
-        self.engine.as_ref()
+        self.work.engine.as_ref()
     }
 
     /// The engine, to drive a sync step by step (the simulator's stalled uploads).
     pub fn engine_mut(&mut self) -> Option<&mut Engine> {
-        self.engine.as_mut()
+        self.work.engine.as_mut()
     }
 
     /// The file the last sync shipped, and whether it was a resync (taken: read once).
     pub fn take_shipped(&mut self) -> Option<(FileInfo, bool)> {
-        self.last_shipped.take()
+        self.work.last_shipped.take()
+    }
+
+    /// How many times the lease was renewed beside the last action (while it ran).
+    pub fn renewed_beside(&self) -> u32 {
+        self.work.renewed_beside
     }
 
     /// Hands the job's lease over (a host that stalls: the simulator's zombie keeps it).
@@ -177,29 +198,71 @@ impl Driver {
 
     /// Reports the database's current stamp to the scheduler.
     pub fn observe(&mut self) {
-        let now = self.clock.now_ms();
-        let stamp = self.local.stamp();
+        let now = self.work.clock.now_ms();
+        let stamp = self.work.local.stamp();
         self.sched.observe_stamp(now, stamp);
     }
 
     /// What to do next, now.
     pub fn poll(&mut self) -> Next {
-        let now = self.clock.now_ms();
+        let now = self.work.clock.now_ms();
         self.sched.next(now)
     }
 
     /// Performs `action` and hands its outcome to the scheduler; returns the outcome and, for
-    /// a failure, its message.
+    /// a failure, its message. While the action runs, the lease is renewed beside it whenever
+    /// the scheduler says a renewal is due: an action may take longer than the lease (the
+    /// first snapshot of a large database, a heal, a merge on a slow store).
     pub async fn run_action(&mut self, action: Action) -> (Outcome, Option<String>) {
-        let (outcome, error) = match self.perform(action).await {
+        let result = match action {
+            Action::RenewLease | Action::ReleaseLease => self.lease_action(action).await,
+            _ => {
+                let s = self.sched.schedule();
+                let retention = (s.snapshot_retention_ms, s.l0_retention_ms);
+                let Driver { work, lease, sched } = self;
+                work.renewed_beside = 0;
+                match lease
+                    .as_mut()
+                    .filter(|_| !planted::active(Bug::LeaseNotKeptDuringActions))
+                {
+                    None => work.perform(action, retention).await,
+                    Some(lease) => {
+                        let finished = tokio::sync::Notify::new();
+                        let clock = work.clock.clone();
+                        let mut renewed = 0;
+                        let (result, ()) = tokio::join!(
+                            biased;
+                            async {
+                                let r = work.perform(action, retention).await;
+                                finished.notify_one();
+                                r
+                            },
+                            keep_lease(sched, lease, clock.as_ref(), &finished, &mut renewed),
+                        );
+                        work.renewed_beside = renewed;
+                        result
+                    }
+                }
+            }
+        };
+        let (outcome, error) = match result {
             Ok(o) => (o, None),
             Err((f, message)) => (Outcome::Failed(f), Some(message)),
         };
-        let now = self.clock.now_ms();
+        if matches!(outcome, Outcome::Opened { .. })
+            && let Some(lease) = self.lease.as_mut()
+        {
+            lease.adopt_lineage();
+        }
+        let now = self.work.clock.now_ms();
         self.sched.done(now, action, outcome.clone());
+        // After the outcome: a sync's own outcome would clear what is marked pending.
+        if std::mem::take(&mut self.work.recheck) {
+            self.sched.mark_pending(now);
+        }
         let pending = self.sched.pending_since_ms();
         let stopped = self.sched.stopped_by().map(str::to_string);
-        update(&self.status, |s| {
+        update(&self.work.status, |s| {
             s.pending_since_ms = pending;
             if stopped.is_some() {
                 s.stopped = stopped;
@@ -208,7 +271,84 @@ impl Driver {
         (outcome, error)
     }
 
-    async fn perform(&mut self, action: Action) -> Result<Outcome, (Failure, String)> {
+    async fn lease_action(&mut self, action: Action) -> Result<Outcome, (Failure, String)> {
+        let now = self.work.clock.now_ms();
+        match action {
+            Action::RenewLease => match self.lease.as_mut() {
+                Some(lease) => renew(lease, now).await,
+                None => Ok(Outcome::Renewed),
+            },
+            _ => {
+                if let Some(lease) = self.lease.take()
+                    && let Err(e) = lease.release(now).await
+                {
+                    tracing::warn!(error = %e, "cannot release the replica lease; it expires on its own");
+                }
+                Ok(Outcome::Released)
+            }
+        }
+    }
+
+    /// Releases the engine's read lock (the job is over).
+    pub fn close(&mut self) -> Result<(), EngineError> {
+        match self.work.engine.take() {
+            Some(e) => e.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Renews `lease` whenever `sched` says it is due, reporting each renewal to `sched`, until
+/// `finished` is notified; a renewal under way then completes first (dropped in the middle,
+/// its answer would be lost and the next renewal would have to recover the lease's version).
+async fn keep_lease(
+    sched: &mut Scheduler,
+    lease: &mut Lease,
+    clock: &dyn Clock,
+    finished: &tokio::sync::Notify,
+    renewed: &mut u32,
+) {
+    loop {
+        let Some(due_ms) = sched.renewal_due_ms() else {
+            // Lost: nothing left to renew beside the action.
+            finished.notified().await;
+            return;
+        };
+        tokio::select! {
+            biased;
+            () = finished.notified() => return,
+            () = clock.sleep_until(due_ms) => {}
+        }
+        let outcome = renew(lease, clock.now_ms())
+            .await
+            .unwrap_or_else(|(f, _)| Outcome::Failed(f));
+        *renewed += 1;
+        tracing::debug!(?outcome, "lease renewed beside a running action");
+        sched.done(clock.now_ms(), Action::RenewLease, outcome);
+    }
+}
+
+/// One renewal of `lease` at `now_ms`, its error classified for the scheduler.
+async fn renew(lease: &mut Lease, now_ms: i64) -> Result<Outcome, (Failure, String)> {
+    match lease.renew(now_ms).await {
+        Ok(()) => Ok(Outcome::Renewed),
+        Err(e @ LeaseError::Lost { .. }) => {
+            tracing::error!(error = %e, "lost the replica's lease");
+            Err(failure(true, e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot renew the replica lease; will retry");
+            Err(failure(false, e.to_string()))
+        }
+    }
+}
+
+impl Work {
+    async fn perform(
+        &mut self,
+        action: Action,
+        retention: (i64, i64),
+    ) -> Result<Outcome, (Failure, String)> {
         let now = self.clock.now_ms();
         match action {
             Action::Open => self.open().await,
@@ -322,31 +462,9 @@ impl Driver {
                     }
                 }
             }
-            Action::Retention => self.retention(now).await,
-            Action::RenewLease => {
-                let Some(lease) = self.lease.as_mut() else {
-                    return Ok(Outcome::Renewed);
-                };
-                match lease.renew(now).await {
-                    Ok(()) => Ok(Outcome::Renewed),
-                    Err(e @ LeaseError::Lost { .. }) => {
-                        tracing::error!(error = %e, "lost the replica's lease");
-                        Err(failure(true, e.to_string()))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the replica lease; will retry");
-                        Err(failure(false, e.to_string()))
-                    }
-                }
-            }
-            Action::ReleaseLease => {
-                if let Some(lease) = self.lease.take()
-                    && let Err(e) = lease.release(now).await
-                {
-                    tracing::warn!(error = %e, "cannot release the replica lease; it expires on its own");
-                }
-                Ok(Outcome::Released)
-            }
+            Action::Retention => self.retention(now, retention).await,
+            // The driver performs these itself.
+            Action::RenewLease | Action::ReleaseLease => Ok(Outcome::Renewed),
         }
     }
 
@@ -422,9 +540,6 @@ impl Driver {
             st.last_error = None;
         });
         self.engine = Some(engine);
-        if let Some(lease) = self.lease.as_mut() {
-            lease.adopt_lineage();
-        }
         Ok(Outcome::Opened {
             txid,
             shipped_full,
@@ -493,7 +608,7 @@ impl Driver {
     fn recheck(&mut self) {
         if let Some(engine) = self.engine.as_mut() {
             engine.recheck_replica();
-            self.sched.mark_pending(self.clock.now_ms());
+            self.recheck = true;
         }
     }
 
@@ -515,8 +630,12 @@ impl Driver {
         }
     }
 
-    async fn retention(&mut self, now: i64) -> Result<Outcome, (Failure, String)> {
-        let s = self.sched.schedule();
+    /// Deletes what retention lets go: `(snapshot_retention_ms, l0_retention_ms)`.
+    async fn retention(
+        &mut self,
+        now: i64,
+        (snapshot_ms, l0_ms): (i64, i64),
+    ) -> Result<Outcome, (Failure, String)> {
         let files = match self.replica.list_all().await {
             Ok(f) => f,
             Err(e) => {
@@ -526,21 +645,13 @@ impl Driver {
         };
         // In the plan's order, stopping at the first failure: every prefix of it leaves the
         // window restorable (the retry plans again from a fresh listing).
-        for f in compact::plan_retention(&files, now, s.snapshot_retention_ms, s.l0_retention_ms) {
+        for f in compact::plan_retention(&files, now, snapshot_ms, l0_ms) {
             if let Err(e) = self.replica.store.delete(&self.replica.key(&f)).await {
                 tracing::warn!(file = %f, error = %e, "retention: delete failed; will retry");
                 return Err(failure(false, e.to_string()));
             }
         }
         Ok(Outcome::Retained)
-    }
-
-    /// Releases the engine's read lock (the job is over).
-    pub fn close(&mut self) -> Result<(), EngineError> {
-        match self.engine.take() {
-            Some(e) => e.close(),
-            None => Ok(()),
-        }
     }
 }
 

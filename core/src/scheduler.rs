@@ -21,7 +21,9 @@
 //!   something new can reach it (no LIST while idle); a failed one is retried, idle or not.
 //! - **Snapshots** every `snapshot_interval_ms` after the newest full file, when the TXID moved;
 //!   **retention** after each level-1 compaction that produced a file and after each snapshot.
-//! - **Lease**: renewed every third of its time; a lost lease stops the job.
+//! - **Lease**: renewed every third of its time, between actions and during a long one (the
+//!   driver renews it beside the action when [`Scheduler::renewal_due_ms`] comes); a lost lease
+//!   stops the job.
 //! - **Shutdown**: a final sync until nothing is pending, bounded by
 //!   `shutdown_sync_timeout_ms`, then the lease is released.
 //! - **Errors**: transient ones are retried; a permanent one stops this job only (the caller
@@ -414,19 +416,26 @@ impl Scheduler {
         self.phase = Phase::Releasing;
     }
 
+    /// When the lease is to be renewed next (`None`: there is none to keep). It is renewed
+    /// then whatever the job is doing: between actions [`Scheduler::next`] asks for it, and
+    /// during a long one (the first snapshot of a large database, a heal, a compaction) the
+    /// driver renews it beside the action, reporting to [`Scheduler::done`] as usual.
+    pub fn renewal_due_ms(&self) -> Option<i64> {
+        let l = self.lease.as_ref()?;
+        if matches!(self.phase, Phase::Stopped | Phase::Releasing)
+            || planted::active(Bug::LeaseNotRenewed)
+        {
+            return None;
+        }
+        Some(l.renew_at_ms.max(l.retry.at_ms))
+    }
+
     /// The next thing to do at `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> Next {
-        if let Some(l) = &self.lease
-            && !matches!(self.phase, Phase::Stopped | Phase::Releasing)
-            && now_ms >= l.renew_at_ms.max(l.retry.at_ms)
-            && !planted::active(Bug::LeaseNotRenewed)
-        {
+        let lease_due = self.renewal_due_ms().unwrap_or(i64::MAX);
+        if now_ms >= lease_due {
             return Next::Run(Action::RenewLease);
         }
-        let lease_due = self
-            .lease
-            .filter(|_| !planted::active(Bug::LeaseNotRenewed))
-            .map_or(i64::MAX, |l| l.renew_at_ms.max(l.retry.at_ms));
         let sleep = |until_ms: i64| Next::Sleep {
             until_ms: until_ms.min(lease_due).max(now_ms + 1),
         };
@@ -601,6 +610,11 @@ impl Scheduler {
                 at_ms: now_ms,
                 failures: 0,
             };
+            return;
+        }
+        // The job stopped while this action ran (its lease was lost to another replicator
+        // beside it): the outcome changes nothing; the release comes next.
+        if self.stopped_by.is_some() && action != Action::ReleaseLease {
             return;
         }
         let failed = outcome == Outcome::Failed(Failure::Transient);
@@ -1064,6 +1078,64 @@ mod tests {
         );
         // Lost: no renewal again, nothing to release, the job ends.
         assert_eq!(s.next(at), Next::Exit);
+        assert!(s.stopped_by().is_some_and(|w| w.contains("pid 9")));
+    }
+
+    #[test]
+    fn renewals_beside_a_long_action_move_the_next_one() {
+        let mut s = Scheduler::new(schedule(), 1, 0).with_lease(9_000, 0);
+        assert_eq!(s.renewal_due_ms(), Some(3_000));
+        // The open runs from 0 past 6,000 (a large first snapshot): renewed beside it at 3,000
+        // and, after a failure at 6,000, at the retry.
+        assert_eq!(s.next(0), Next::Run(Action::Open));
+        s.done(3_000, Action::RenewLease, Outcome::Renewed);
+        assert_eq!(s.renewal_due_ms(), Some(6_000));
+        s.done(
+            6_000,
+            Action::RenewLease,
+            Outcome::Failed(Failure::Transient),
+        );
+        let retry = s.renewal_due_ms().expect("still held");
+        assert!(
+            (6_001..=7_500).contains(&retry),
+            "retried well inside: {retry}"
+        );
+        s.done(retry, Action::RenewLease, Outcome::Renewed);
+        let end = retry + 1;
+        s.done(
+            end,
+            Action::Open,
+            Outcome::Opened {
+                txid: 1,
+                shipped_full: true,
+                newest_full_ms: None,
+            },
+        );
+        assert_eq!(s.renewal_due_ms(), Some(retry + 3_000));
+        assert_eq!(s.next(end), Next::Run(Action::Sync), "the open counted");
+    }
+
+    #[test]
+    fn a_lease_lost_beside_an_action_stops_the_job_when_it_ends() {
+        let mut s = Scheduler::new(schedule(), 1, 0).with_lease(9_000, 0);
+        assert_eq!(s.next(0), Next::Run(Action::Open));
+        s.done(
+            3_000,
+            Action::RenewLease,
+            Outcome::Failed(Failure::Permanent("taken over by pid 9".into())),
+        );
+        assert_eq!(s.renewal_due_ms(), None, "nothing left to renew");
+        // The open finishing afterwards must not start the job running again.
+        s.done(
+            4_000,
+            Action::Open,
+            Outcome::Opened {
+                txid: 1,
+                shipped_full: true,
+                newest_full_ms: None,
+            },
+        );
+        assert_eq!(s.next(4_000), Next::Exit);
         assert!(s.stopped_by().is_some_and(|w| w.contains("pid 9")));
     }
 

@@ -314,20 +314,30 @@ fn put_file(final_path: &Path, data: &[u8], opts: PutOptions) -> std::io::Result
     put_file_with(final_path, opts, |f| f.write_all(data))
 }
 
-/// The bytes of a spooled body copied into `f`, a part at a time.
-fn copy_spooled(body: &dyn ScratchFile, f: &mut std::fs::File) -> std::io::Result<()> {
+/// The bytes of a spooled body copied into `f`, a part at a time, yielding every
+/// [`COPY_PARTS_PER_YIELD`] parts: a copy of many GiB runs in the caller's task, beside the
+/// lease kept during it.
+async fn copy_spooled(body: &dyn ScratchFile, f: &mut std::fs::File) -> std::io::Result<()> {
     let size = body.size()?;
     let mut offset = 0;
-    while offset < size {
+    for n in 1u32.. {
+        if offset >= size {
+            break;
+        }
         let part = read_part(body, offset, COPY_PART_BYTES, size)?;
         f.write_all(&part)?;
         offset += part.len() as u64;
+        if n.is_multiple_of(COPY_PARTS_PER_YIELD) {
+            tokio::task::yield_now().await;
+        }
     }
     Ok(())
 }
 
 /// How much of a spooled body a directory store copies at a time.
 const COPY_PART_BYTES: usize = 1 << 20;
+/// Parts copied between two yields (8 MiB).
+const COPY_PARTS_PER_YIELD: u32 = 8;
 
 /// Writes a temporary file with `write` (`tempfile`, in the object's directory, named
 /// `<name>.<random>.tmp` so listings skip it), fsyncs it, and moves it into place: a rename for
@@ -339,17 +349,31 @@ fn put_file_with(
     opts: PutOptions,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let mut tmp = begin_put(final_path)?;
+    write(tmp.as_file_mut())?;
+    finish_put(tmp, final_path, opts)
+}
+
+/// The temporary a put of `final_path` writes (see [`put_file_with`]).
+fn begin_put(final_path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = final_path
         .parent()
         .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
     let mut prefix = final_path.file_name().unwrap_or_default().to_os_string();
     prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(&prefix)
         .suffix(TMP_SUFFIX)
-        .tempfile_in(dir)?;
-    write(tmp.as_file_mut())?;
+        .tempfile_in(dir)
+}
+
+/// The written temporary stamped, fsynced and moved into place (see [`put_file_with`]).
+fn finish_put(
+    tmp: tempfile::NamedTempFile,
+    final_path: &Path,
+    opts: PutOptions,
+) -> std::io::Result<()> {
     let when =
         UNIX_EPOCH + Duration::from_millis(u64::try_from(opts.timestamp_ms.max(0)).unwrap_or(0));
     tmp.as_file().set_modified(when)?;
@@ -358,6 +382,9 @@ fn put_file_with(
         PutMode::Overwrite => tmp.persist(final_path).map_err(|e| e.error)?,
         PutMode::Create => tmp.persist_noclobber(final_path).map_err(|e| e.error)?,
     };
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
     fsync_dir(dir)
 }
 
@@ -531,16 +558,16 @@ impl ObjectStore for DirStore {
     ) -> Result<(), StoreError> {
         check_key("put", &self.describe(), key)?;
         let (path, loc) = (self.path(key), self.location(key));
-        // Blocking, in place (`body` is borrowed; a copy is local disk to local disk): other
-        // tasks move to another worker where the runtime has them.
-        let copy = || {
-            put_file_with(&path, opts, |f| copy_spooled(body, f))
-                .map_err(|e| StoreError::from_io("put", loc, &e))
-        };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(copy),
-            _ => copy(),
-        }
+        let io = |e: std::io::Error| StoreError::from_io("put", loc.clone(), &e);
+        // In this task (`body` is borrowed; a copy is local disk to local disk), a part at a
+        // time with yields; the fsync, which may write back GiB, on the blocking pool.
+        let mut tmp = begin_put(&path).map_err(io)?;
+        copy_spooled(body, tmp.as_file_mut()).await.map_err(io)?;
+        let finish_loc = loc.clone();
+        blocking(move || {
+            finish_put(tmp, &path, opts).map_err(|e| StoreError::from_io("put", finish_loc, &e))
+        })
+        .await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sluice_core::lease::LEASE_KEY;
 use sluice_core::scratch::ScratchFile;
 use sluice_core::store::{
     ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError, StoreErrorKind,
@@ -152,6 +153,19 @@ impl<S> FaultyStore<S> {
         s.partitions.iter().any(|&(a, b)| now_ms >= a && now_ms < b)
     }
 
+    /// The fate of a request on `key`, once its time has passed. Simulated time moves only
+    /// inside requests, so the process's other work that came due meanwhile (the lease
+    /// renewed beside a long action) runs at a yield before the answer is judged. The lease's
+    /// own requests do not yield: a renewal completes before the request it ran beside is
+    /// answered, as a renewal sent concurrently when it came due would in production.
+    async fn answer(&self, key: &str, mutating: bool) -> Fate {
+        let fate = self.fate(mutating);
+        if key != LEASE_KEY {
+            tokio::task::yield_now().await;
+        }
+        fate
+    }
+
     fn fate(&self, mutating: bool) -> Fate {
         let mut s = self.lock();
         // Latency: the request takes simulated time (a spike counts as an injected fault).
@@ -160,14 +174,19 @@ impl<S> FaultyStore<S> {
         if faults.latency_max_ms > 0 {
             delay = s.rng.random_range(0..=faults.latency_max_ms);
         }
-        if faults.latency_spike > 0.0 && s.rng.random_bool(faults.latency_spike.min(1.0)) {
+        let spike = faults.latency_spike > 0.0 && s.rng.random_bool(faults.latency_spike.min(1.0));
+        if spike {
             delay = s.rng.random_range(200..2000);
-            s.note_injected();
         }
         let now = vfs::with(|v| {
             v.now_ms += delay;
             v.now_ms
         });
+        // Noted when it ends: the store misbehaved until then (a renewal stalled across a
+        // partition's end answers with a lease already run out).
+        if spike {
+            s.note_injected();
+        }
         let fate = if s.partitions.iter().any(|&(a, b)| now >= a && now < b) {
             Fate::FailBefore
         } else if s.fail_next > 0 {
@@ -226,7 +245,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             // Opened or dropped, the writer goes on.
             let _ = gate.await;
         }
-        let fate = self.fate(true);
+        let fate = self.answer(key, true).await;
         if matches!(fate, Fate::FailBefore) {
             return Err(injected("put", key));
         }
@@ -266,7 +285,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        match self.fate(false) {
+        match self.answer(key, false).await {
             Fate::Ok => {
                 let mut body = self.inner.get_range(key, offset, len).await?;
                 if self.cut_short() {
@@ -284,7 +303,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        match self.fate(false) {
+        match self.answer(key, false).await {
             Fate::Ok => self.inner.head(key).await,
             _ => Err(injected("head", key)),
         }
@@ -296,7 +315,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        match self.fate(false) {
+        match self.answer(prefix, false).await {
             Fate::Ok => {
                 let mut all = self.inner.list(prefix).await?;
                 let now = vfs::with(|v| v.now_ms);
@@ -312,7 +331,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self.fate(true) {
+        match self.answer(key, true).await {
             Fate::Ok => self.inner.delete(key).await,
             Fate::FailBefore => Err(injected("delete", key)),
             Fate::FailAfter => {
@@ -331,7 +350,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
-        match self.fate(false) {
+        match self.answer(key, false).await {
             Fate::Ok => self.inner.get_versioned(key).await,
             _ => Err(injected("get", key)),
         }
@@ -344,7 +363,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         timestamp_ms: i64,
         version: &str,
     ) -> Result<String, StoreError> {
-        let fate = self.fate(true);
+        let fate = self.answer(key, true).await;
         if matches!(fate, Fate::FailBefore) {
             return Err(injected("put", key));
         }

@@ -142,6 +142,20 @@ impl Clock for SimClock {
     fn now_ms(&self) -> i64 {
         vfs::with(|s| s.now_ms)
     }
+
+    /// Ready once simulated time has reached `at_ms`. Simulated time moves only inside the
+    /// world's calls (a store request's latency), and the simulated store yields after each
+    /// request, so a task waiting on this beside an action (the lease kept during it) is
+    /// polled again at every request of that action: no waker to register.
+    fn sleep_until(&self, at_ms: i64) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::poll_fn(move |_| {
+            if vfs::with(|s| s.now_ms) >= at_ms {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }))
+    }
 }
 
 /// The simulated database as a job sees it: its files on the simulated disk, stamped by the

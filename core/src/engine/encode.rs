@@ -26,7 +26,7 @@ impl Engine {
     /// this start cannot both claim the TXID (a level-9 snapshot `1..=N` and a level-0 `N`
     /// could coexist, and the chain would fork; found by sluice-sim's zombie writer). The
     /// driver's snapshots (level 9) follow on their schedule.
-    pub(super) fn prepare_full(
+    pub(super) async fn prepare_full(
         &self,
         map: &StateMap,
         sums: PageSums,
@@ -51,6 +51,7 @@ impl Engine {
         for pgno in (1..=map.commit).filter(|&p| p != lock) {
             self.read_page(map, pgno, &mut buf)?;
             enc.encode_page(pgno, &buf)?;
+            pace(pgno).await;
         }
         let (spool, _) = enc.finish(None)?;
         let body = spool.finish().map_err(|e| self.spool_err(e))?;
@@ -106,7 +107,7 @@ impl Engine {
 
     /// Encodes and uploads the pages `changed` of state `map` as the next level-0 file, then
     /// advances the position. Pages the database grew by without a frame are read from the file.
-    pub(super) fn prepare_incremental(
+    pub(super) async fn prepare_incremental(
         &self,
         map: &StateMap,
         changed: &[u32],
@@ -127,9 +128,10 @@ impl Engine {
         sums.resize(map.commit);
         let mut buf = vec![0u8; self.page_size as usize];
         // First pass: the post-apply checksum goes in the header, so it is needed up front.
-        for &pgno in &pages {
+        for (n, &pgno) in (1..).zip(&pages) {
             self.read_page(map, pgno, &mut buf)?;
             sums.set(pgno, page_checksum(pgno, &buf));
+            pace(n).await;
         }
         let txid = self.pos.txid + 1;
         let (wal_offset, wal_size, salt1, salt2) = Self::wal_fields(wal.as_ref(), start);
@@ -143,9 +145,10 @@ impl Engine {
         let mut enc = Encoder::new(Spool::new(self.scratch.clone()), header)?;
         // Second pass: encode. The pages cannot change in between: the read transaction pins
         // the WAL frames and the database pages they shadow.
-        for &pgno in &pages {
+        for (n, &pgno) in (1..).zip(&pages) {
             self.read_page(map, pgno, &mut buf)?;
             enc.encode_page(pgno, &buf)?;
+            pace(n).await;
         }
         let (spool, _) = enc.finish(None)?;
         let body = spool.finish().map_err(|e| self.spool_err(e))?;

@@ -43,9 +43,30 @@ pub use recovery::chain_break;
 pub use source::{DbFiles, LocalDb, OsDb, OsFiles};
 pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
 
+/// Pages a pass over the whole database (a first snapshot, a full compare) reads between two
+/// yields: 8 MiB at 4 KiB pages. Such a pass takes minutes on a large database and runs in
+/// the driver's task; at each yield the work beside it (the lease kept during the action, the
+/// other jobs of the process on a single worker thread) gets its turn.
+const PAGES_PER_YIELD: u32 = 2048;
+
+/// Yields after every [`PAGES_PER_YIELD`]th page (`n` counts pages from 1).
+async fn pace(n: u32) {
+    if n.is_multiple_of(PAGES_PER_YIELD) {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The clock seam. Real time in production, simulated time in the simulator.
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
+
+    /// Resolves once [`Clock::now_ms`] reaches `at_ms`. The default sleeps on tokio's timer;
+    /// a simulated clock resolves when its time, moved by the simulated world, has come (it
+    /// is polled again whenever the task it runs in is woken).
+    fn sleep_until(&self, at_ms: i64) -> futures::future::BoxFuture<'static, ()> {
+        let ms = u64::try_from(at_ms.saturating_sub(self.now_ms())).unwrap_or(0);
+        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -508,7 +529,7 @@ impl Engine {
         Ok(map)
     }
 
-    fn sums_of(&self, map: &StateMap) -> Result<PageSums, EngineError> {
+    async fn sums_of(&self, map: &StateMap) -> Result<PageSums, EngineError> {
         let mut sums = PageSums::new(self.page_size);
         sums.resize(map.commit);
         let lock = lock_pgno(self.page_size);
@@ -518,6 +539,7 @@ impl Engine {
                 self.read_page(map, pgno, &mut buf)?;
                 sums.set(pgno, page_checksum(pgno, &buf));
             }
+            pace(pgno).await;
         }
         Ok(sums)
     }

@@ -262,13 +262,13 @@ impl Engine {
         self.heal_pending = false;
         self.recoveries += 1;
         let files = self.replica.list_all().await?;
-        let local = self.read_local()?;
+        let local = self.read_local().await?;
         let fingerprint = local.all.as_ref().map(|(h, c)| (*h, c.end_offset));
         Ok((self.prove_position(files, local).await?, fingerprint))
     }
 
     /// The local database's current state, with its page checksums.
-    fn read_local(&mut self) -> Result<LocalRead, EngineError> {
+    async fn read_local(&mut self) -> Result<LocalRead, EngineError> {
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, _) = self.wal_header()?;
         let all = match header {
@@ -276,7 +276,7 @@ impl Engine {
             None => None,
         };
         let current = self.read_map(all.as_ref().map(|(_, c)| c))?;
-        let current_sums = self.sums_of(&current)?;
+        let current_sums = self.sums_of(&current).await?;
         let current_wal = all.as_ref().map(|(h, c)| WalPos {
             header: *h,
             offset: c.end_offset,
@@ -330,6 +330,7 @@ impl Engine {
             tracing::info!(replica = %self.replica.describe(), "replica is empty; shipping a snapshot");
             return self
                 .prepare_full(&current, current_sums, current_wal, 0, 0)
+                .await
                 .map(Some);
         };
         let ends = match self.read_file_ends(&newest).await {
@@ -351,8 +352,9 @@ impl Engine {
                 );
                 self.replica_break = Some(why);
                 self.refuse_foreign_lineage()?;
-                let p =
-                    self.prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)?;
+                let p = self
+                    .prepare_full(&current, current_sums, current_wal, newest.max_txid, 0)
+                    .await?;
                 self.heal_pending = true;
                 return Ok(Some(p));
             }
@@ -375,8 +377,9 @@ impl Engine {
                 txid = format_args!("{:016x}", newest.max_txid + 1),
                 "healing the replica: shipping every page"
             );
-            let p =
-                self.prepare_full(&current, current_sums, current_wal, newest.max_txid, post)?;
+            let p = self
+                .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
+                .await?;
             self.heal_pending = true;
             return Ok(Some(p));
         }
@@ -397,7 +400,7 @@ impl Engine {
                 let upto = self.scan(&mut sc, end.saturating_sub(WAL_HEADER_SIZE as u64).max(1))?;
                 if upto.end_offset == end {
                     let map = self.state_map(Some(&upto))?;
-                    let sums = self.sums_of(&map)?;
+                    let sums = self.sums_of(&map).await?;
                     if sums.total() == replica_sum {
                         let wal = WalPos {
                             header: *h,
@@ -417,7 +420,7 @@ impl Engine {
                 let sums = if current.wal_pages.is_empty() && map.commit == current.commit {
                     current_sums.clone()
                 } else {
-                    self.sums_of(&map)?
+                    self.sums_of(&map).await?
                 };
                 if sums.total() == replica_sum {
                     let wal = all.as_ref().map(|(h, _)| WalPos {
@@ -456,6 +459,7 @@ impl Engine {
                 );
                 return self
                     .prepare_full(&current, current_sums, current_wal, newest.max_txid, post)
+                    .await
                     .map(Some);
             }
         }

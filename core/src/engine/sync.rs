@@ -65,9 +65,9 @@ impl Engine {
             }
         }
         self.begin_read()?;
-        let prepared = self
-            .prepare_sync(&mut outcome)
-            .and_then(|(prepared, wal_len)| {
+        let prepared = match self.prepare_sync(&mut outcome).await {
+            Err(e) => Err(e),
+            Ok((prepared, wal_len)) => {
                 // Decided on the state just read; none when the read stopped short of the WAL's
                 // end (one file's worth, or the WAL moved under it). With nothing to ship, a
                 // PASSIVE one runs now, under the read; with an upload, once it is acknowledged.
@@ -77,11 +77,14 @@ impl Engine {
                 } else {
                     self.checkpoint_plan(generation_end, wal_len)
                 };
-                if prepared.is_none() && plan == CheckpointPlan::Passive {
-                    self.checkpoint(plan)?;
-                }
-                Ok((prepared, plan))
-            });
+                let checkpointed = if prepared.is_none() && plan == CheckpointPlan::Passive {
+                    self.checkpoint(plan)
+                } else {
+                    Ok(())
+                };
+                checkpointed.map(|()| (prepared, plan))
+            }
+        };
         let released = self.end_read();
         let (prepared, plan) = prepared?;
         released?;
@@ -217,7 +220,7 @@ impl Engine {
 
     /// Reads what changed and encodes it, under the read transaction. Also returns the WAL
     /// size seen, for the checkpoint decision.
-    pub(super) fn prepare_sync(
+    pub(super) async fn prepare_sync(
         &mut self,
         outcome: &mut SyncOutcome,
     ) -> Result<(Option<Prepared>, u64), EngineError> {
@@ -293,7 +296,7 @@ impl Engine {
                     file_len: self.files.wal_len().map_err(|e| self.io_err(e))?,
                 };
                 if !state::old_tail_intact(&evidence) {
-                    self.resync_batch(header, outcome)?
+                    self.resync_batch(header, outcome).await?
                 } else {
                     let tail_start = old;
                     let mut t = self.scan(&mut old, u64::MAX)?;
@@ -355,11 +358,11 @@ impl Engine {
                     }
                 }
             }
-            SyncPlan::Resync => self.resync_batch(header, outcome)?,
+            SyncPlan::Resync => self.resync_batch(header, outcome).await?,
         };
         let mut prepared = match batch {
             Some((map, changed, wal, start)) => {
-                Some(self.prepare_incremental(&map, &changed, wal, start)?)
+                Some(self.prepare_incremental(&map, &changed, wal, start).await?)
             }
             None => None,
         };
@@ -404,11 +407,7 @@ impl Engine {
     }
 
     /// Compares the whole current database with the replica's state: the changed pages.
-    #[expect(
-        clippy::type_complexity,
-        reason = "a private tuple consumed right away by sync"
-    )]
-    pub(super) fn resync_batch(
+    pub(super) async fn resync_batch(
         &mut self,
         header: Option<WalHeader>,
         outcome: &mut SyncOutcome,
@@ -419,7 +418,7 @@ impl Engine {
             None => None,
         };
         let map = self.read_map(all.as_ref().map(|(_, c)| c))?;
-        let sums = self.sums_of(&map)?;
+        let sums = self.sums_of(&map).await?;
         let changed = sums
             .diff(&self.sums)
             .into_iter()

@@ -157,9 +157,17 @@ impl World {
             .map(str::to_string)
             .filter(|b| action == Action::Open || break_before.as_ref() != Some(b));
         vfs::with(|s| s.current = Proc::App);
-        if self.store.injected() != injected_before || action == Action::Open {
+        let faulted = self.store.injected() != injected_before;
+        if faulted || action == Action::Open {
             self.disturbed_ms = self.now();
         }
+        let failed = outcome == Outcome::Failed(Failure::Transient);
+        self.judge_progress(
+            action,
+            failed,
+            faulted,
+            error.as_deref().unwrap_or_default(),
+        );
         match &outcome {
             Outcome::Synced { more, .. } => {
                 if !more {

@@ -22,7 +22,7 @@ use sluice_core::lease::{FencedStore, Holder, Lease, LeaseError};
 use sluice_core::replica::{Layout, Replica};
 use sluice_core::replicate::{Driver, Job, JobStatus, Schedule};
 use sluice_core::restore::{self, Fetched, Target};
-use sluice_core::scheduler::{Action, Next, Outcome};
+use sluice_core::scheduler::{Action, Failure, Next, Outcome};
 use sluice_core::store::{DynStore, MemStore, ObjectStore, StoreErrorKind};
 
 use crate::faulty::FaultyStore;
@@ -37,6 +37,7 @@ mod check_compaction;
 mod check_heals;
 mod check_history;
 mod check_pitr;
+mod check_progress;
 mod check_restore;
 mod check_terms;
 mod check_verify;
@@ -166,6 +167,8 @@ struct World {
     /// Every partition of the run, `[start, end)`, and the heals the RPO checker follows.
     partitions: Vec<(i64, i64)>,
     heals: Vec<Heal>,
+    /// The replicator's current run of failed actions with a healthy store.
+    streak: check_progress::Streak,
 }
 
 /// One replicator process: production's driver, and the fenced store it writes through.
@@ -494,6 +497,7 @@ pub fn run_scenario(
         replaced_at: None,
         partitions: partitions.clone(),
         heals: Vec::new(),
+        streak: check_progress::Streak::default(),
     };
     w.log(format!("seed {seed} knobs {knobs:?}"));
     if let Err(e) = w.open_app() {

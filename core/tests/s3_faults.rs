@@ -121,19 +121,31 @@ fn replication_rides_out_resets_503s_stalls_and_a_partition() {
         log.contains("sync failed; will retry"),
         "the partition should have failed at least one sync:\n{log}"
     );
+    assert_restores_the_source(server, &ws, &path, conn, &db, &log);
+}
+
+/// A restore of `path` equals the database `db`, checkpointed, byte for byte, and passes
+/// `integrity_check`; `log` is the replicator's, for the message.
+fn assert_restores_the_source(
+    server: &common::s3::S3Server,
+    ws: &Workspace,
+    path: &str,
+    conn: rusqlite::Connection,
+    db: &std::path::Path,
+    log: &str,
+) {
     checkpoint_truncate(&conn);
     let page = page_size(&conn);
     drop(conn);
-
     let out = ws.path("restored.db");
     let (code, _, err) = output(
         sluice(server, ws.root())
             .args(["restore", "-o"])
             .arg(&out)
-            .arg(server.url(&path)),
+            .arg(server.url(path)),
     );
     assert_eq!(code, 0, "restore failed: {err}\nreplicate log:\n{log}");
-    assert_same_file(&db, &out, page, "restore after faults vs source");
+    assert_same_file(db, &out, page, "restore vs source");
     assert_integrity_ok(&out);
 }
 
@@ -355,16 +367,5 @@ fn a_lost_answer_to_a_multipart_completion_is_ambiguous_not_access_denied() {
         log.contains("it may have completed"),
         "the completion's failure should be judged ambiguous:\n{log}"
     );
-    checkpoint_truncate(&conn);
-    let page = page_size(&conn);
-    drop(conn);
-    let out = ws.path("restored.db");
-    let (code, _, err) = output(
-        sluice(server, ws.root())
-            .args(["restore", "-o"])
-            .arg(&out)
-            .arg(server.url(&path)),
-    );
-    assert_eq!(code, 0, "restore failed: {err}\nreplicate log:\n{log}");
-    assert_same_file(&db, &out, page, "restore after a lost completion vs source");
+    assert_restores_the_source(server, &ws, &path, conn, &db, &log);
 }

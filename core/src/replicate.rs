@@ -310,7 +310,7 @@ async fn keep_lease(
 ) {
     loop {
         let Some(due_ms) = sched.renewal_due_ms() else {
-            // Lost: nothing left to renew beside the action.
+            // Nothing left to renew beside the action (lost, or the job is stopping).
             finished.notified().await;
             return;
         };

@@ -186,7 +186,9 @@ fn litestream_runs_as_the_system_under_test() {
         "--scenario",
         quick.to_str().expect("utf-8 path"),
     ]);
-    assert!(!text.contains("Error:"), "{text}");
+    // The harness's own errors start a line; Litestream's, quoted inside a violation it is
+    // charged with (a restore that exited with "Error: decode database: ..."), do not.
+    assert!(!text.lines().any(|l| l.starts_with("Error:")), "{text}");
     assert!(text.contains("chaos litestream seed 1: "), "{text}");
 }
 

@@ -368,14 +368,36 @@ impl Lease {
     pub async fn release(self, now_ms: i64) -> Result<(), LeaseError> {
         self.set_state(|s| s.valid_until_ms = i64::MIN);
         let body = self.body(now_ms, now_ms);
+        let stale = match self
+            .store
+            .put_if_version(LEASE_KEY, body.clone(), now_ms, &self.version)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == StoreErrorKind::Precondition => e,
+            Err(e) => return Err(e.into()),
+        };
+        // Our version is stale: a renewal was applied but its answer lost (one dropped when a
+        // stopping job's last action was cut off). Still ours: released with the version
+        // read; someone else's: nothing of ours to release.
+        let (bytes, version) = match self.store.get_versioned(LEASE_KEY).await {
+            Ok(found) => found,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if !decode(&bytes).is_some_and(|b| b.holder == self.holder) {
+            return Ok(());
+        }
         match self
             .store
-            .put_if_version(LEASE_KEY, body, now_ms, &self.version)
+            .put_if_version(LEASE_KEY, body, now_ms, &version)
             .await
         {
             Ok(_) => Ok(()),
-            // Someone else holds it already: nothing of ours to release.
-            Err(e) if e.kind == StoreErrorKind::Precondition => Ok(()),
+            Err(e) if e.kind == StoreErrorKind::Precondition => {
+                tracing::debug!(error = %stale, "the lease changed while it was released");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -615,6 +637,25 @@ mod tests {
         Lease::acquire(store.clone(), holder(2, "other"), 2_101, 1_000)
             .await
             .expect("free after release");
+    }
+
+    #[tokio::test]
+    async fn a_release_after_a_renewal_whose_answer_was_lost_frees_the_lease() {
+        let store: DynStore = Arc::new(MemStore::new());
+        let a = Lease::acquire(store.clone(), holder(1, "other"), 0, 30_000)
+            .await
+            .expect("acquire");
+        // A renewal the store applied, its answer never read: the lease keeps an old version.
+        let (_, version) = store.get_versioned(LEASE_KEY).await.expect("read");
+        let renewed = encode(&holder(1, "other"), 300, 30_300, "/data/app.db");
+        store
+            .put_if_version(LEASE_KEY, renewed, 300, &version)
+            .await
+            .expect("the renewal lands");
+        a.release(400).await.expect("release");
+        Lease::acquire(store.clone(), holder(2, "other"), 401, 30_000)
+            .await
+            .expect("released, although the lease's version was stale");
     }
 
     #[tokio::test]

@@ -368,15 +368,15 @@ impl Lease {
     pub async fn release(self, now_ms: i64) -> Result<(), LeaseError> {
         self.set_state(|s| s.valid_until_ms = i64::MIN);
         let body = self.body(now_ms, now_ms);
-        let stale = match self
+        match self
             .store
             .put_if_version(LEASE_KEY, body.clone(), now_ms, &self.version)
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind == StoreErrorKind::Precondition => e,
+            Err(e) if e.kind == StoreErrorKind::Precondition => {}
             Err(e) => return Err(e.into()),
-        };
+        }
         // Our version is stale: a renewal was applied but its answer lost (one dropped when a
         // stopping job's last action was cut off). Still ours: released with the version
         // read; someone else's: nothing of ours to release.
@@ -394,10 +394,8 @@ impl Lease {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.kind == StoreErrorKind::Precondition => {
-                tracing::debug!(error = %stale, "the lease changed while it was released");
-                Ok(())
-            }
+            // Taken over meanwhile: nothing of ours to release.
+            Err(e) if e.kind == StoreErrorKind::Precondition => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

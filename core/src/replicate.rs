@@ -463,8 +463,11 @@ impl Work {
                 }
             }
             Action::Retention => self.retention(now, retention).await,
-            // The driver performs these itself.
-            Action::RenewLease | Action::ReleaseLease => Ok(Outcome::Renewed),
+            // `Driver::lease_action` performs these; never sent here.
+            Action::RenewLease | Action::ReleaseLease => Err(failure(
+                true,
+                format!("{action}: a lease action reached the job's work"),
+            )),
         }
     }
 

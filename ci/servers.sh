@@ -126,9 +126,15 @@ if ! [ -x /usr/sbin/sshd ]; then
 fi
 export SLUICE_SFTP_USER=sluiceci
 id "$SLUICE_SFTP_USER" >/dev/null 2>&1 || useradd -m -s /bin/sh "$SLUICE_SFTP_USER"
-SLUICE_SFTP_PASSWORD="pw-$RANDOM$RANDOM"
+# The user is the machine's, so its password is too: a second setup running beside this one
+# (another clone's tests) reuses it instead of changing it under this one's tests.
+password_file=/etc/sluice-ci-sftp-password
+if ! [ -s "$password_file" ]; then
+  (umask 077 && echo "pw-$RANDOM$RANDOM$RANDOM" >"$password_file")
+  echo "$SLUICE_SFTP_USER:$(cat "$password_file")" | chpasswd
+fi
+SLUICE_SFTP_PASSWORD=$(cat "$password_file")
 export SLUICE_SFTP_PASSWORD
-echo "$SLUICE_SFTP_USER:$SLUICE_SFTP_PASSWORD" | chpasswd
 sshd_dir="$s3_data/sshd"
 mkdir -p "$sshd_dir" /run/sshd
 chmod 711 "$s3_data" "$sshd_dir" # the SFTP user reaches its directory through them

@@ -67,10 +67,14 @@ pub enum Bug {
     /// The lease is renewed only between actions (the old driver): an action longer than the
     /// lease (a large first snapshot, a compaction on a slow store) has its writes refused.
     LeaseNotKeptDuringActions,
+    /// A WAL restart waits for the sync interval like any other change (the old rule): under
+    /// heavy writes the new generation grows past the position first, and the next sync
+    /// compares the whole database.
+    RestartNoticedLate,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 24] = [
+    pub const ALL: [Bug; 25] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -95,6 +99,7 @@ impl Bug {
         Bug::CopiedSnapshotEndsTheRun,
         Bug::SnapshotReadReleased,
         Bug::LeaseNotKeptDuringActions,
+        Bug::RestartNoticedLate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +128,7 @@ impl Bug {
             Bug::CopiedSnapshotEndsTheRun => "copied-snapshot-ends-the-run",
             Bug::SnapshotReadReleased => "snapshot-read-released",
             Bug::LeaseNotKeptDuringActions => "lease-not-kept-during-actions",
+            Bug::RestartNoticedLate => "restart-noticed-late",
         }
     }
 

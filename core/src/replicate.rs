@@ -352,12 +352,17 @@ impl Work {
         let now = self.clock.now_ms();
         match action {
             Action::Open => self.open().await,
-            Action::Sync => {
+            Action::Sync | Action::SyncRestart => {
                 let Some(engine) = self.engine.as_mut() else {
                     return Err(failure(true, "sync before the engine opened".into()));
                 };
                 let recoveries = engine.recoveries();
-                match engine.sync().await {
+                let synced = if action == Action::SyncRestart {
+                    engine.sync_restart().await
+                } else {
+                    engine.sync().await
+                };
+                match synced {
                     Ok(out) => {
                         tracing::debug!(db = %self.cfg.db_path.display(), txid = format_args!("{:016x}", engine.position().txid), shipped = out.shipped.is_some(), "sync done");
                         let judged = engine.recoveries() != recoveries;
@@ -785,7 +790,10 @@ fn watch_database(
     );
     let name = db.file_name()?.to_os_string();
     let handler = move |event: notify::Result<notify::Event>| {
+        // Writes, creations, removals; not opens, reads and closes (the application's reads,
+        // and this process's own look at the WAL's header, which would wake it again).
         if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
             && event.paths.iter().any(|p| {
                 p.file_name()
                     .is_some_and(|f| f.as_encoded_bytes().starts_with(name.as_encoded_bytes()))

@@ -11,7 +11,12 @@
 //! - **Open** the engine first; a transient failure is retried with full jitter, capped at the
 //!   sync interval (everything is pending, so the recovery point objective applies).
 //! - **Sync** when the stamp changed and the previous upload is at least `sync_interval_ms`
-//!   old: sparse writes ship at once, sustained writes cost at most one PUT per interval.
+//!   old: sparse writes ship at once, sustained writes cost at most one PUT per interval. A
+//!   WAL restart (the stamp's generation changed) is synced at once, interval or not
+//!   ([`Action::SyncRestart`]), and again [`RESTART_FOLLOW_UP_MS`] later: the new generation
+//!   overwrites the old one's unread tail as it grows, and once it has grown past the position
+//!   the next sync cannot prove continuity and compares the whole database. While commits are
+//!   pending the stamp is therefore polled every `wal_watch_ms`.
 //! - **Retries** back off with full jitter from [`RETRY_BASE_MS`]. A sync's backoff is capped at
 //!   the sync interval while commits are pending, so once the store answers again the next
 //!   commit ships within one sync interval plus one upload (the stated bound, checked by the
@@ -38,11 +43,24 @@ use crate::replica::SNAPSHOT_LEVEL;
 /// The first retry waits up to this long; each further failure doubles the cap.
 pub const RETRY_BASE_MS: i64 = 100;
 
+/// [`Schedule::wal_watch_ms`]'s default.
+pub const WAL_WATCH_MS: i64 = 10;
+
+/// The sync after a WAL restart's is due this long after it (at the first change then): far
+/// enough for the position to move past more than the new generation's first transaction.
+pub const RESTART_FOLLOW_UP_MS: i64 = 50;
+
 /// When things happen. Defaults are Litestream's.
 #[derive(Clone, Debug)]
 pub struct Schedule {
     pub sync_interval_ms: i64,
     pub monitor_interval_ms: i64,
+    /// While commits are pending, the stamp is observed this often (a stat of two files and a
+    /// read of the WAL's 32-byte header), so a WAL restart is synced within this long of the
+    /// write that began it. The old generation's tail survives until the new one has grown
+    /// past the position: at 1,000 frames a second, a restart within 10 ms of the position's
+    /// last sync is the most this catches too late.
+    pub wal_watch_ms: i64,
     /// Compaction interval for levels 1, 2, ...
     pub levels_ms: Vec<i64>,
     pub snapshot_interval_ms: i64,
@@ -71,6 +89,7 @@ impl Default for Schedule {
         Self {
             sync_interval_ms: 1000,
             monitor_interval_ms: 1000,
+            wal_watch_ms: WAL_WATCH_MS,
             levels_ms: vec![30_000, 300_000, 3_600_000],
             snapshot_interval_ms: 24 * 3_600_000,
             snapshot_retention_ms: 24 * 3_600_000,
@@ -90,6 +109,10 @@ pub enum Action {
     Open,
     /// Ship what changed since the last sync.
     Sync,
+    /// The WAL restarted: ship the old generation's tail and the new one's frames while the
+    /// tail is still there to prove continuity from; ship nothing if it is already gone (a
+    /// sync at the interval then compares the database, once, instead of this one).
+    SyncRestart,
     /// Compact level `level - 1` into `level`, up to `up_to_txid`; `known_max_txid` is the
     /// newest TXID this job knows the destination reaches (a lagging listing may not show it).
     Compact {
@@ -112,6 +135,7 @@ impl std::fmt::Display for Action {
         match self {
             Action::Open => f.write_str("open"),
             Action::Sync => f.write_str("sync"),
+            Action::SyncRestart => f.write_str("sync-restart"),
             Action::Compact {
                 level, up_to_txid, ..
             } => write!(f, "compact level {level} to {up_to_txid:016x}"),
@@ -232,6 +256,8 @@ pub struct Scheduler {
     stamp: Option<Stamp>,
     /// When unshipped changes were first seen, if any are pending.
     pending_since_ms: Option<i64>,
+    /// Where the job is in syncing a WAL restart (see [`Restart`]).
+    restart: Restart,
     last_upload_ms: i64,
     sync: Retry,
     levels: Vec<Level>,
@@ -249,9 +275,29 @@ pub struct Scheduler {
     drained: bool,
 }
 
-/// What the caller observed of the database and its WAL (sizes, modification times, or the
-/// simulated disk's versions): a change means commits may be pending.
-pub type Stamp = [u64; 3];
+/// A WAL restart's syncs: the one that reads the old generation's tail while it is still
+/// there, and one more soon after. The first leaves the position right after the new
+/// generation's first transactions, where the next restart's first transaction (as large)
+/// overwrites the frames after it before any sync at the interval could read them; the second
+/// moves it further.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restart {
+    None,
+    /// A new generation was seen: sync at once.
+    Seen,
+    /// Its sync shipped: the next one is due [`RESTART_FOLLOW_UP_MS`] after it, at the first
+    /// change then, interval or not.
+    FollowUp,
+}
+
+/// What the caller observed of the database and its WAL: the WAL's size, its modification
+/// time (or the simulated disk's version), the database's size, and the WAL's generation (its
+/// header's salts, `STAMP_GENERATION`; 0 without a header). A change means commits may be
+/// pending; a change of generation, that the WAL restarted.
+pub type Stamp = [u64; 4];
+
+/// The index of the WAL's generation in a [`Stamp`].
+pub const STAMP_GENERATION: usize = 3;
 
 fn align_next(now_ms: i64, interval_ms: i64) -> i64 {
     (now_ms / interval_ms.max(1) + 1) * interval_ms.max(1)
@@ -281,6 +327,7 @@ impl Scheduler {
             txid: 0,
             stamp: None,
             pending_since_ms: None,
+            restart: Restart::None,
             last_upload_ms: i64::MIN / 2,
             sync: Retry::default(),
             levels,
@@ -365,6 +412,13 @@ impl Scheduler {
     /// The database's stamp at `now_ms`: a change marks commits pending.
     pub fn observe_stamp(&mut self, now_ms: i64, stamp: Option<Stamp>) {
         if stamp != self.stamp {
+            // A generation that replaced another: the old one's unread tail is being
+            // overwritten (none to fear after a WAL that was missing or truncated).
+            let generation = |s: Option<Stamp>| s.map_or(0, |s| s[STAMP_GENERATION]);
+            let old = generation(self.stamp);
+            if old != 0 && generation(stamp) != old && !planted::active(Bug::RestartNoticedLate) {
+                self.restart = Restart::Seen;
+            }
             self.stamp = stamp;
             self.pending_since_ms.get_or_insert(now_ms);
         }
@@ -516,6 +570,18 @@ impl Scheduler {
 
     fn sync_due_ms(&self) -> Option<i64> {
         self.pending_since_ms?;
+        match self.restart {
+            // Interval or not (a failing store still gets its backoff).
+            Restart::Seen => return Some(self.sync.at_ms),
+            Restart::FollowUp => {
+                return Some(
+                    self.last_upload_ms
+                        .saturating_add(RESTART_FOLLOW_UP_MS)
+                        .max(self.sync.at_ms),
+                );
+            }
+            Restart::None => {}
+        }
         Some(
             self.last_upload_ms
                 .saturating_add(self.s.sync_interval_ms)
@@ -536,9 +602,14 @@ impl Scheduler {
         let mut wake = now_ms + self.s.monitor_interval_ms.max(1);
         if let Some(due) = self.sync_due_ms() {
             if now_ms >= due {
-                return Next::Run(Action::Sync);
+                return Next::Run(if self.restart == Restart::Seen {
+                    Action::SyncRestart
+                } else {
+                    Action::Sync
+                });
             }
-            wake = wake.min(due);
+            // Pending: watch for a WAL restart, which makes the sync due at once.
+            wake = wake.min(due).min(now_ms + self.s.wal_watch_ms.max(1));
         }
         for i in 0..self.levels.len() {
             let level = u8::try_from(i + 1)
@@ -651,7 +722,7 @@ impl Scheduler {
                     };
                 }
             }
-            Action::Sync => {
+            Action::Sync | Action::SyncRestart => {
                 if failed {
                     // Capped at the sync interval: commits are pending (the RPO bound).
                     let cap = self.s.sync_interval_ms;
@@ -664,6 +735,10 @@ impl Scheduler {
                 {
                     self.sync = Retry::default();
                     self.txid = txid;
+                    self.restart = match self.restart {
+                        Restart::Seen if shipped => Restart::FollowUp,
+                        _ => Restart::None,
+                    };
                     if shipped {
                         self.last_upload_ms = now_ms;
                     }
@@ -802,6 +877,18 @@ mod tests {
         );
     }
 
+    /// When the scheduler runs its next sync, stepping through its sleeps from `now`.
+    fn next_sync_at(s: &mut Scheduler, mut now: i64) -> i64 {
+        for _ in 0..100_000 {
+            match s.next(now) {
+                Next::Run(Action::Sync | Action::SyncRestart) => return now,
+                Next::Sleep { until_ms } => now = until_ms,
+                other => panic!("{other:?} at {now}"),
+            }
+        }
+        panic!("no sync by {now}");
+    }
+
     #[test]
     fn syncs_once_per_interval_and_only_after_a_change() {
         let mut s = Scheduler::new(schedule(), 1, 0);
@@ -809,12 +896,120 @@ mod tests {
         synced(&mut s, 0, 1);
         // Nothing changed: sleep until the monitor interval, no sync.
         assert_eq!(s.next(10), Next::Sleep { until_ms: 1_010 });
-        s.observe_stamp(500, Some([1, 1, 1]));
-        // Changed, but the last upload is younger than the interval.
-        assert_eq!(s.next(500), Next::Sleep { until_ms: 1_000 });
+        s.observe_stamp(500, Some([1, 1, 1, 7]));
+        // Changed, but the last upload is younger than the interval: the stamp is watched
+        // meanwhile.
+        assert_eq!(
+            s.next(500),
+            Next::Sleep {
+                until_ms: 500 + WAL_WATCH_MS
+            }
+        );
+        assert_eq!(s.next(999), Next::Sleep { until_ms: 1_000 });
         synced(&mut s, 1_000, 2);
-        s.observe_stamp(1_200, Some([1, 1, 1]));
-        assert!(matches!(s.next(1_200), Next::Sleep { .. }), "same stamp");
+        s.observe_stamp(1_200, Some([1, 1, 1, 7]));
+        assert_eq!(
+            s.next(1_200),
+            Next::Sleep { until_ms: 2_200 },
+            "same stamp: idle until the monitor interval"
+        );
+    }
+
+    #[test]
+    fn a_wal_restart_is_synced_at_once_then_once_more_soon_after() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        s.observe_stamp(100, Some([8_192, 1, 4_096, 7]));
+        synced(&mut s, 1_000, 2);
+        // Writes within the generation wait for the interval.
+        s.observe_stamp(1_100, Some([12_288, 2, 4_096, 7]));
+        assert!(matches!(s.next(1_100), Next::Sleep { .. }));
+        // The WAL restarted (a new generation over the old file): the old tail is being
+        // overwritten, so its sync is due now, 110 ms after the last upload.
+        s.observe_stamp(1_110, Some([12_288, 3, 8_192, 9]));
+        if planted::active(Bug::RestartNoticedLate) {
+            assert!(matches!(s.next(1_110), Next::Sleep { .. }));
+            return;
+        }
+        assert_eq!(s.next(1_110), Next::Run(Action::SyncRestart));
+        let shipped = Outcome::Synced {
+            txid: 3,
+            shipped: true,
+            more: false,
+        };
+        s.done(1_110, Action::SyncRestart, shipped.clone());
+        // One more sync soon after, at the first change from then on.
+        s.observe_stamp(1_115, Some([16_384, 4, 8_192, 9]));
+        assert_eq!(next_sync_at(&mut s, 1_115), 1_110 + RESTART_FOLLOW_UP_MS);
+        let follow_up = 1_110 + RESTART_FOLLOW_UP_MS;
+        synced(&mut s, follow_up, 4);
+        // Then the generation is an ordinary one again.
+        s.observe_stamp(follow_up + 10, Some([20_480, 5, 8_192, 9]));
+        assert_eq!(next_sync_at(&mut s, follow_up + 10), follow_up + 1_000);
+    }
+
+    #[test]
+    fn a_restart_whose_tail_was_already_gone_waits_for_the_interval() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        s.observe_stamp(0, Some([8_192, 1, 4_096, 7]));
+        synced(&mut s, 0, 1);
+        s.observe_stamp(300, Some([8_192, 2, 4_096, 9]));
+        if planted::active(Bug::RestartNoticedLate) {
+            return;
+        }
+        assert_eq!(s.next(300), Next::Run(Action::SyncRestart));
+        // The engine shipped nothing: the changes stay pending, no follow-up.
+        s.done(
+            300,
+            Action::SyncRestart,
+            Outcome::Synced {
+                txid: 1,
+                shipped: false,
+                more: true,
+            },
+        );
+        assert_eq!(next_sync_at(&mut s, 301), 1_000);
+        assert_eq!(s.next(1_000), Next::Run(Action::Sync));
+    }
+
+    #[test]
+    fn no_rush_after_a_wal_that_was_missing_or_truncated() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        s.observe_stamp(0, Some([0, 0, 4_096, 0]));
+        synced(&mut s, 0, 1);
+        // A WAL appears: no old generation's tail to rescue, the interval holds.
+        s.observe_stamp(100, Some([8_192, 1, 4_096, 7]));
+        assert_eq!(
+            s.next(100),
+            Next::Sleep {
+                until_ms: 100 + WAL_WATCH_MS
+            }
+        );
+    }
+
+    #[test]
+    fn a_restart_during_an_outage_waits_for_the_retry() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        s.observe_stamp(0, Some([8_192, 1, 4_096, 7]));
+        assert_eq!(s.next(0), Next::Run(Action::Sync));
+        s.done(0, Action::Sync, Outcome::Failed(Failure::Transient));
+        s.observe_stamp(1, Some([8_192, 2, 4_096, 9]));
+        assert!(
+            matches!(s.next(1), Next::Sleep { .. }),
+            "the store's backoff still holds"
+        );
+        assert_eq!(
+            s.next(next_sync_at(&mut s.clone(), 1)),
+            Next::Run(if planted::active(Bug::RestartNoticedLate) {
+                Action::Sync
+            } else {
+                Action::SyncRestart
+            })
+        );
     }
 
     #[test]
@@ -826,14 +1021,17 @@ mod tests {
             s.wants_notifications(),
             "idle: a notification is the news of a change"
         );
-        s.observe_stamp(300, Some([1, 1, 1]));
+        s.observe_stamp(300, Some([1, 1, 1, 0]));
         assert!(
             !s.wants_notifications(),
             "pending: more changes move nothing"
         );
-        let due = s.next(300);
-        s.observe_stamp(600, Some([2, 2, 2]));
-        assert_eq!(s.next(600), due, "a later change does not move the sync");
+        s.observe_stamp(600, Some([2, 2, 2, 0]));
+        assert_eq!(
+            s.next(999),
+            Next::Sleep { until_ms: 1_000 },
+            "a later change (no restart) does not move the sync"
+        );
         synced(&mut s, 1_000, 2);
         assert!(s.wants_notifications(), "shipped: listening again");
     }
@@ -850,14 +1048,12 @@ mod tests {
         for _ in 0..40 {
             assert_eq!(s.next(now), Next::Run(Action::Sync));
             s.done(now, Action::Sync, Outcome::Failed(Failure::Transient));
-            let Next::Sleep { until_ms } = s.next(now) else {
-                panic!("a failed sync must wait");
-            };
+            let retry = next_sync_at(&mut s, now + 1);
             assert!(
-                until_ms > now && until_ms <= now + 1_000,
-                "retry {until_ms} after a failure at {now}"
+                retry > now && retry <= now + 1_000,
+                "retry {retry} after a failure at {now}"
             );
-            now = until_ms;
+            now = retry;
         }
     }
 
@@ -869,10 +1065,7 @@ mod tests {
             (0..6)
                 .map(|_| {
                     s.done(0, Action::Sync, Outcome::Failed(Failure::Transient));
-                    match s.next(0) {
-                        Next::Sleep { until_ms } => until_ms,
-                        other => panic!("{other:?}"),
-                    }
+                    next_sync_at(&mut s.clone(), 1)
                 })
                 .collect::<Vec<_>>()
         };
@@ -906,7 +1099,7 @@ mod tests {
     fn a_database_gone_while_running_is_waited_for_and_opened_again() {
         let mut s = Scheduler::new(schedule(), 1, 0);
         opened(&mut s, 0, 1);
-        s.observe_stamp(500, Some([1, 1, 1]));
+        s.observe_stamp(500, Some([1, 1, 1, 0]));
         synced(&mut s, 1_000, 1);
         // The file is gone: its stamp is none.
         s.observe_stamp(4_500, None);

@@ -399,3 +399,73 @@ async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_
         assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
     }
 }
+
+/// A checkpoint that backfills the whole WAL, as the application's automatic PASSIVE one does
+/// when no reader holds a snapshot: the next write restarts the WAL.
+fn backfill_all(app: &rusqlite::Connection) {
+    app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        assert_eq!((busy, log), (0, done), "the WAL is wholly checkpointed");
+        Ok(())
+    })
+    .expect("checkpoint");
+}
+
+/// The sync the scheduler runs when the WAL restarted (`Engine::sync_restart`). While the new
+/// generation still ends before the position, it ships the old generation's unread tail and
+/// the new frames without comparing the database. Once the new generation has grown past the
+/// position, the tail is gone: it ships nothing and leaves the changes pending (a WAL that
+/// restarts faster than the engine follows must cost one compare an interval, not one a
+/// restart), and the next ordinary sync compares the database and ships what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sync_ships_the_old_tail_or_nothing_once_it_is_overwritten() {
+    let ws = Workspace::new("engine-reads");
+    let db = ws.root().join("app.db");
+    let replica_dir = ws.root().join("replica");
+    let app = wal_db(&db);
+    let replica = Replica::new(Arc::new(DirStore::new(&replica_dir)), Layout::File);
+    let files = Arc::new(OsFiles::open(&db).expect("open the files"));
+    let mut engine = open_engine(EngineConfig::new(&db), files, replica, &ws).await;
+    let update = |rows: &str| {
+        app.execute(
+            &format!("UPDATE t SET v = randomblob(1000) WHERE {rows}"),
+            [],
+        )
+        .expect("update");
+    };
+
+    // A position far into the generation, then an unread tail after it.
+    update("id <= 200");
+    sync_from_the_wal(&mut engine, "steady frames").await;
+    update("id BETWEEN 201 AND 210");
+    let salts = wal_salts(&db);
+    backfill_all(&app);
+    update("id = 300");
+    assert_ne!(wal_salts(&db), salts, "the write restarted the WAL");
+    let out = engine.sync_restart().await.expect("restart sync");
+    assert!(
+        out.shipped.is_some() && !out.resynced,
+        "the old tail and the new frames are shipped, proven from the WAL: {out:?}"
+    );
+
+    // A position a few frames into a generation; the next generation outgrows it.
+    update("id = 1");
+    sync_from_the_wal(&mut engine, "the generation the checkpoint began").await;
+    update("id BETWEEN 2 AND 5");
+    backfill_all(&app);
+    update("id > 100");
+    let out = engine.sync_restart().await.expect("restart sync");
+    assert_eq!(
+        (out.shipped.is_some(), out.resynced, out.more),
+        (false, false, true),
+        "the tail is gone: nothing shipped, nothing compared, still pending"
+    );
+    let out = engine.sync().await.expect("sync");
+    assert!(
+        out.shipped.is_some() && out.resynced,
+        "the ordinary sync compares the database: {out:?}"
+    );
+    engine.close().expect("close the engine");
+    // Every file's checksums chain, the old tail's included, to the database's bytes.
+    assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
+}

@@ -4,8 +4,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sluice_core::engine::{Clock, DbFiles, LocalDb};
+use sluice_core::engine::{Clock, DbFiles, LocalDb, wal_generation};
 use sluice_core::scheduler::Stamp;
+use sluice_core::wal::WAL_HEADER_SIZE;
 
 use crate::vfs;
 
@@ -174,10 +175,18 @@ impl LocalDb for SimDb {
         let wal = format!("{}-wal", self.db);
         vfs::with(|s| {
             let db_len = s.disk.len(&self.db)?;
+            // Not an engine read: no interrupt counts it.
+            let mut header = [0u8; WAL_HEADER_SIZE];
+            let generation = if s.disk.read(&wal, 0, &mut header) == WAL_HEADER_SIZE {
+                wal_generation(&header)
+            } else {
+                0
+            };
             Some([
                 s.disk.len(&wal).unwrap_or(0) as u64,
                 s.disk.version(&wal),
                 db_len as u64,
+                generation,
             ])
         })
     }

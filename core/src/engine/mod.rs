@@ -40,7 +40,7 @@ use crate::wal::{
     scan_extent,
 };
 pub use recovery::chain_break;
-pub use source::{DbFiles, LocalDb, OsDb, OsFiles};
+pub use source::{DbFiles, LocalDb, OsDb, OsFiles, wal_generation};
 pub use state::{CheckpointPlan, CheckpointPolicy, DbStamp, PageSums, Position, SyncPlan, WalPos};
 
 /// Pages a pass over the whole database (a first snapshot, a full compare) reads between two
@@ -265,6 +265,9 @@ pub struct Engine {
     held: Option<HeldRead>,
     /// Where files too large for memory are spooled while they are encoded and uploaded.
     scratch: Arc<dyn Scratch>,
+    /// The sync being prepared is a WAL restart's ([`Engine::sync_restart`]): it ships
+    /// nothing rather than compare the database. Set by every prepare.
+    restart_only: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -344,6 +347,7 @@ impl Engine {
             read_db_only: None,
             held: None,
             scratch,
+            restart_only: false,
         };
         let prepared = engine.recover_holding().await?;
         // Proven, or shipped on purpose: later recoveries continue this database's lineage.

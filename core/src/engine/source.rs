@@ -169,12 +169,36 @@ impl LocalDb for OsDb {
         };
         let mut wal = self.path.as_os_str().to_owned();
         wal.push("-wal");
-        let w = std::fs::metadata(PathBuf::from(wal)).ok();
+        let wal = PathBuf::from(wal);
+        let w = std::fs::metadata(&wal).ok();
         let d = std::fs::metadata(&self.path).ok()?;
+        // The WAL's header, read through a descriptor of its own: SQLite locks the database
+        // file and the `-shm`, never the `-wal`, so closing it drops no lock of ours.
+        let mut header = [0u8; crate::wal::WAL_HEADER_SIZE];
+        let generation = match File::open(&wal) {
+            Ok(f) => match read_full_at(&f, 0, &mut header) {
+                Ok(n) if n == header.len() => wal_generation(&header),
+                _ => 0,
+            },
+            Err(_) => 0,
+        };
         Some([
             w.as_ref().map_or(0, std::fs::Metadata::len),
             w.as_ref().map_or(0, ns),
             d.len(),
+            generation,
         ])
     }
+}
+
+/// A WAL header's generation for a [`crate::scheduler::Stamp`]: its salts and checksum folded
+/// into one non-zero number (every restart writes new salts; a header rewritten with the same
+/// salts has another checkpoint sequence, hence another checksum).
+pub fn wal_generation(header: &[u8; crate::wal::WAL_HEADER_SIZE]) -> u64 {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    (word(16) ^ word(24).rotate_left(32)).max(1)
 }

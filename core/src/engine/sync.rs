@@ -48,6 +48,13 @@ impl Engine {
     /// upload to perform, or what the sync did when there is nothing to ship. Nothing moves
     /// until [`Engine::acknowledge`].
     pub async fn prepare(&mut self) -> Result<Ready, EngineError> {
+        self.prepare_as(false).await
+    }
+
+    /// [`Self::prepare`], for a WAL restart's sync when `restart_only` (see
+    /// [`Self::sync_restart`]). Every prepare sets the flag, so a cancelled one leaves nothing.
+    async fn prepare_as(&mut self, restart_only: bool) -> Result<Ready, EngineError> {
+        self.restart_only = restart_only;
         if self.files.replaced().map_err(|e| self.io_err(e))? {
             return Err(EngineError::Gone {
                 path: self.cfg.db_path.clone(),
@@ -212,10 +219,24 @@ impl Engine {
     /// application's checkpoints restart the WAL past the snapshot, so the next sync compared
     /// the whole database again.
     pub async fn sync(&mut self) -> Result<SyncOutcome, EngineError> {
-        match self.prepare().await? {
+        self.sync_as(false).await
+    }
+
+    async fn sync_as(&mut self, restart_only: bool) -> Result<SyncOutcome, EngineError> {
+        match self.prepare_as(restart_only).await? {
             Ready::Nothing(outcome) => Ok(outcome),
             Ready::Upload(upload) => self.send(*upload).await,
         }
+    }
+
+    /// A sync right after the WAL restarted (`scheduler::Action::SyncRestart`): ships the old
+    /// generation's tail and the new generation while the tail still proves continuity, and
+    /// nothing when it no longer can (the new generation already overwrote it): the full
+    /// compare that needs is left to the next sync at the interval, so a WAL that restarts
+    /// faster than the engine can follow costs one compare an interval, not one a restart.
+    /// Declined, the outcome ships nothing and says `more` (the changes are still pending).
+    pub async fn sync_restart(&mut self) -> Result<SyncOutcome, EngineError> {
+        self.sync_as(true).await
     }
 
     /// Reads what changed and encodes it, under the read transaction. Also returns the WAL
@@ -296,6 +317,9 @@ impl Engine {
                     file_len: self.files.wal_len().map_err(|e| self.io_err(e))?,
                 };
                 if !state::old_tail_intact(&evidence) {
+                    if self.restart_only {
+                        return Ok(self.decline(outcome, wal_len));
+                    }
                     self.resync_batch(header, outcome).await?
                 } else {
                     let tail_start = old;
@@ -358,6 +382,7 @@ impl Engine {
                     }
                 }
             }
+            SyncPlan::Resync if self.restart_only => return Ok(self.decline(outcome, wal_len)),
             SyncPlan::Resync => self.resync_batch(header, outcome).await?,
         };
         let mut prepared = match batch {
@@ -404,6 +429,13 @@ impl Engine {
             return Ok((None, wal_len));
         }
         Ok((prepared, wal_len))
+    }
+
+    /// A restart's sync that cannot prove continuity ships nothing (see [`Self::sync_restart`]).
+    fn decline(&self, outcome: &mut SyncOutcome, wal_len: u64) -> (Option<Prepared>, u64) {
+        tracing::debug!(db = %self.cfg.db_path.display(), "the WAL restarted over frames not read yet; the next sync compares the database");
+        outcome.more = true;
+        (None, wal_len)
     }
 
     /// Compares the whole current database with the replica's state: the changed pages.

@@ -27,6 +27,7 @@ impl World {
         Schedule {
             sync_interval_ms: k.sync_interval_ms,
             monitor_interval_ms: k.sync_interval_ms.max(1),
+            wal_watch_ms: sluice_core::scheduler::WAL_WATCH_MS,
             levels_ms: if k.compact_interval_ms > 0 {
                 vec![k.compact_interval_ms, 4 * k.compact_interval_ms]
             } else {
@@ -218,7 +219,13 @@ impl World {
     /// database, then run every action that is due now. A driver that exits (a permanent
     /// error, or a lost lease) is a process that stopped: the orchestrator restarts it.
     pub(super) fn host_wake(&mut self) {
+        let now = self.now();
         let Some(h) = self.host.as_mut() else { return };
+        // As production's loop: it wakes when its sleep ends, or at a file notification while
+        // it listens for them (not while a change is already pending), and then observes.
+        if now < h.wake_at && !h.driver.scheduler().wants_notifications() {
+            return;
+        }
         h.driver.observe();
         for _ in 0..ACTIONS_PER_WAKE_MAX {
             let Some(h) = self.host.as_mut() else { return };

@@ -114,6 +114,17 @@ fn wal_salts(db: &Path) -> [u8; 8] {
     wal[16..24].try_into().expect("a WAL header")
 }
 
+/// A checkpoint that backfills the whole WAL, as the application's automatic PASSIVE one does
+/// when no reader holds a snapshot: the next write restarts the WAL.
+fn backfill_all(app: &rusqlite::Connection) {
+    app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        assert_eq!((busy, log), (0, done), "the WAL is wholly checkpointed");
+        Ok(())
+    })
+    .expect("checkpoint");
+}
+
 /// Checkpoints the application's WAL into its file, then restores the replica's newest state:
 /// it must be the database's bytes.
 fn assert_replica_is_the_database(
@@ -163,12 +174,7 @@ async fn first_snapshot_survives_a_wal_restart_under_its_read() {
     app.execute("UPDATE t SET v = randomblob(300) WHERE id = 1", [])
         .expect("a first WAL transaction");
     // Backfill every frame and keep the WAL: the next writer restarts it.
-    app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        assert_eq!((busy, log), (0, done), "the WAL is wholly checkpointed");
-        Ok(())
-    })
-    .expect("checkpoint");
+    backfill_all(&app);
     let snapshot_state = std::fs::read(&db).expect("read the database");
     let salts_before = wal_salts(&db);
     let page_size: i64 = app
@@ -398,17 +404,6 @@ async fn a_first_snapshot_upload_keeps_its_read_so_the_next_sync_continues_from_
         drop(writer);
         assert_replica_is_the_database(&app, &db, &replica_dir, &ws.root().join("latest.db"));
     }
-}
-
-/// A checkpoint that backfills the whole WAL, as the application's automatic PASSIVE one does
-/// when no reader holds a snapshot: the next write restarts the WAL.
-fn backfill_all(app: &rusqlite::Connection) {
-    app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        assert_eq!((busy, log), (0, done), "the WAL is wholly checkpointed");
-        Ok(())
-    })
-    .expect("checkpoint");
 }
 
 /// The sync the scheduler runs when the WAL restarted (`Engine::sync_restart`). While the new

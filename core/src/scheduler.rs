@@ -292,7 +292,7 @@ enum Restart {
 
 /// What the caller observed of the database and its WAL: the WAL's size, its modification
 /// time (or the simulated disk's version), the database's size, and the WAL's generation (its
-/// header's salts, `STAMP_GENERATION`; 0 without a header). A change means commits may be
+/// header's salts and checksum, `STAMP_GENERATION`; 0 without a header). A change means commits may be
 /// pending; a change of generation, that the WAL restarted.
 pub type Stamp = [u64; 4];
 
@@ -570,21 +570,16 @@ impl Scheduler {
 
     fn sync_due_ms(&self) -> Option<i64> {
         self.pending_since_ms?;
-        match self.restart {
-            // Interval or not (a failing store still gets its backoff).
+        // A restart's syncs come sooner than the interval (a failing store still gets its
+        // backoff).
+        let spacing = match self.restart {
             Restart::Seen => return Some(self.sync.at_ms),
-            Restart::FollowUp => {
-                return Some(
-                    self.last_upload_ms
-                        .saturating_add(RESTART_FOLLOW_UP_MS)
-                        .max(self.sync.at_ms),
-                );
-            }
-            Restart::None => {}
-        }
+            Restart::FollowUp => RESTART_FOLLOW_UP_MS,
+            Restart::None => self.s.sync_interval_ms,
+        };
         Some(
             self.last_upload_ms
-                .saturating_add(self.s.sync_interval_ms)
+                .saturating_add(spacing)
                 .max(self.sync.at_ms),
         )
     }

@@ -526,6 +526,7 @@ impl CloudStore {
         key: &str,
         path: &OsPath,
     ) -> Result<(ObjectMeta, String), StoreError> {
+        tracing::trace!(op, key, "s3 head");
         let opts = GetOptions {
             head: true,
             ..GetOptions::default()

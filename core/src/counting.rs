@@ -40,7 +40,8 @@ impl<S: ObjectStore + ?Sized> CountingStore<S> {
         Self { counts, inner }
     }
 
-    fn count<T>(&self, op: usize, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn count<T>(&self, op: usize, key: &str, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        tracing::trace!(op = OPS[op], key, ok = r.is_ok(), "store request");
         self.counts.requests[op].fetch_add(1, Ordering::Relaxed);
         if r.is_err() {
             self.counts.errors[op].fetch_add(1, Ordering::Relaxed);
@@ -56,7 +57,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         self.inner.describe()
     }
     async fn put(&self, key: &str, data: Vec<u8>, opts: PutOptions) -> Result<(), StoreError> {
-        self.count(0, self.inner.put(key, data, opts).await)
+        self.count(0, key, self.inner.put(key, data, opts).await)
     }
     async fn put_spooled(
         &self,
@@ -64,26 +65,26 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         body: &dyn crate::scratch::ScratchFile,
         opts: PutOptions,
     ) -> Result<(), StoreError> {
-        self.count(0, self.inner.put_spooled(key, body, opts).await)
+        self.count(0, key, self.inner.put_spooled(key, body, opts).await)
     }
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.count(1, self.inner.get_range(key, offset, len).await)
+        self.count(1, key, self.inner.get_range(key, offset, len).await)
     }
     /// Counted as a put: on S3 a copy is a PUT.
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<(), StoreError> {
-        self.count(0, self.inner.copy(from, to, mode).await)
+        self.count(0, from, self.inner.copy(from, to, mode).await)
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.count(2, self.inner.head(key).await)
+        self.count(2, key, self.inner.head(key).await)
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.count(3, self.inner.list(prefix).await)
+        self.count(3, prefix, self.inner.list(prefix).await)
     }
     async fn list_untimed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.count(3, self.inner.list_untimed(prefix).await)
+        self.count(3, prefix, self.inner.list_untimed(prefix).await)
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.count(4, self.inner.delete(key).await)
+        self.count(4, key, self.inner.delete(key).await)
     }
     fn supports_conditional_writes(&self) -> bool {
         self.inner.supports_conditional_writes()
@@ -93,7 +94,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         self.inner.timestamp_resolution_ms()
     }
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
-        self.count(1, self.inner.get_versioned(key).await)
+        self.count(1, key, self.inner.get_versioned(key).await)
     }
     async fn put_if_version(
         &self,
@@ -104,6 +105,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     ) -> Result<String, StoreError> {
         self.count(
             0,
+            key,
             self.inner
                 .put_if_version(key, data, timestamp_ms, version)
                 .await,

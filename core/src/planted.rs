@@ -71,10 +71,14 @@ pub enum Bug {
     /// heavy writes the new generation grows past the position first, and the next sync
     /// compares the whole database.
     RestartNoticedLate,
+    /// Syncs are spaced one interval from the end of the last upload (the old rule): a commit
+    /// made just after a sync read the WAL waits that sync's upload, an interval, and its own
+    /// upload, past the recovery point objective.
+    SyncSpacedFromUploadEnd,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 26] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -100,6 +104,7 @@ impl Bug {
         Bug::SnapshotReadReleased,
         Bug::LeaseNotKeptDuringActions,
         Bug::RestartNoticedLate,
+        Bug::SyncSpacedFromUploadEnd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +134,7 @@ impl Bug {
             Bug::SnapshotReadReleased => "snapshot-read-released",
             Bug::LeaseNotKeptDuringActions => "lease-not-kept-during-actions",
             Bug::RestartNoticedLate => "restart-noticed-late",
+            Bug::SyncSpacedFromUploadEnd => "sync-spaced-from-upload-end",
         }
     }
 

@@ -10,9 +10,13 @@
 //! The rules:
 //! - **Open** the engine first; a transient failure is retried with full jitter, capped at the
 //!   sync interval (everything is pending, so the recovery point objective applies).
-//! - **Sync** when the stamp changed and the previous upload is at least `sync_interval_ms`
-//!   old: sparse writes ship at once, sustained writes cost at most one PUT per interval. A
-//!   WAL restart (the stamp's generation changed) is synced at once, interval or not
+//! - **Sync** when the stamp changed and the last sync that shipped started at least
+//!   `sync_interval_ms` ago, less what uploads take (a decaying peak of the recent ones, at
+//!   most half the interval): sparse writes ship at once, sustained writes cost about one PUT
+//!   per interval, and a commit made just after a sync read the WAL is on the replica one
+//!   interval after its commit, its own upload included (the RPO as a user reads it). A
+//!   WAL restart (the stamp's generation changed) that ended a generation shorter than
+//!   [`RESTART_URGENT_BELOW_INTERVALS`] sync intervals is synced at once, interval or not
 //!   ([`Action::SyncRestart`]), and again [`RESTART_FOLLOW_UP_MS`] later: the new generation
 //!   overwrites the old one's unread tail as it grows, and once it has grown past the position
 //!   the next sync cannot prove continuity and compares the whole database. While commits are
@@ -49,6 +53,16 @@ pub const WAL_WATCH_MS: i64 = 10;
 /// The sync after a WAL restart's is due this long after it (at the first change then): far
 /// enough for the position to move past more than the new generation's first transaction.
 pub const RESTART_FOLLOW_UP_MS: i64 = 50;
+
+/// A WAL restart is synced at once only when the generation it ended lasted less than this
+/// many sync intervals (or for how long is not known). The new generation overwrites the old
+/// one's unread tail (at most the last interval's frames) once it has grown as far as the
+/// old one had at the last sync: at a steady rate, after the old generation's length less an
+/// interval. A generation of three intervals leaves two for a sync at the interval to read
+/// the tail first; a longer one, more. Sooner, the restart's two extra syncs would cost two
+/// PUTs for nothing: at 100 commits/s with SQLite's default automatic checkpoint a generation
+/// lasts seconds.
+pub const RESTART_URGENT_BELOW_INTERVALS: i64 = 3;
 
 /// When things happen. Defaults are Litestream's.
 #[derive(Clone, Debug)]
@@ -258,7 +272,15 @@ pub struct Scheduler {
     pending_since_ms: Option<i64>,
     /// Where the job is in syncing a WAL restart (see [`Restart`]).
     restart: Restart,
+    /// When the WAL's current generation was first seen.
+    generation_since_ms: Option<i64>,
+    /// When the last sync that shipped ended, and when it started.
     last_upload_ms: i64,
+    last_ship_started_ms: i64,
+    /// What an upload takes, as a decaying peak of the recent syncs that shipped.
+    ship_ms_estimate: i64,
+    /// When the sync under way started ([`Scheduler::next`] returned it).
+    sync_started_ms: Option<i64>,
     sync: Retry,
     levels: Vec<Level>,
     snapshot_due_ms: i64,
@@ -328,7 +350,11 @@ impl Scheduler {
             stamp: None,
             pending_since_ms: None,
             restart: Restart::None,
+            generation_since_ms: None,
             last_upload_ms: i64::MIN / 2,
+            last_ship_started_ms: i64::MIN / 2,
+            ship_ms_estimate: 0,
+            sync_started_ms: None,
             sync: Retry::default(),
             levels,
             snapshot_due_ms: i64::MAX,
@@ -415,9 +441,15 @@ impl Scheduler {
             // A generation that replaced another: the old one's unread tail is being
             // overwritten (none to fear after a WAL that was missing or truncated).
             let generation = |s: Option<Stamp>| s.map_or(0, |s| s[STAMP_GENERATION]);
-            let old = generation(self.stamp);
-            if old != 0 && generation(stamp) != old && !planted::active(Bug::RestartNoticedLate) {
-                self.restart = Restart::Seen;
+            let (old, new) = (generation(self.stamp), generation(stamp));
+            if new != old {
+                let lasted = self.generation_since_ms.map(|t| now_ms - t);
+                self.generation_since_ms = (new != 0).then_some(now_ms);
+                let urgent = lasted
+                    .is_none_or(|ms| ms < RESTART_URGENT_BELOW_INTERVALS * self.s.sync_interval_ms);
+                if old != 0 && new != 0 && urgent && !planted::active(Bug::RestartNoticedLate) {
+                    self.restart = Restart::Seen;
+                }
             }
             self.stamp = stamp;
             self.pending_since_ms.get_or_insert(now_ms);
@@ -486,6 +518,14 @@ impl Scheduler {
 
     /// The next thing to do at `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> Next {
+        let next = self.decide(now_ms);
+        if let Next::Run(Action::Sync | Action::SyncRestart) = next {
+            self.sync_started_ms = Some(now_ms);
+        }
+        next
+    }
+
+    fn decide(&mut self, now_ms: i64) -> Next {
         let lease_due = self.renewal_due_ms().unwrap_or(i64::MAX);
         if now_ms >= lease_due {
             return Next::Run(Action::RenewLease);
@@ -570,18 +610,25 @@ impl Scheduler {
 
     fn sync_due_ms(&self) -> Option<i64> {
         self.pending_since_ms?;
-        // A restart's syncs come sooner than the interval (a failing store still gets its
-        // backoff).
-        let spacing = match self.restart {
+        let due = match self.restart {
+            // A restart's syncs come sooner than the interval (a failing store still gets its
+            // backoff).
             Restart::Seen => return Some(self.sync.at_ms),
-            Restart::FollowUp => RESTART_FOLLOW_UP_MS,
-            Restart::None => self.s.sync_interval_ms,
+            Restart::FollowUp => self.last_upload_ms.saturating_add(RESTART_FOLLOW_UP_MS),
+            // One interval from the start of the last sync that shipped, less what an upload
+            // takes: a commit made just after that sync read the WAL is on the replica one
+            // interval later, its own upload included (the RPO). Capped at half the interval,
+            // so a slow store costs at most two PUTs an interval.
+            Restart::None if planted::active(Bug::SyncSpacedFromUploadEnd) => {
+                self.last_upload_ms.saturating_add(self.s.sync_interval_ms)
+            }
+            Restart::None => {
+                let upload = self.ship_ms_estimate.min(self.s.sync_interval_ms / 2);
+                self.last_ship_started_ms
+                    .saturating_add(self.s.sync_interval_ms - upload)
+            }
         };
-        Some(
-            self.last_upload_ms
-                .saturating_add(spacing)
-                .max(self.sync.at_ms),
-        )
+        Some(due.max(self.sync.at_ms))
     }
 
     /// The newest TXID the source of level `i + 1` reaches: the replica for level 1, the
@@ -718,6 +765,7 @@ impl Scheduler {
                 }
             }
             Action::Sync | Action::SyncRestart => {
+                let started_ms = self.sync_started_ms.take().unwrap_or(now_ms).min(now_ms);
                 if failed {
                     // Capped at the sync interval: commits are pending (the RPO bound).
                     let cap = self.s.sync_interval_ms;
@@ -736,6 +784,10 @@ impl Scheduler {
                     };
                     if shipped {
                         self.last_upload_ms = now_ms;
+                        self.last_ship_started_ms = started_ms;
+                        let took = now_ms - started_ms;
+                        self.ship_ms_estimate =
+                            took.max(self.ship_ms_estimate - self.ship_ms_estimate / 4);
                     }
                     if !more {
                         self.pending_since_ms = None;
@@ -911,6 +963,40 @@ mod tests {
     }
 
     #[test]
+    fn syncs_are_spaced_start_to_start_less_the_upload() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        let shipped = |txid| Outcome::Synced {
+            txid,
+            shipped: true,
+            more: false,
+        };
+        // A sync that starts at 0 and takes 40 ms to upload.
+        assert_eq!(s.next(0), Next::Run(Action::Sync));
+        s.done(40, Action::Sync, shipped(2));
+        // A commit made just after it read the WAL is on the replica by 1,000: the next sync
+        // starts 40 ms early, at one interval from the last one's start.
+        s.observe_stamp(41, Some([1, 1, 1, 7]));
+        assert_eq!(next_sync_at(&mut s, 41), 960);
+        // A store that takes longer than half the interval: syncs at most twice an interval.
+        s.done(1_660, Action::Sync, shipped(3));
+        s.observe_stamp(1_661, Some([2, 1, 1, 7]));
+        assert_eq!(next_sync_at(&mut s, 1_661), 1_661, "due at 960 + 500");
+        s.done(1_671, Action::Sync, shipped(4));
+        s.observe_stamp(1_672, Some([3, 1, 1, 7]));
+        assert_eq!(
+            next_sync_at(&mut s, 1_672),
+            1_661 + 500,
+            "a slow upload is remembered beyond the next fast one"
+        );
+        // The estimate decays once uploads are fast again.
+        s.done(2_171, Action::Sync, shipped(5));
+        s.observe_stamp(2_172, Some([4, 1, 1, 7]));
+        let at = next_sync_at(&mut s, 2_172);
+        assert!(at > 2_161 + 500 && at < 2_161 + 1_000, "{at}");
+    }
+
+    #[test]
     fn a_wal_restart_is_synced_at_once_then_once_more_soon_after() {
         let mut s = Scheduler::new(schedule(), 1, 0);
         opened(&mut s, 0, 1);
@@ -942,6 +1028,28 @@ mod tests {
         // Then the generation is an ordinary one again.
         s.observe_stamp(follow_up + 10, Some([20_480, 5, 8_192, 9]));
         assert_eq!(next_sync_at(&mut s, follow_up + 10), follow_up + 1_000);
+    }
+
+    #[test]
+    fn a_restart_after_a_long_generation_waits_for_the_interval() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 1);
+        synced(&mut s, 0, 1);
+        // A generation seen from 100 to 3,200: longer than three intervals.
+        s.observe_stamp(100, Some([8_192, 1, 4_096, 7]));
+        synced(&mut s, 1_000, 2);
+        s.observe_stamp(2_000, Some([12_288, 2, 4_096, 7]));
+        synced(&mut s, 2_000, 3);
+        s.observe_stamp(3_000, Some([16_384, 3, 4_096, 7]));
+        synced(&mut s, 3_000, 4);
+        s.observe_stamp(3_200, Some([16_384, 4, 8_192, 9]));
+        // The new generation needs seconds to reach the old tail: the next sync at the
+        // interval reads it first, and no PUT is spent on the restart.
+        assert_eq!(next_sync_at(&mut s, 3_200), 4_000);
+        synced(&mut s, 4_000, 5);
+        // A generation of 0.9 s (from 3,200) is short: its end is synced at once.
+        s.observe_stamp(4_100, Some([16_384, 5, 8_192, 11]));
+        assert_eq!(s.next(4_100), Next::Run(Action::SyncRestart));
     }
 
     #[test]

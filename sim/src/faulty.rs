@@ -23,8 +23,12 @@ pub struct StoreFaults {
     pub ambiguous: f64,
     /// A GET returns only the first half of the requested bytes (a body cut short).
     pub truncated_get: f64,
-    /// Every request takes 0..=this many ms of simulated time.
+    /// Every request takes `latency_min_ms..=latency_max_ms` of simulated time (none with
+    /// this 0).
     pub latency_max_ms: i64,
+    /// The least a request takes (a store whose requests take a steady time).
+    #[serde(default)]
+    pub latency_min_ms: i64,
     /// The probability that a request stalls for 200..2000 ms instead.
     pub latency_spike: f64,
     /// A LIST does not show objects written less than this many ms ago (GET and HEAD do).
@@ -172,7 +176,9 @@ impl<S> FaultyStore<S> {
         let mut delay = 0;
         let faults = s.faults;
         if faults.latency_max_ms > 0 {
-            delay = s.rng.random_range(0..=faults.latency_max_ms);
+            delay = s.rng.random_range(
+                faults.latency_min_ms.clamp(0, faults.latency_max_ms)..=faults.latency_max_ms,
+            );
         }
         let spike = faults.latency_spike > 0.0 && s.rng.random_bool(faults.latency_spike.min(1.0));
         if spike {

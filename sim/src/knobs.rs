@@ -98,6 +98,7 @@ impl Knobs {
             ambiguous: on(rng, 0.4, 0.05),
             truncated_get: on(rng, 0.3, 0.1),
             latency_max_ms: if rng.random_bool(0.4) { 10 } else { 0 },
+            latency_min_ms: 0,
             latency_spike: on(rng, 0.2, 0.005),
             list_lag_ms: if rng.random_bool(0.2) {
                 rng.random_range(100..3_000)

@@ -387,7 +387,7 @@ fn summary(r: &Report) -> String {
             .unwrap_or(0)
     };
     format!(
-        "seed {}: {} commits, {} restores checked, most commits lost at a crash {}, lag p50 {} ms p99 {} ms worst {} ms, worst post-heal lag {} ms, {} files shipped after a full compare, RPO {}, log {:016x}",
+        "seed {}: {} commits, {} restores checked, most commits lost at a crash {}, lag p50 {} ms p99 {} ms worst {} ms, worst post-heal lag {} ms, worst undisturbed commit-to-upload {} ms, {} files shipped after a full compare, RPO {}, log {:016x}",
         r.seed,
         r.commits,
         r.restores,
@@ -396,6 +396,7 @@ fn summary(r: &Report) -> String {
         p(0.99),
         r.worst_lag_ms,
         r.post_heal_lag_ms_max,
+        r.commit_lag_ms_max,
         r.resyncs,
         if r.passed() { "held" } else { "see failures" },
         r.log_hash()

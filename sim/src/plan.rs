@@ -164,6 +164,10 @@ pub struct Expect {
     /// provable): a workload with no application RESTART or TRUNCATE checkpoint and no crash
     /// should never need one.
     pub resyncs_max: Option<u64>,
+    /// At most this long from a commit to its acknowledgement by a sync (the upload that
+    /// carries it), for commits made while the store is healthy and the replicator has run
+    /// undisturbed for two recovery point objectives: the RPO as a user reads it.
+    pub commit_lag_max_ms: Option<i64>,
 }
 
 impl Scenario {

@@ -56,6 +56,9 @@ fn regression(bug: Bug) -> Option<(&'static str, u64)> {
         // Heavy writes whose generations outrun the sync interval: a restart waited for the
         // interval compares the whole database (6 times a seed, against 2 expected at most).
         Bug::RestartNoticedLate => Some(("wal-restarts-under-heavy-writes.yaml", 1)),
+        // Steady commits and 100 ms uploads: spaced from the upload's end, a commit waits
+        // 1.1 s for its upload, against one interval expected.
+        Bug::SyncSpacedFromUploadEnd => Some(("rpo-steady-upload-latency.yaml", 1)),
         _ => None,
     }
 }

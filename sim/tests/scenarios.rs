@@ -32,12 +32,13 @@ fn outcome(r: &sluice_sim::run::Report) -> String {
         format!("failed: {}", r.failures.join("; "))
     };
     format!(
-        "{verdict}\ncommits: {}\nrestores checked: {}\nmost commits lost at a crash: {}\nworst lag: {} ms\nworst post-heal lag: {} ms\nfiles shipped after a full compare: {}\n",
+        "{verdict}\ncommits: {}\nrestores checked: {}\nmost commits lost at a crash: {}\nworst lag: {} ms\nworst post-heal lag: {} ms\nworst undisturbed commit-to-upload: {} ms\nfiles shipped after a full compare: {}\n",
         r.commits,
         r.restores,
         r.lost_commits_max,
         r.worst_lag_ms,
         r.post_heal_lag_ms_max,
+        r.commit_lag_ms_max,
         r.resyncs
     )
 }

@@ -172,6 +172,7 @@ impl World {
         match &outcome {
             Outcome::Synced { more, .. } => {
                 if !more {
+                    self.note_commit_lags(before);
                     self.acked = before;
                 }
                 match shipped {
@@ -206,6 +207,21 @@ impl World {
         // A heal is judged when its commits are acknowledged, not when the host goes back to
         // sleep (a snapshot or retention after the sync would count against the bound).
         self.judge_heals();
+    }
+
+    /// Commits `acked..upto` are acknowledged now: the longest any of them made undisturbed
+    /// waited joins the report.
+    fn note_commit_lags(&mut self, upto: usize) {
+        let now = self.now();
+        let quiet_from = self.disturbed_ms.saturating_add(2 * RPO_MS);
+        let waited = (self.acked..upto.min(self.commits.len()))
+            .map(|i| self.commits[i].time_ms)
+            .filter(|&t| t >= quiet_from && !self.partitioned_between(t, now + 1))
+            .map(|t| now - t)
+            .max();
+        if let Some(lag) = waited {
+            self.report.commit_lag_ms_max = self.report.commit_lag_ms_max.max(lag);
+        }
     }
 
     /// A sync the simulator forces (a plan's step, or one in the middle of a transaction).

@@ -75,6 +75,9 @@ pub struct Report {
     /// Files shipped after comparing the whole database, because WAL continuity could not be
     /// proven (each reads every page).
     pub resyncs: u64,
+    /// The longest a commit made while nothing disturbed the replicator waited for the sync
+    /// that acknowledged it (see [`crate::plan::Expect::commit_lag_max_ms`]).
+    pub commit_lag_ms_max: i64,
     /// Lag of each checked restore, in ms, for the histogram.
     pub lags_ms: Vec<i64>,
     /// The scenario file the run used, for the replay line.
@@ -574,6 +577,14 @@ pub fn run_scenario(
         let n = w.report.resyncs;
         w.fail(format!(
             "{n} files shipped after a full compare of the database, at most {max} expected: the engine lost WAL continuity in a workload that gives it no reason to"
+        ));
+    }
+    if let Some(max) = scenario.expect.commit_lag_max_ms
+        && w.report.commit_lag_ms_max > max
+    {
+        let lag = w.report.commit_lag_ms_max;
+        w.fail(format!(
+            "a commit made with the store healthy waited {lag} ms for its upload, at most {max} ms expected"
         ));
     }
     w.report.commits = w.commits.len();

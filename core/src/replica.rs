@@ -165,6 +165,21 @@ impl Replica {
         Ok(levels.into_iter().flatten().collect())
     }
 
+    /// Every LTX file, the levels listed all at once, `created_ms` exact only on the levels
+    /// `timed` names: a listing for a rule that reads timestamps on some levels alone
+    /// (retention: level 0 and the snapshots) makes no HEAD for the others.
+    pub async fn list_all_timed_on(&self, timed: &[u8]) -> Result<Vec<FileInfo>, StoreError> {
+        let levels = futures::future::try_join_all((0..=LEVEL_MAX).map(|l| async move {
+            if timed.contains(&l) {
+                self.list_level(l).await
+            } else {
+                self.list_level_untimed(l).await
+            }
+        }))
+        .await?;
+        Ok(levels.into_iter().flatten().collect())
+    }
+
     /// One level's files as [`Replica::list_all_untimed`] lists them: one LIST on S3.
     pub async fn list_level_untimed(&self, level: u8) -> Result<Vec<FileInfo>, StoreError> {
         let metas = self

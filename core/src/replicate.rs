@@ -438,13 +438,10 @@ impl Work {
                 )
                 .await;
                 match r {
-                    Ok(c) => {
-                        self.check_chain().await;
-                        Ok(Outcome::Compacted {
-                            produced: c.file.map(|f| f.max_txid),
-                            level_max_txid: c.level_max_txid,
-                        })
-                    }
+                    Ok(c) => Ok(Outcome::Compacted {
+                        produced: c.file.map(|f| f.max_txid),
+                        level_max_txid: c.level_max_txid,
+                    }),
                     Err(e) => {
                         self.found_damage(&e);
                         tracing::warn!(level, error = %e, "compaction failed; will retry");
@@ -468,6 +465,12 @@ impl Work {
                 }
             }
             Action::Retention => self.retention(now, retention).await,
+            Action::CheckChain => {
+                if let Ok(files) = self.replica.list_all_untimed().await {
+                    self.judge_chain(files);
+                }
+                Ok(Outcome::Checked)
+            }
             // `Driver::lease_action` performs these; never sent here.
             Action::RenewLease | Action::ReleaseLease => Err(failure(
                 true,
@@ -623,11 +626,8 @@ impl Work {
     /// After a compaction: whether the replica's newest state still restores, judged from
     /// one listing (its names alone, the damaged files left out). A break found here (a file
     /// deleted from under us, say) makes the next sync recover: the engine confirms it past
-    /// a listing that may lag, and heals it. A failed listing judges nothing.
-    async fn check_chain(&mut self) {
-        let Ok(mut files) = self.replica.list_all().await else {
-            return;
-        };
+    /// a listing that may lag, and heals it.
+    fn judge_chain(&mut self, mut files: Vec<FileInfo>) {
         let Some(newest) = files.iter().map(|f| f.max_txid).max() else {
             return;
         };
@@ -644,7 +644,9 @@ impl Work {
         now: i64,
         (snapshot_ms, l0_ms): (i64, i64),
     ) -> Result<Outcome, (Failure, String)> {
-        let files = match self.replica.list_all().await {
+        // Timestamps matter for level 0 and the snapshots alone (`compact::plan_retention`).
+        let timed = [0, crate::replica::SNAPSHOT_LEVEL];
+        let files = match self.replica.list_all_timed_on(&timed).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "retention: cannot list replica");
@@ -653,12 +655,16 @@ impl Work {
         };
         // In the plan's order, stopping at the first failure: every prefix of it leaves the
         // window restorable (the retry plans again from a fresh listing).
-        for f in compact::plan_retention(&files, now, snapshot_ms, l0_ms) {
-            if let Err(e) = self.replica.store.delete(&self.replica.key(&f)).await {
+        let deletes = compact::plan_retention(&files, now, snapshot_ms, l0_ms);
+        for f in &deletes {
+            if let Err(e) = self.replica.store.delete(&self.replica.key(f)).await {
                 tracing::warn!(file = %f, error = %e, "retention: delete failed; will retry");
                 return Err(failure(false, e.to_string()));
             }
         }
+        // The chain as retention left it, from the same listing.
+        let kept = files.into_iter().filter(|f| !deletes.contains(f)).collect();
+        self.judge_chain(kept);
         Ok(Outcome::Retained)
     }
 }

@@ -30,6 +30,8 @@
 //!   something new can reach it (no LIST while idle); a failed one is retried, idle or not.
 //! - **Snapshots** every `snapshot_interval_ms` after the newest full file, when the TXID moved;
 //!   **retention** after each level-1 compaction that produced a file and after each snapshot.
+//!   After any compaction the chain is judged from one listing (whether the newest state still
+//!   restores): by the retention that follows it, else by [`Action::CheckChain`].
 //! - **Lease**: renewed every third of its time, between actions and during a long one (the
 //!   driver renews it beside the action when [`Scheduler::renewal_due_ms`] comes); a lost lease
 //!   stops the job.
@@ -138,8 +140,11 @@ pub enum Action {
     Snapshot {
         up_to_txid: u64,
     },
-    /// Delete what retention allows.
+    /// Delete what retention allows, then judge the chain from the same listing.
     Retention,
+    /// Judge from one listing whether the replica's newest state still restores (after a
+    /// compaction that no retention follows).
+    CheckChain,
     RenewLease,
     ReleaseLease,
 }
@@ -155,6 +160,7 @@ impl std::fmt::Display for Action {
             } => write!(f, "compact level {level} to {up_to_txid:016x}"),
             Action::Snapshot { up_to_txid } => write!(f, "snapshot to {up_to_txid:016x}"),
             Action::Retention => f.write_str("retention"),
+            Action::CheckChain => f.write_str("check-chain"),
             Action::RenewLease => f.write_str("renew-lease"),
             Action::ReleaseLease => f.write_str("release-lease"),
         }
@@ -199,6 +205,8 @@ pub enum Outcome {
     },
     Snapshotted,
     Retained,
+    /// The chain was judged (a break found makes the next sync recover).
+    Checked,
     Renewed,
     Released,
     Failed(Failure),
@@ -288,6 +296,8 @@ pub struct Scheduler {
     snapshot_retry: Retry,
     retention_due: bool,
     retention_retry: Retry,
+    /// A compaction changed the replica since the chain was last judged.
+    chain_check_due: bool,
     lease: Option<LeaseTimer>,
     stopped_by: Option<String>,
     /// `-once`: when the whole run gives up.
@@ -362,6 +372,7 @@ impl Scheduler {
             snapshot_retry: Retry::default(),
             retention_due: false,
             retention_retry: Retry::default(),
+            chain_check_due: false,
             lease: None,
             stopped_by: None,
             once_deadline_ms: schedule
@@ -687,6 +698,9 @@ impl Scheduler {
                 return Next::Run(Action::Retention);
             }
             wake = wake.min(self.retention_retry.at_ms);
+        } else if self.chain_check_due {
+            // Retention's listing judges the chain too: one listing of every level, not two.
+            return Next::Run(Action::CheckChain);
         }
         Next::Sleep {
             until_ms: wake.min(lease_due).max(now_ms + 1),
@@ -821,6 +835,8 @@ impl Scheduler {
                 else {
                     return;
                 };
+                // A run that wrote nothing changed nothing to judge.
+                self.chain_check_due |= produced.is_some();
                 let l = &mut self.levels[i];
                 l.retry = Retry::default();
                 l.due_ms = align_next(now_ms, interval);
@@ -857,6 +873,7 @@ impl Scheduler {
                 } else {
                     self.retention_retry = Retry::default();
                     self.retention_due = false;
+                    self.chain_check_due = false;
                     if let Phase::OnceTodo { todo, .. } = &mut self.phase {
                         todo.enforce_retention = false;
                     }
@@ -880,6 +897,8 @@ impl Scheduler {
                 self.lease = None;
                 self.phase = Phase::Stopped;
             }
+            // Judged, or not (a failed listing judges nothing): the next compaction asks again.
+            Action::CheckChain => self.chain_check_due = false,
         }
     }
 }
@@ -1304,6 +1323,40 @@ mod tests {
         for t in (10_001..400_000).step_by(997) {
             assert!(matches!(s.next(t), Next::Sleep { .. }), "at {t}");
         }
+    }
+
+    #[test]
+    fn the_chain_is_judged_once_after_a_compaction_by_retention_or_alone() {
+        let mut s = Scheduler::new(schedule(), 1, 0);
+        opened(&mut s, 0, 3);
+        synced(&mut s, 0, 3);
+        let compacted = |level, up_to_txid| {
+            (
+                Action::Compact {
+                    level,
+                    up_to_txid,
+                    known_max_txid: 0,
+                },
+                Outcome::Compacted {
+                    produced: Some(up_to_txid),
+                    level_max_txid: up_to_txid,
+                },
+            )
+        };
+        // Level 1 wrote a file: retention follows, and judges the chain from its listing.
+        let (c, o) = compacted(1, 3);
+        assert_eq!(s.next(10_000), Next::Run(c));
+        s.done(10_000, c, o);
+        assert_eq!(s.next(10_000), Next::Run(Action::Retention));
+        s.done(10_000, Action::Retention, Outcome::Retained);
+        assert!(matches!(s.next(10_000), Next::Sleep { .. }));
+        // Level 2 wrote one: no retention follows it, so the chain is judged alone, once.
+        let (c, o) = compacted(2, 3);
+        assert_eq!(s.next(40_000), Next::Run(c));
+        s.done(40_000, c, o);
+        assert_eq!(s.next(40_000), Next::Run(Action::CheckChain));
+        s.done(40_000, Action::CheckChain, Outcome::Checked);
+        assert!(matches!(s.next(40_000), Next::Sleep { .. }));
     }
 
     #[test]

@@ -151,27 +151,24 @@ fn until_next_boundary(interval_s: u64) -> Duration {
     interval - into
 }
 
-/// A phase's requests by kind, in all.
-fn totals(p: &Phase) -> String {
+/// A phase's requests by kind: per hour, or in all.
+fn kinds(p: &Phase, per_hour: bool) -> String {
     if p.requests.is_empty() {
         return "none".into();
     }
-    p.requests
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn kinds(p: &Phase) -> String {
-    if p.requests.is_empty() {
-        return "none".into();
+    if per_hour {
+        p.requests_per_hour
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        p.requests
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
-    p.requests_per_hour
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
@@ -201,10 +198,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 format!("{:.1}", r.steady_rss_kib as f64 / 1024.0),
                 format!("{:.2}", r.cpu_s),
                 format!("{:.1}", mib(r.read_bytes)),
-                kinds(&r.writes),
+                kinds(&r.writes, true),
                 format!("{:.2}", r.writes.dollars_per_month),
-                totals(&r.settling),
-                kinds(&r.idle),
+                kinds(&r.settling, false),
+                kinds(&r.idle, true),
                 format!("{:.2}", r.idle.dollars_per_month),
             ]
         })

@@ -159,10 +159,7 @@ impl Replica {
     /// level, where [`Replica::list_all`] takes one LIST per level in turn plus a HEAD per file
     /// it did not write itself.
     pub async fn list_all_untimed(&self) -> Result<Vec<FileInfo>, StoreError> {
-        let levels =
-            futures::future::try_join_all((0..=LEVEL_MAX).map(|l| self.list_level_untimed(l)))
-                .await?;
-        Ok(levels.into_iter().flatten().collect())
+        self.list_all_timed_on(&[]).await
     }
 
     /// Every LTX file, the levels listed all at once, `created_ms` exact only on the levels

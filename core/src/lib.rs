@@ -30,3 +30,4 @@ pub mod store;
 pub mod url;
 pub mod verify;
 pub mod wal;
+pub mod watch;

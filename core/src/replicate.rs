@@ -7,7 +7,7 @@
 //! simulated time, so every decision `sluice replicate` makes runs under simulation.
 //!
 //! Sync timing: the loop stats the WAL every `monitor_interval_ms` (no reads) and is woken at
-//! once by file notifications (inotify) on the database's directory; the scheduler syncs when
+//! once by file notifications (`watch.rs`: inotify, one-shot while idle); the scheduler syncs when
 //! the stamp changed, at most once per `sync_interval_ms`. Nothing is listed while idle.
 
 use std::path::PathBuf;
@@ -707,7 +707,7 @@ pub async fn run(
     let seed = jitter_seed(&db_path);
     let mut d = Driver::new(job, local, clock.clone(), status.clone(), seed);
     let wake = Arc::new(tokio::sync::Notify::new());
-    let _watcher = watch_database(&db_path, wake.clone());
+    let watcher = watch_database(&db_path, wake.clone());
     let mut stopping = false;
     loop {
         if !stopping && *shutdown.borrow() {
@@ -733,8 +733,14 @@ pub async fn run(
                 }
             }
             Next::Sleep { until_ms } => {
-                let sleep_ms = u64::try_from(until_ms - clock.now_ms()).unwrap_or(1).max(1);
                 let listen = d.scheduler().wants_notifications();
+                if listen && watcher.as_ref().is_some_and(crate::watch::DbWatch::arm) {
+                    // A write made after the last look and before the watch was armed woke
+                    // nothing: look once more before sleeping.
+                    d.observe();
+                    continue;
+                }
+                let sleep_ms = u64::try_from(until_ms - clock.now_ms()).unwrap_or(1).max(1);
                 tokio::select! {
                     _ = shutdown.changed(), if !stopping => {}
                     () = wake.notified(), if listen => {}
@@ -783,41 +789,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Watches the database's directory so a write to the database or its WAL wakes the driver at
-/// once. `None` (with a warning) where notifications are unavailable: polling remains.
+/// The database's watch (see `watch.rs`), or `None` with a warning where notifications are
+/// unavailable: an idle job then looks every `monitor_interval_ms`.
 fn watch_database(
     db: &std::path::Path,
     wake: Arc<tokio::sync::Notify>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let dir = db.parent().map_or_else(
-        || std::path::PathBuf::from("."),
-        std::path::Path::to_path_buf,
-    );
-    let name = db.file_name()?.to_os_string();
-    let handler = move |event: notify::Result<notify::Event>| {
-        // Writes, creations, removals; not opens, reads and closes (the application's reads,
-        // and this process's own look at the WAL's header, which would wake it again).
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-            && event.paths.iter().any(|p| {
-                p.file_name()
-                    .is_some_and(|f| f.as_encoded_bytes().starts_with(name.as_encoded_bytes()))
-            })
-        {
-            wake.notify_one();
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(db = %db.display(), error = %e, "file notifications unavailable; polling instead");
-            return None;
-        }
-    };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(db = %db.display(), error = %e, "cannot watch the database directory; polling instead");
-        return None;
-    }
-    Some(watcher)
+) -> Option<crate::watch::DbWatch> {
+    crate::watch::DbWatch::start(db, wake)
+        .map_err(|e| tracing::warn!(db = %db.display(), error = %e, "file notifications unavailable; polling instead"))
+        .ok()
 }

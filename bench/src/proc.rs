@@ -389,3 +389,128 @@ impl Drop for Running {
         }
     }
 }
+
+/// Bytes one process reads from some files over a window, counted by `strace` attached to
+/// every thread of it: the results of its `read` calls on descriptors that name those paths.
+/// `rchar` counts sockets and the tool's own spool and cache files too; this is what the
+/// process read from the database and its WAL, whatever the tool. Tracing slows the traced
+/// calls; it is attached only for the window it measures.
+pub struct FileReads {
+    strace: Child,
+    dir: tempfile::TempDir,
+    paths: Vec<PathBuf>,
+    started: Instant,
+}
+
+/// The read calls counted (the `-y` descriptor paths say which file each one read).
+const READ_CALLS: &str = "trace=read,pread64,readv,preadv,preadv2";
+
+impl FileReads {
+    /// Attaches to `pid` and returns once `strace` says it is attached to every thread.
+    pub fn attach(pid: u32, paths: &[PathBuf]) -> Result<FileReads> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir()?;
+        let mut strace = Command::new("strace")
+            .args([
+                "-f",
+                "-ff",
+                "-y",
+                "-s",
+                "0",
+                "-e",
+                READ_CALLS,
+                "-e",
+                "signal=none",
+            ])
+            .arg("-o")
+            .arg(dir.path().join("t"))
+            .arg("-p")
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context(
+                "cannot run strace (it counts the bytes a replicator reads from the database)",
+            )?;
+        let stderr = strace.stderr.take().context("strace has no stderr")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        // "strace: Process N attached" (one line a thread, or "with N threads" at once).
+        match lines.next() {
+            Some(Ok(line)) if line.contains("attached") => {}
+            other => {
+                let _ = strace.kill();
+                bail!("strace did not attach to {pid}: {other:?}");
+            }
+        }
+        // The rest (attach and detach lines) is drained so strace never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        let paths = paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        Ok(FileReads {
+            strace,
+            dir,
+            paths,
+            started: Instant::now(),
+        })
+    }
+
+    /// Detaches and returns the bytes read from the paths and the window's seconds.
+    pub fn finish(mut self) -> Result<(u64, f64)> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.strace.id())?),
+            nix::sys::signal::Signal::SIGINT,
+        )?;
+        self.strace.wait()?;
+        let mut total = 0;
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            total += text
+                .lines()
+                .filter_map(|l| read_of(l, &self.paths))
+                .sum::<u64>();
+        }
+        Ok((total, seconds))
+    }
+}
+
+/// The bytes one `strace -y` line says a read of one of `paths` returned, e.g.
+/// `pread64(7</tmp/a.db-wal>, ""..., 4096, 8192) = 4096`.
+fn read_of(line: &str, paths: &[PathBuf]) -> Option<u64> {
+    let (_, rest) = line.split_once('<')?;
+    let (path, _) = rest.split_once('>')?;
+    if !paths.iter().any(|p| p.as_os_str() == path) {
+        return None;
+    }
+    line.rsplit_once(") = ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_line_counts_only_reads_of_the_paths() {
+        let paths = [PathBuf::from("/tmp/a.db"), PathBuf::from("/tmp/a.db-wal")];
+        let line = |s: &str| read_of(s, &paths);
+        assert_eq!(
+            line(r#"pread64(7</tmp/a.db-wal>, ""..., 4096, 8192) = 4096"#),
+            Some(4096)
+        );
+        assert_eq!(line(r#"read(3</tmp/a.db>, ""..., 100) = 32"#), Some(32));
+        assert_eq!(line(r#"read(9<socket:[123]>, ""..., 100) = 50"#), None);
+        assert_eq!(line(r#"read(4</tmp/a.db-shm>, ""..., 100) = 50"#), None);
+        assert_eq!(
+            line(r#"read(3</tmp/a.db>, 0x7f, 100) = -1 EAGAIN (Resource temporarily unavailable)"#),
+            None
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! The databases and writers the benchmark drives: real SQLite in this process.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -107,10 +107,18 @@ pub fn large(db: &Path, bytes: u64) -> Result<u64> {
 /// default auto-checkpoint (the load under which a replicator that loses WAL continuity
 /// rereads the database). Returns the commits made and the bytes this thread wrote (the WAL
 /// and the checkpoints' writes into the database file).
-pub fn update_load(db: &Path, rows: u64, per_second: u64, stop: &AtomicBool) -> Result<(u64, u64)> {
-    let written_before = thread_written_bytes();
-    let conn = open(db)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 0x5eed);
+pub fn update_load(
+    db: &Path,
+    rows: u64,
+    per_second: u64,
+    run: u64,
+    stop: &AtomicBool,
+) -> Result<(u64, u64)> {
+    let mut conn = open(db)?;
+    let frames = wal_frames_counted(&mut conn)?;
+    // Each run its own values: SQLite writes nothing for an UPDATE that stores the bytes a
+    // row already holds, so a second run drawing the first one's would be idle load.
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ 0x5eed ^ run.wrapping_mul(0x9e37_79b9));
     let mut update = conn.prepare("UPDATE blobs SET b = ?1 WHERE id = ?2")?;
     let mut blob = vec![0u8; BLOB_BYTES];
     let period = Duration::from_secs(1) / u32::try_from(per_second)?;
@@ -125,17 +133,34 @@ pub fn update_load(db: &Path, rows: u64, per_second: u64, stop: &AtomicBool) -> 
         update.execute(params![blob, rng.random_range(1..=rows) as i64])?;
         n += 1;
     }
-    Ok((n, thread_written_bytes().saturating_sub(written_before)))
+    let frames = frames.load(Ordering::Relaxed);
+    Ok((n, frames * (u64::from(PAGE_SIZE) + WAL_FRAME_HEADER)))
 }
 
-/// `wchar` of the calling thread: bytes it has passed to `write` and friends.
-fn thread_written_bytes() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/io")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("wchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+const WAL_FRAME_HEADER: u64 = 24;
+/// SQLite's default automatic checkpoint: a PASSIVE one after a commit that leaves the WAL
+/// at this many frames or more.
+const AUTOCHECKPOINT_FRAMES: i32 = 1000;
+
+/// Counts the WAL frames the connection's commits write, with a WAL hook that also makes
+/// SQLite's default automatic checkpoint (the hook replaces it; `sqlite3WalDefaultHook` is
+/// this: a PASSIVE checkpoint once a commit leaves 1,000 frames or more). The hook is told
+/// the WAL's frames after each commit; fewer than before means the commit restarted it.
+fn wal_frames_counted(conn: &mut Connection) -> Result<std::sync::Arc<AtomicU64>> {
+    let frames = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = frames.clone();
+    let mut before = 0i32;
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, now: i32| {
+        let written = if now > before { now - before } else { now };
+        counted.fetch_add(u64::try_from(written).unwrap_or(0), Ordering::Relaxed);
+        before = now;
+        if now >= AUTOCHECKPOINT_FRAMES {
+            // As SQLite's own hook: a busy or failed checkpoint is not the commit's error.
+            let _ = wal.checkpoint();
+        }
+        Ok(())
+    }))?;
+    Ok(frames)
 }
 
 pub const MARKER: &[u8] = b"<seq:";
@@ -216,5 +241,50 @@ mod tests {
         page[200..215].copy_from_slice(b"<seq:000000099x");
         assert_eq!(newest_marker(&page), 42);
         assert_eq!(newest_marker(&[0u8; 64]), 0);
+    }
+
+    #[test]
+    fn the_wal_hook_counts_every_frame_written_and_still_checkpoints() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("a.db");
+        let mut conn = open(&db).expect("open");
+        conn.execute_batch("CREATE TABLE t (b BLOB)")
+            .expect("schema");
+        // The hook counts from an empty WAL, as the load starts (each run checkpoints).
+        checkpoint_truncate(&conn).expect("checkpoint");
+        let frames = wal_frames_counted(&mut conn).expect("hook");
+        let wal_frames = |db: &Path| {
+            let len = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
+            len.saturating_sub(32) / (u64::from(PAGE_SIZE) + WAL_FRAME_HEADER)
+        };
+        let commit = |conn: &Connection| {
+            conn.execute("INSERT INTO t (b) VALUES (zeroblob(3000))", [])
+                .expect("insert")
+        };
+        // A reader holding a snapshot: nothing restarts the WAL, so its file holds every frame.
+        let reader = open(&db).expect("reader");
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .expect("read");
+        for _ in 0..1500 {
+            commit(&conn);
+        }
+        let held = frames.load(Ordering::Relaxed);
+        assert_eq!(held, wal_frames(&db), "every frame counted once");
+        assert!(held >= 1500, "at least a frame a commit: {held}");
+        // Released: the hook's checkpoints let the WAL restart, and the count goes on.
+        reader.execute_batch("COMMIT").expect("end read");
+        for _ in 0..3000 {
+            commit(&conn);
+        }
+        let after = frames.load(Ordering::Relaxed) - held;
+        assert!(after >= 3000, "at least a frame a commit: {after}");
+        // The file is rewritten from its start after a restart, never shortened.
+        assert!(
+            wal_frames(&db) < held + after,
+            "the WAL restarted: {} frames in the file, {} written",
+            wal_frames(&db),
+            held + after
+        );
     }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{TOOLS, mib, same_file, wait_first_file, wait_settled};
 use crate::Ctx;
 use crate::plot;
-use crate::proc::{Sample, Sampler, Tool};
+use crate::proc::{FileReads, Sample, Sampler, Tool};
 use crate::report::{Report, Stat, verdict};
 use crate::s3::{files, floor_get};
 use crate::workload::{self, PAGE_SIZE};
@@ -38,8 +38,12 @@ struct Replication {
     steady_peak_rss_kib: u64,
     load_seconds: f64,
     load_commits: u64,
+    /// Everything the replicator read (`rchar`: the database, sockets, its own files).
     read_bytes_per_min: f64,
-    written_bytes_per_min: f64,
+    /// What it read from the database and its WAL (`strace`), if strace could attach.
+    db_read_bytes_per_min: Option<f64>,
+    /// WAL frames the writer's commits wrote, in bytes.
+    wal_bytes_per_min: f64,
     #[serde(skip)]
     samples: Vec<Sample>,
     #[serde(skip)]
@@ -84,7 +88,8 @@ fn replicate(
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (db, stop) = (db.to_path_buf(), stop.clone());
-        std::thread::spawn(move || workload::update_load(&db, rows, LOAD_COMMITS_PER_S, &stop))
+        let run = tool as u64;
+        std::thread::spawn(move || workload::update_load(&db, rows, LOAD_COMMITS_PER_S, run, &stop))
     };
     // The load runs a moment before the replicator starts, as on a live host.
     std::thread::sleep(Duration::from_millis(500));
@@ -100,16 +105,23 @@ fn replicate(
     let first_snapshot_s = started.elapsed().as_secs_f64();
     let at_snapshot = sampler.last();
     let load_s = if ctx.quick { 10.0 } else { 60.0 };
+    let mut db_reads = None;
     if waited.is_ok() {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        db_reads = FileReads::attach(replicator.pid(), &[db.to_path_buf(), PathBuf::from(wal)])
+            .map_err(|e| eprintln!("sluice-bench: not counting reads of the database: {e:#}"))
+            .ok();
         std::thread::sleep(Duration::from_secs_f64(load_s));
     }
     let at_end = sampler.last();
+    let db_read = db_reads.map(FileReads::finish).transpose()?;
     stop.store(true, Ordering::Relaxed);
     let loaded = load
         .join()
         .map_err(|_| anyhow!("the load thread panicked"))?;
     waited?;
-    let (load_commits, written) = loaded?;
+    let (load_commits, wal_written) = loaded?;
     let load_total_s = started.elapsed().as_secs_f64() + 0.5;
     wait_settled(ctx, link, &path, &mut replicator)?;
     replicator.stop()?;
@@ -135,7 +147,8 @@ fn replicate(
         read_bytes_per_min: at_end.read_bytes.saturating_sub(at_snapshot.read_bytes) as f64
             / window_s
             * 60.0,
-        written_bytes_per_min: written as f64 / load_total_s * 60.0,
+        db_read_bytes_per_min: db_read.map(|(bytes, s)| bytes as f64 / s.max(1e-3) * 60.0),
+        wal_bytes_per_min: wal_written as f64 / load_total_s * 60.0,
         samples,
         expected,
         path,
@@ -253,10 +266,13 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "Random rows of {} bytes (incompressible), page size {PAGE_SIZE}; {LOAD_COMMITS_PER_S} \
          random single-row updates a second with SQLite's default auto-checkpoint, running \
          before each tool starts and until its replica settles. One run per tool for \
-         replication; restores alternate the tools. Read: `rchar` of the replicator after its \
-         first snapshot, per minute; written: the writer thread's `wchar` (WAL and \
-         checkpoints) per minute.",
-        workload::BLOB_BYTES
+         replication; restores alternate the tools. Per minute, in the {} s after the first \
+         snapshot: read from the database, what the replicator's `read` calls on the database \
+         and its `-wal` returned (counted by `strace` on every thread); all reads, its `rchar` \
+         (sockets and its own spool and cache files too); WAL written, the frames of the \
+         writer's commits (a WAL hook counting them).",
+        workload::BLOB_BYTES,
+        if ctx.quick { 10 } else { 60 }
     ));
     let mut rows = Vec::new();
     for z in &sizes {
@@ -267,8 +283,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 format!("{:.1}", r.first_snapshot_s),
                 format!("{:.0}", r.first_snapshot_peak_rss_kib as f64 / 1024.0),
                 format!("{:.0}", r.steady_peak_rss_kib as f64 / 1024.0),
+                r.db_read_bytes_per_min
+                    .map_or_else(|| "—".into(), |b| format!("{:.0}", mib(b as u64))),
                 format!("{:.0}", mib(r.read_bytes_per_min as u64)),
-                format!("{:.0}", mib(r.written_bytes_per_min as u64)),
+                format!("{:.0}", mib(r.wal_bytes_per_min as u64)),
             ]);
         }
     }
@@ -279,8 +297,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "first snapshot s",
             "peak RSS to it MiB",
             "peak RSS after MiB",
-            "read MiB/min",
-            "written MiB/min",
+            "read from the database MiB/min",
+            "all reads MiB/min",
+            "WAL written MiB/min",
         ],
         &rows,
     );
@@ -318,10 +337,19 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let s = &z.replication[0];
         let rss_target = TARGET_RSS_BASE_KIB + (z.pages * 8) as f64 / 1024.0;
         let peak = s.first_snapshot_peak_rss_kib.max(s.steady_peak_rss_kib) as f64;
-        let read_ratio = s.read_bytes_per_min / s.written_bytes_per_min.max(1.0);
+        let read = s.db_read_bytes_per_min.map_or_else(
+            || "not measured (strace could not attach)".to_string(),
+            |b| {
+                let ratio = b / s.wal_bytes_per_min.max(1.0);
+                format!(
+                    "{ratio:.2}: {}",
+                    verdict(ratio, TARGET_READ_VS_WRITTEN, true)
+                )
+            },
+        );
         report.line(format!(
             "- {} MiB targets: replicator peak RSS {:.0} MiB ≤ {:.0} MiB (64 MiB + 8 B a page): {}; \
-             restore RSS {:.0} MiB ≤ 64 MiB: {}; read / written {read_ratio:.2}: {}; restore / \
+             restore RSS {:.0} MiB ≤ 64 MiB: {}; read from the database / WAL written {read}; restore / \
              Litestream {:.2}: {}; restore / floor {:.2}: {}.",
             z.mib,
             peak / 1024.0,
@@ -329,7 +357,6 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             verdict(peak / 1024.0, (rss_target / 1024.0).round(), true),
             z.sluice_restore_rss_kib.median / 1024.0,
             verdict(z.sluice_restore_rss_kib.median / 1024.0, 64.0, true),
-            verdict(read_ratio, TARGET_READ_VS_WRITTEN, true),
             z.sluice_over_litestream.median,
             verdict(z.sluice_over_litestream.median, TARGET_RESTORE_VS_LITESTREAM, true),
             z.sluice_over_floor.median,

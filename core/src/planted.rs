@@ -75,10 +75,14 @@ pub enum Bug {
     /// made just after a sync read the WAL waits that sync's upload, an interval, and its own
     /// upload, past the recovery point objective.
     SyncSpacedFromUploadEnd,
+    /// The pages a sync's scans read are looked up by page number alone, not by the frame the
+    /// state names: a page written again later in the WAL (by a transaction past the
+    /// position, or not committed) is shipped in place of the committed one.
+    FrameCacheIgnoresOffset,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 27] = [
         Bug::SkipSaltCheck,
         Bug::ShipUncommitted,
         Bug::IgnoreAppTruncate,
@@ -105,6 +109,7 @@ impl Bug {
         Bug::LeaseNotKeptDuringActions,
         Bug::RestartNoticedLate,
         Bug::SyncSpacedFromUploadEnd,
+        Bug::FrameCacheIgnoresOffset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -135,6 +140,7 @@ impl Bug {
             Bug::LeaseNotKeptDuringActions => "lease-not-kept-during-actions",
             Bug::RestartNoticedLate => "restart-noticed-late",
             Bug::SyncSpacedFromUploadEnd => "sync-spaced-from-upload-end",
+            Bug::FrameCacheIgnoresOffset => "frame-cache-ignores-offset",
         }
     }
 

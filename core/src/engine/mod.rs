@@ -15,6 +15,7 @@
 //! whole current database with `sums` and ships exactly the pages that differ.
 
 mod encode;
+mod frames;
 mod recovery;
 use recovery::HeldRead;
 pub mod source;
@@ -268,6 +269,8 @@ pub struct Engine {
     /// The sync being prepared is a WAL restart's ([`Engine::sync_restart`]): it ships
     /// nothing rather than compare the database. Set by every prepare.
     restart_only: bool,
+    /// The pages the sync being prepared read with its WAL scans (`frames.rs`).
+    frames: std::sync::Mutex<frames::FrameCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -348,6 +351,7 @@ impl Engine {
             held: None,
             scratch,
             restart_only: false,
+            frames: std::sync::Mutex::default(),
         };
         let prepared = engine.recover_holding().await?;
         // Proven, or shipped on purpose: later recoveries continue this database's lineage.
@@ -499,14 +503,33 @@ impl Engine {
     }
 
     fn scan(&self, scanner: &mut WalScanner, bytes_max: u64) -> Result<Committed, EngineError> {
-        scan_committed(scanner, bytes_max, |off, buf| self.files.read_wal(off, buf))
-            .map_err(|e| self.io_err(e))
+        let mut frames = self.frames();
+        scan_committed(scanner, bytes_max, |off, buf| {
+            let n = self.files.read_wal(off, buf)?;
+            if n == buf.len() {
+                frames.keep(off, buf);
+            }
+            Ok(n)
+        })
+        .map_err(|e| self.io_err(e))
+    }
+
+    fn frames(&self) -> std::sync::MutexGuard<'_, frames::FrameCache> {
+        self.frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads page `pgno` of a state into `buf`.
     fn read_page(&self, map: &StateMap, pgno: u32, buf: &mut [u8]) -> Result<(), EngineError> {
         let n = match map.wal_pages.get(&pgno) {
-            Some(&frame) => self.files.read_wal(frame + FRAME_HEADER_SIZE as u64, buf),
+            Some(&frame) => match self.frames().page(pgno, frame) {
+                Some(page) if page.len() == buf.len() => {
+                    buf.copy_from_slice(page);
+                    Ok(buf.len())
+                }
+                _ => self.files.read_wal(frame + FRAME_HEADER_SIZE as u64, buf),
+            },
             None => self
                 .files
                 .read_db(u64::from(pgno - 1) * u64::from(self.page_size), buf),

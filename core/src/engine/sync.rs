@@ -245,6 +245,17 @@ impl Engine {
         &mut self,
         outcome: &mut SyncOutcome,
     ) -> Result<(Option<Prepared>, u64), EngineError> {
+        // The pages its scans read are kept for its encoding, and for no later sync.
+        self.frames().begin();
+        let prepared = self.prepare_sync_scanned(outcome).await;
+        self.frames().end();
+        prepared
+    }
+
+    async fn prepare_sync_scanned(
+        &mut self,
+        outcome: &mut SyncOutcome,
+    ) -> Result<(Option<Prepared>, u64), EngineError> {
         self.read_db_only = None;
         self.read_stamp = self.files.db_stamp().map_err(|e| self.io_err(e))?;
         let (header, wal_len) = self.wal_header()?;

@@ -119,6 +119,35 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const READ_TIMEOUT_MS: u64 = 30_000;
 /// The longest one request may take, including a large upload.
 pub const REQUEST_TIMEOUT_MS: u64 = 15 * 60_000;
+/// After a failed multipart completion, how long the object may take to appear: the read
+/// timeout (the first attempt's answer was lost after it) plus the assembly of `size` bytes
+/// at this rate.
+pub const COMPLETION_ASSEMBLY_BYTES_PER_S: u64 = 50 << 20;
+pub const COMPLETION_POLL_MS: u64 = 1_000;
+
+fn completion_wait(size: u64) -> Duration {
+    Duration::from_millis(READ_TIMEOUT_MS)
+        + Duration::from_secs(size / COMPLETION_ASSEMBLY_BYTES_PER_S)
+}
+
+/// Whether `present` turns true within `wait`, asked at once and then every `poll`.
+async fn appears_within<F, Fut>(wait: Duration, poll: Duration, mut present: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if present().await {
+            return true;
+        }
+        if tokio::time::Instant::now() + poll > deadline {
+            return false;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// HEAD requests in flight while a listing looks up timestamps.
 pub const METADATA_HEADS_IN_FLIGHT_MAX: usize = 32;
 /// Entries of the timestamp cache; past this it is cleared (and refilled by HEADs).
@@ -287,11 +316,20 @@ impl CloudStore {
         };
         // The client retries a completion whose answer it lost, and a server answers the
         // retry of an upload that did complete with an error (NoSuchUpload on AWS, 403 on
-        // s3s-fs): not an access problem, and the object may exist. An object of the size
-        // sent makes the failure ambiguous, which the caller resolves (the engine re-reads the
-        // replica's position); otherwise the error stands.
-        match client.head(path).await {
-            Ok(meta) if meta.size == size => Err(StoreError::new(
+        // s3s-fs): not an access problem, and the object may exist, or appear: a server that
+        // assembles the parts before it answers (s3s-fs: silent past the read timeout for a
+        // 10 GiB upload; AWS says a completion may take minutes) is still completing the first
+        // attempt. An object of the size sent, there or appearing within a wait that grows
+        // with the size, makes the failure ambiguous, which the caller resolves (the engine
+        // re-reads the replica's position); otherwise the error stands.
+        let found = appears_within(
+            completion_wait(size),
+            Duration::from_millis(COMPLETION_POLL_MS),
+            || async { client.head(path).await.is_ok_and(|meta| meta.size == size) },
+        )
+        .await;
+        if found {
+            Err(StoreError::new(
                 StoreErrorKind::Transient,
                 "put",
                 self.location(key),
@@ -299,8 +337,12 @@ impl CloudStore {
                     "the upload's completion failed ({}), but an object of its size is there: it may have completed",
                     err.message
                 ),
-            )),
-            _ => Err(err),
+            ))
+        } else {
+            // Not completed: its parts would stay on the server (and be billed) until a
+            // lifecycle rule removed them.
+            let _ = upload.abort().await;
+            Err(err)
         }
     }
 
@@ -1039,6 +1081,38 @@ impl ObjectStore for CloudStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_object_is_awaited_while_the_server_assembles_it() {
+        let poll = Duration::from_secs(1);
+        // Appears at the fourth look: found within a wait of ten polls.
+        let mut looks = 0;
+        let found = appears_within(Duration::from_secs(10), poll, || {
+            looks += 1;
+            let now = looks;
+            async move { now >= 4 }
+        })
+        .await;
+        assert!(found);
+        assert_eq!(looks, 4);
+        // Never appears: given up once the wait is over, not before.
+        let started = tokio::time::Instant::now();
+        let mut looks = 0;
+        let found = appears_within(Duration::from_secs(10), poll, || {
+            looks += 1;
+            async { false }
+        })
+        .await;
+        assert!(!found);
+        assert_eq!(looks, 11, "at once, then every second for ten seconds");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // The wait grows with what the server has to assemble.
+        assert_eq!(completion_wait(0), Duration::from_millis(READ_TIMEOUT_MS));
+        assert_eq!(
+            completion_wait(10 << 30),
+            Duration::from_millis(READ_TIMEOUT_MS) + Duration::from_secs(204)
+        );
+    }
 
     #[test]
     fn timestamps_are_written_as_go_rfc3339_nano() {

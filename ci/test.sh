@@ -22,8 +22,14 @@ echo "ci: cargo fmt (at ${SECONDS}s)"
 cargo fmt --all -- --check
 echo "ci: cargo clippy (at ${SECONDS}s)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "ci: cargo test (at ${SECONDS}s)"
-cargo test --workspace --locked
+# One optimised build serves the tests, the quick benchmark and (with the planted feature, a
+# rebuild of two crates) the planted bugs: a debug build of every dependency beside it cost
+# minutes of CI. The tests keep their debug assertions and overflow checks; the quick
+# benchmark's binaries have them too (its figures check that every part runs, nothing more:
+# `ci/bench` builds without them).
+export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+echo "ci: cargo test, release build with debug assertions (at ${SECONDS}s)"
+cargo test --workspace --locked --release
 echo "ci: benchmark report, quick: every part end to end beside Litestream (figures in target/bench) (at ${SECONDS}s)"
 cargo build --release --locked -p sluice-core -p sluice-sim -p sluice-bench
 target/release/sluice-bench --quick --out target/bench --litestream "$LITESTREAM_BIN"

@@ -256,11 +256,18 @@ fn one_size(ctx: &Ctx, size_mib: u64) -> Result<Size> {
 }
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    let sizes: Vec<Size> = ctx
-        .size_mib
-        .iter()
-        .map(|&m| one_size(ctx, m))
-        .collect::<Result<_>>()?;
+    // A size that fails is reported beside the ones that did not, not instead of them.
+    let mut sizes: Vec<Size> = Vec::new();
+    let mut failed = Vec::new();
+    for &m in &ctx.size_mib {
+        match one_size(ctx, m) {
+            Ok(z) => sizes.push(z),
+            Err(e) => failed.push(format!("{m} MiB: {e:#}")),
+        }
+    }
+    if sizes.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
     report.section("Large databases");
     report.line(format!(
         "Random rows of {} bytes (incompressible), page size {PAGE_SIZE}; {LOAD_COMMITS_PER_S} \
@@ -413,5 +420,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &series,
     )?;
     report.put("large", &sizes);
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failed.join("; ")))
+    }
 }

@@ -139,14 +139,21 @@ async fn read_events(
         let mut concerns_us = false;
         for event in events {
             if event.wd == dir_wd {
-                concerns_us |= event
+                if event
                     .name
                     .as_ref()
-                    .is_some_and(|n| n.as_encoded_bytes().starts_with(name.as_encoded_bytes()));
-            } else if !event.mask.contains(AddWatchFlags::IN_IGNORED) {
-                // A one-shot watch fired (and is gone): the next idle sleep arms it again.
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(name.as_encoded_bytes()))
+                {
+                    // A file of ours created, removed or renamed: a watch of the old file
+                    // watches nothing now, so the next idle sleep arms the one at the path.
+                    armed.store(false, Ordering::SeqCst);
+                    concerns_us = true;
+                }
+            } else {
+                // A one-shot watch fired, or its file is gone (`IN_IGNORED`): either way the
+                // watch is gone, and the next idle sleep arms it again.
                 armed.store(false, Ordering::SeqCst);
-                concerns_us = true;
+                concerns_us |= !event.mask.contains(AddWatchFlags::IN_IGNORED);
             }
         }
         if concerns_us {
@@ -202,6 +209,28 @@ mod tests {
         assert!(w.arm(), "a fired watch is armed again");
         assert_eq!(kernel_watches(&w), 3);
         wal.write_all(b"and more").expect("write");
+        woken(&wake).await;
+    }
+
+    #[tokio::test]
+    async fn a_wal_removed_and_created_again_is_watched_at_the_next_arm() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("app.db");
+        let wal_path = dir.path().join("app.db-wal");
+        std::fs::write(&db, b"db").expect("db");
+        std::fs::write(&wal_path, b"old").expect("wal");
+        let wake = Arc::new(Notify::new());
+        let w = DbWatch::start(&db, wake.clone()).expect("watch");
+        assert!(w.arm());
+        // The application's last connection closes (SQLite removes the WAL), a new one opens.
+        std::fs::remove_file(&wal_path).expect("remove");
+        woken(&wake).await;
+        let mut wal = std::fs::File::create(&wal_path).expect("wal again");
+        woken(&wake).await;
+        assert!(!w.is_armed(), "the old WAL's watch watches nothing now");
+        assert!(w.arm());
+        assert_eq!(kernel_watches(&w), 3, "directory, database, the new WAL");
+        wal.write_all(b"frame").expect("write");
         woken(&wake).await;
     }
 

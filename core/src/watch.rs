@@ -178,6 +178,20 @@ mod tests {
             .count()
     }
 
+    /// A directory holding `app.db` (and its WAL, `with_wal`), and the watch of it.
+    fn watched(with_wal: bool) -> (tempfile::TempDir, PathBuf, Arc<Notify>, DbWatch) {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("app.db");
+        std::fs::write(&db, b"db").expect("db");
+        let wal = dir.path().join("app.db-wal");
+        if with_wal {
+            std::fs::write(&wal, b"").expect("wal");
+        }
+        let wake = Arc::new(Notify::new());
+        let w = DbWatch::start(&db, wake.clone()).expect("watch");
+        (dir, wal, wake, w)
+    }
+
     async fn woken(wake: &Notify) {
         tokio::time::timeout(Duration::from_secs(10), wake.notified())
             .await
@@ -186,12 +200,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_fires_the_armed_watch_once_and_later_writes_are_not_watched() {
-        let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("app.db");
-        std::fs::write(&db, b"db").expect("db");
-        let mut wal = std::fs::File::create(dir.path().join("app.db-wal")).expect("wal");
-        let wake = Arc::new(Notify::new());
-        let w = DbWatch::start(&db, wake.clone()).expect("watch");
+        let (_dir, wal_path, wake, w) = watched(true);
+        let mut wal = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&wal_path)
+            .expect("wal");
         assert_eq!(kernel_watches(&w), 1, "the directory only, until armed");
         assert!(w.arm(), "the first arm arms");
         assert!(!w.arm(), "armed already");
@@ -214,13 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wal_removed_and_created_again_is_watched_at_the_next_arm() {
-        let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("app.db");
-        let wal_path = dir.path().join("app.db-wal");
-        std::fs::write(&db, b"db").expect("db");
-        std::fs::write(&wal_path, b"old").expect("wal");
-        let wake = Arc::new(Notify::new());
-        let w = DbWatch::start(&db, wake.clone()).expect("watch");
+        let (_dir, wal_path, wake, w) = watched(true);
         assert!(w.arm());
         // The application's last connection closes (SQLite removes the WAL), a new one opens.
         std::fs::remove_file(&wal_path).expect("remove");
@@ -236,13 +243,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_wal_appearing_wakes_the_job_whether_armed_or_not() {
-        let dir = tempfile::tempdir().expect("dir");
-        let db = dir.path().join("app.db");
-        std::fs::write(&db, b"db").expect("db");
-        let wake = Arc::new(Notify::new());
-        let w = DbWatch::start(&db, wake.clone()).expect("watch");
+        let (dir, wal_path, wake, w) = watched(false);
         std::fs::write(dir.path().join("other.db-wal"), b"x").expect("write");
-        std::fs::write(dir.path().join("app.db-wal"), b"x").expect("write");
+        std::fs::write(&wal_path, b"x").expect("write");
         woken(&wake).await;
         assert!(!w.is_armed());
     }

@@ -212,11 +212,15 @@ impl OsScratch {
 impl Scratch for OsScratch {
     fn create(&self) -> io::Result<Box<dyn ScratchFile>> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".sluice-fetch-")
-            .tempfile_in(&self.dir)?;
-        let (file, path) = tmp.into_parts();
-        Ok(Box::new(OsScratchFile { file, path }))
+        // Unnamed (`O_TMPFILE` where the filesystem has it, else created and unlinked at
+        // once): the kernel frees it when its descriptor closes, so a process killed while it
+        // spools a first snapshot leaves nothing behind. Named, the spools of a SIGKILLed
+        // replicator stayed until someone removed them (7 GiB each, found at 10 GiB).
+        let file = tempfile::tempfile_in(&self.dir)?;
+        Ok(Box::new(OsScratchFile {
+            file,
+            name: self.dir.join("(unnamed scratch file)"),
+        }))
     }
 
     fn location(&self) -> PathBuf {
@@ -226,13 +230,13 @@ impl Scratch for OsScratch {
 
 struct OsScratchFile {
     file: std::fs::File,
-    /// Removes the file when dropped.
-    path: tempfile::TempPath,
+    /// What messages call it: it has no name on disk.
+    name: PathBuf,
 }
 
 impl ScratchFile for OsScratchFile {
     fn name(&self) -> &Path {
-        &self.path
+        &self.name
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
@@ -300,10 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn a_scratch_file_reads_back_what_was_written_and_goes_when_dropped() {
+    fn a_scratch_file_reads_back_what_was_written_and_is_never_in_its_directory() {
         let dir = tempfile::tempdir().expect("dir");
         let scratch = OsScratch::new(dir.path().join("s"));
         let f = scratch.create().expect("create");
+        // Nothing to leave behind if the process is killed now.
+        let entries = || {
+            std::fs::read_dir(dir.path().join("s"))
+                .expect("dir")
+                .count()
+        };
         f.write_at(b"world", 5).expect("write");
         f.write_at(b"hello", 0).expect("write");
         assert_eq!(f.size().expect("size"), 10);
@@ -316,9 +326,8 @@ mod tests {
         read_exact_at(f.as_ref(), &mut tail, 7).expect("tail");
         assert_eq!(&tail, b"rld");
         assert!(read_exact_at(f.as_ref(), &mut tail, 8).is_err());
-        let name = f.name().to_path_buf();
-        assert!(name.exists());
+        assert_eq!(entries(), 0, "the scratch file has no name");
         drop(f);
-        assert!(!name.exists());
+        assert_eq!(entries(), 0);
     }
 }

@@ -105,8 +105,8 @@ pub fn large(db: &Path, bytes: u64) -> Result<u64> {
 
 /// Random single-row updates of the large database at `per_second` until `stop`, with the
 /// default auto-checkpoint (the load under which a replicator that loses WAL continuity
-/// rereads the database). Returns the commits made and the bytes this thread wrote (the WAL
-/// and the checkpoints' writes into the database file).
+/// rereads the database). `run` picks the values written. Returns the commits made and the
+/// bytes of the WAL frames they wrote ([`wal_frames_counted`]).
 pub fn update_load(
     db: &Path,
     rows: u64,

@@ -244,9 +244,14 @@ mod tests {
     #[tokio::test]
     async fn the_wal_appearing_wakes_the_job_whether_armed_or_not() {
         let (dir, wal_path, wake, w) = watched(false);
+        // Armed while there is no WAL: only the database is watched.
+        assert!(w.arm());
+        assert_eq!(kernel_watches(&w), 2, "directory and database");
         std::fs::write(dir.path().join("other.db-wal"), b"x").expect("write");
         std::fs::write(&wal_path, b"x").expect("write");
         woken(&wake).await;
-        assert!(!w.is_armed());
+        assert!(!w.is_armed(), "a new WAL needs arming to be watched");
+        assert!(w.arm());
+        assert_eq!(kernel_watches(&w), 3, "directory, database, the new WAL");
     }
 }

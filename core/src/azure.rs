@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 
-use crate::cloud::{self, Client, CloudStore, Service};
+use crate::cloud::{self, Client, Clients, CloudStore, Service};
 
 /// The metadata key Litestream stores an LTX file's creation time under on Azure (metadata
 /// names are C# identifiers there: no hyphen).
@@ -142,7 +142,7 @@ pub fn open(cfg: AzureConfig) -> Result<CloudStore, String> {
         container,
         path,
         endpoint,
-        Client::Ready(Arc::new(client)),
+        Client::Ready(Clients::single(Arc::new(client))),
     ))
 }
 

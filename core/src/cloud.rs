@@ -43,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use object_store::client::{HttpError, HttpErrorKind};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as OsPath;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange,
@@ -66,19 +67,67 @@ pub struct Service {
     pub cas_by_generation: bool,
 }
 
-/// Builds the client at first use: AWS S3 without a configured region looks the bucket's
+/// Builds the clients at first use: AWS S3 without a configured region looks the bucket's
 /// region up first.
 #[async_trait]
 pub trait Connect: Send + Sync {
-    /// The client, or the kind and text of why not.
-    async fn connect(&self)
-    -> Result<Arc<dyn object_store::ObjectStore>, (StoreErrorKind, String)>;
+    /// The clients, or the kind and text of why not.
+    async fn connect(&self) -> Result<Clients, (StoreErrorKind, String)>;
 }
 
-/// The client of a [`CloudStore`]: built, or built at first use.
+/// The clients of a [`CloudStore`]: built, or built at first use.
 pub enum Client {
-    Ready(Arc<dyn object_store::ObjectStore>),
+    Ready(Clients),
     Lazy(Box<dyn Connect>),
+}
+
+/// What a [`CloudStore`] sends its requests through.
+pub struct Clients {
+    /// Every request but the parts and completion of a multipart upload that `multipart`
+    /// takes.
+    pub store: Arc<dyn object_store::ObjectStore>,
+    /// Where the service's client offers it (S3, GCS): multipart uploads part by part, the
+    /// completion through its own client whose read timeout is as long as a request may take
+    /// ([`completion_options`]). Without it (Azure, whose block list commits at once), uploads
+    /// go through `store`'s multipart writer, completion included.
+    pub multipart: Option<Multiparts>,
+}
+
+/// The two clients of multipart uploads made part by part.
+pub struct Multiparts {
+    /// Creates the upload, sends its parts and aborts it: a silent connection is a stall.
+    pub parts: Arc<dyn MultipartStore>,
+    /// Completes the upload: a server may assemble the parts for minutes before it answers
+    /// (s3s-fs: more than the read timeout for 10 GiB; AWS documents minutes). A client that
+    /// dropped the connection meanwhile would see the upload aborted under it (s3s-fs) and
+    /// its retries refused.
+    pub complete: Arc<dyn MultipartStore>,
+}
+
+impl Clients {
+    /// One client for everything.
+    pub fn single(store: Arc<dyn object_store::ObjectStore>) -> Clients {
+        Clients {
+            store,
+            multipart: None,
+        }
+    }
+
+    /// `client` for everything but multipart completions, which go through `completion`
+    /// (the same service built with [`completion_options`]).
+    pub fn with_completion<C>(client: C, completion: C) -> Clients
+    where
+        C: object_store::ObjectStore + MultipartStore,
+    {
+        let client = Arc::new(client);
+        Clients {
+            store: client.clone(),
+            multipart: Some(Multiparts {
+                parts: client,
+                complete: Arc::new(completion),
+            }),
+        }
+    }
 }
 
 /// The client options every cloud store uses: timeouts, and TLS and plain-HTTP permissions.
@@ -92,6 +141,15 @@ pub fn client_options(skip_verify: bool, allow_http: bool) -> ClientOptions {
         )
         .with_allow_invalid_certificates(skip_verify)
         .with_allow_http(allow_http)
+}
+
+/// `options` for the client that completes multipart uploads: it waits for an answer as long
+/// as a request may take ([`REQUEST_TIMEOUT_MS`]) instead of [`READ_TIMEOUT_MS`].
+pub fn completion_options(options: ClientOptions) -> ClientOptions {
+    options.with_config(
+        ClientConfigKey::ReadTimeout,
+        format!("{}ms", REQUEST_TIMEOUT_MS),
+    )
 }
 
 /// The retries every cloud store's client makes (see the module documentation).
@@ -171,6 +229,65 @@ struct Multipart {
     create: bool,
 }
 
+/// A multipart upload under way.
+enum Upload<'a> {
+    /// Through the client's writer, which completes it with the client's read timeout.
+    Writer(Box<dyn object_store::MultipartUpload>),
+    /// Part by part, completed through the completion client.
+    Parts {
+        clients: &'a Multiparts,
+        path: OsPath,
+        id: object_store::MultipartId,
+    },
+}
+
+/// One part's upload: its index, and its id where the upload goes part by part.
+type PartSent = futures::future::BoxFuture<'static, object_store::Result<(usize, Option<PartId>)>>;
+
+impl Upload<'_> {
+    /// Sends part `index`.
+    fn send(&mut self, index: usize, bytes: bytes::Bytes) -> PartSent {
+        use futures::{FutureExt as _, TryFutureExt as _};
+        match self {
+            Upload::Writer(writer) => writer
+                .put_part(PutPayload::from(bytes))
+                .map_ok(move |()| (index, None))
+                .boxed(),
+            Upload::Parts { clients, path, id } => {
+                let (parts, path, id) = (clients.parts.clone(), path.clone(), id.clone());
+                async move {
+                    let part = parts
+                        .put_part(&path, &id, index, PutPayload::from(bytes))
+                        .await?;
+                    Ok((index, Some(part)))
+                }
+                .boxed()
+            }
+        }
+    }
+
+    /// Completes the upload from `parts`, the ids of its parts in order.
+    async fn complete(
+        &mut self,
+        parts: Vec<PartId>,
+    ) -> object_store::Result<object_store::PutResult> {
+        match self {
+            Upload::Writer(writer) => writer.complete().await,
+            Upload::Parts { clients, path, id } => {
+                clients.complete.complete_multipart(path, id, parts).await
+            }
+        }
+    }
+
+    /// Aborts the upload: the server deletes its parts.
+    async fn abort(&mut self) -> object_store::Result<()> {
+        match self {
+            Upload::Writer(writer) => writer.abort().await,
+            Upload::Parts { clients, path, id } => clients.parts.abort_multipart(path, id).await,
+        }
+    }
+}
+
 /// A spooled body up to this size goes up as one PUT (read into memory).
 pub const SPOOLED_SINGLE_PUT_BYTES_MAX: u64 = 16 << 20;
 /// Parts of a spooled body in memory at once (read from its file as they are sent): the
@@ -185,7 +302,7 @@ pub const MULTIPART_PARTS_MAX: u64 = 10_000;
 pub struct CloudStore {
     service: Service,
     /// Set at construction, or at first use by `connect`.
-    client: tokio::sync::OnceCell<Arc<dyn object_store::ObjectStore>>,
+    clients: tokio::sync::OnceCell<Clients>,
     connect: Option<Box<dyn Connect>>,
     /// The bucket (Azure: container).
     container: String,
@@ -219,13 +336,13 @@ impl CloudStore {
         endpoint: String,
         client: Client,
     ) -> CloudStore {
-        let (client, connect) = match client {
+        let (clients, connect) = match client {
             Client::Ready(c) => (tokio::sync::OnceCell::new_with(Some(c)), None),
             Client::Lazy(connect) => (tokio::sync::OnceCell::new(), Some(connect)),
         };
         CloudStore {
             service,
-            client,
+            clients,
             connect,
             container,
             path,
@@ -246,8 +363,8 @@ impl CloudStore {
 
     /// A multipart upload of `size` bytes, each part read by `part(offset, len)` as it is
     /// sent (at most `in_flight` parts in memory), aborted (parts deleted) if a part fails to
-    /// read or to upload. `before_complete` runs before the upload completes: an error there
-    /// aborts it too (a `Create` finding the key taken meanwhile).
+    /// read or to upload. A `Create` checks the key again before the upload completes: taken
+    /// meanwhile aborts it too.
     async fn put_multipart(
         &self,
         key: &str,
@@ -262,24 +379,41 @@ impl CloudStore {
             part_bytes,
             create,
         } = m;
-        let client = self.client("put", key).await?;
+        let clients = self.clients("put", key).await?;
         let opts = object_store::PutMultipartOptions {
             attributes,
             ..object_store::PutMultipartOptions::default()
         };
-        let upload = client
-            .put_multipart_opts(path, opts)
-            .await
-            .map_err(|e| self.error("put", key, &e))?;
-        let mut upload = upload;
+        let mut upload = match &clients.multipart {
+            Some(m) => Upload::Parts {
+                id: m
+                    .parts
+                    .create_multipart_opts(path, opts)
+                    .await
+                    .map_err(|e| self.error("put", key, &e))?,
+                clients: m,
+                path: path.clone(),
+            },
+            None => Upload::Writer(
+                clients
+                    .store
+                    .put_multipart_opts(path, opts)
+                    .await
+                    .map_err(|e| self.error("put", key, &e))?,
+            ),
+        };
         let mut sending = futures::stream::FuturesUnordered::new();
+        // Per part in order, its id once sent (the writer keeps them itself).
+        let mut sent: Vec<Option<PartId>> = Vec::new();
         let mut offset = 0u64;
         let failed = 'send: {
             while offset < size {
                 // At most `in_flight` parts in memory: each is read only when one slot frees.
                 while sending.len() >= in_flight.max(1) {
-                    if let Some(Err(e)) = futures::StreamExt::next(&mut sending).await {
-                        break 'send Some(self.error("put", key, &e));
+                    match futures::StreamExt::next(&mut sending).await {
+                        Some(Ok((index, id))) => sent[index] = id,
+                        Some(Err(e)) => break 'send Some(self.error("put", key, &e)),
+                        None => {}
                     }
                 }
                 let len = usize::try_from(size - offset)
@@ -288,14 +422,16 @@ impl CloudStore {
                 match part(offset, len) {
                     Ok(bytes) => {
                         offset += bytes.len() as u64;
-                        sending.push(upload.put_part(PutPayload::from(bytes)));
+                        sending.push(upload.send(sent.len(), bytes));
+                        sent.push(None);
                     }
                     Err(e) => break 'send Some(StoreError::from_io("put", self.location(key), &e)),
                 }
             }
             while let Some(r) = futures::StreamExt::next(&mut sending).await {
-                if let Err(e) = r {
-                    break 'send Some(self.error("put", key, &e));
+                match r {
+                    Ok((index, id)) => sent[index] = id,
+                    Err(e) => break 'send Some(self.error("put", key, &e)),
                 }
             }
             // object_store has no conditional completion: a `Create` checks the key again
@@ -310,22 +446,28 @@ impl CloudStore {
             let _ = upload.abort().await;
             return Err(e);
         }
-        let err = match upload.complete().await {
+        let err = match upload.complete(sent.into_iter().flatten().collect()).await {
             Ok(done) => return Ok(done),
             Err(e) => self.error("put", key, &e),
         };
         // The client retries a completion whose answer it lost, and a server answers the
         // retry of an upload that did complete with an error (NoSuchUpload on AWS, 403 on
         // s3s-fs): not an access problem, and the object may exist, or appear: a server that
-        // assembles the parts before it answers (s3s-fs: silent past the read timeout for a
-        // 10 GiB upload; AWS says a completion may take minutes) is still completing the first
-        // attempt. An object of the size sent, there or appearing within a wait that grows
-        // with the size, makes the failure ambiguous, which the caller resolves (the engine
-        // re-reads the replica's position); otherwise the error stands.
+        // assembles the parts before it answers (AWS says a completion may take minutes) may
+        // still be completing the first attempt. An object of the size sent, there or
+        // appearing within a wait that grows with the size, makes the failure ambiguous,
+        // which the caller resolves (the engine re-reads the replica's position); otherwise
+        // the error stands.
         let found = appears_within(
             completion_wait(size),
             Duration::from_millis(COMPLETION_POLL_MS),
-            || async { client.head(path).await.is_ok_and(|meta| meta.size == size) },
+            || async {
+                clients
+                    .store
+                    .head(path)
+                    .await
+                    .is_ok_and(|meta| meta.size == size)
+            },
         )
         .await;
         if found {
@@ -403,13 +545,19 @@ impl CloudStore {
         &self.endpoint
     }
 
-    /// The client, built now if it is built at first use.
+    /// The client of every request but multipart uploads, built now if it is built at first
+    /// use.
     async fn client(
         &self,
         op: &'static str,
         key: &str,
     ) -> Result<&Arc<dyn object_store::ObjectStore>, StoreError> {
-        self.client
+        Ok(&self.clients(op, key).await?.store)
+    }
+
+    /// The clients, built now if they are built at first use.
+    async fn clients(&self, op: &'static str, key: &str) -> Result<&Clients, StoreError> {
+        self.clients
             .get_or_try_init(|| async {
                 let connect = self.connect.as_ref().ok_or_else(|| {
                     StoreError::new(
@@ -1112,6 +1260,189 @@ mod tests {
             completion_wait(10 << 30),
             Duration::from_millis(READ_TIMEOUT_MS) + Duration::from_secs(204)
         );
+    }
+
+    /// A multipart client over `store` that records what it is asked, and fails the part
+    /// `fail_part` if set.
+    struct Recorder {
+        store: object_store::memory::InMemory,
+        name: &'static str,
+        calls: Arc<Mutex<Vec<String>>>,
+        fail_part: Option<usize>,
+    }
+
+    impl Recorder {
+        fn note(&self, call: String) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{}:{call}", self.name));
+        }
+    }
+
+    #[async_trait]
+    impl MultipartStore for Recorder {
+        async fn create_multipart(
+            &self,
+            path: &OsPath,
+        ) -> object_store::Result<object_store::MultipartId> {
+            self.note("create".into());
+            self.store.create_multipart(path).await
+        }
+
+        async fn create_multipart_opts(
+            &self,
+            path: &OsPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<object_store::MultipartId> {
+            self.note("create".into());
+            self.store.create_multipart_opts(path, opts).await
+        }
+
+        async fn put_part(
+            &self,
+            path: &OsPath,
+            id: &object_store::MultipartId,
+            part_idx: usize,
+            data: PutPayload,
+        ) -> object_store::Result<PartId> {
+            self.note(format!("part {part_idx}"));
+            if self.fail_part == Some(part_idx) {
+                return Err(object_store::Error::Generic {
+                    store: "recorder",
+                    source: "connection reset".into(),
+                });
+            }
+            self.store.put_part(path, id, part_idx, data).await
+        }
+
+        async fn complete_multipart(
+            &self,
+            path: &OsPath,
+            id: &object_store::MultipartId,
+            parts: Vec<PartId>,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.note(format!("complete {}", parts.len()));
+            self.store.complete_multipart(path, id, parts).await
+        }
+
+        async fn abort_multipart(
+            &self,
+            path: &OsPath,
+            id: &object_store::MultipartId,
+        ) -> object_store::Result<()> {
+            self.note("abort".into());
+            self.store.abort_multipart(path, id).await
+        }
+    }
+
+    /// A store on an in-memory server whose multipart uploads go through recorders (parts
+    /// failing at `fail_part`), and what they recorded.
+    fn recorded_store(fail_part: Option<usize>) -> (CloudStore, Arc<Mutex<Vec<String>>>) {
+        let server = object_store::memory::InMemory::new();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let recorder = |name| {
+            Arc::new(Recorder {
+                store: server.clone(),
+                name,
+                calls: calls.clone(),
+                fail_part,
+            })
+        };
+        let clients = Clients {
+            store: Arc::new(server.clone()),
+            multipart: Some(Multiparts {
+                parts: recorder("parts"),
+                complete: recorder("complete"),
+            }),
+        };
+        let store = CloudStore::new(
+            crate::s3::SERVICE,
+            "bkt".into(),
+            "app.db".into(),
+            "memory".into(),
+            Client::Ready(clients),
+        )
+        .with_multipart(6 << 20, 5 << 20);
+        (store, calls)
+    }
+
+    #[tokio::test]
+    async fn a_multipart_upload_is_completed_by_the_completion_client() {
+        use crate::store::ObjectStore as _;
+        let (store, calls) = recorded_store(None);
+        let data: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+        let opts = PutOptions {
+            mode: PutMode::Overwrite,
+            timestamp_ms: 1_700_000_000_000,
+        };
+        store.put("big", data.clone(), opts).await.unwrap();
+        let mut calls = calls.lock().unwrap().clone();
+        // Parts go out concurrently: their order among themselves is the scheduler's.
+        calls[1..4].sort();
+        assert_eq!(
+            calls,
+            [
+                "parts:create",
+                "parts:part 0",
+                "parts:part 1",
+                "parts:part 2",
+                "complete:complete 3"
+            ]
+        );
+        let back = store.get_range("big", 0, data.len() as u64).await.unwrap();
+        assert!(back == data, "the object is the bytes sent, in order");
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_the_upload_and_leaves_nothing() {
+        use crate::store::ObjectStore as _;
+        let (store, calls) = recorded_store(Some(1));
+        let data = vec![7u8; 12 << 20];
+        let opts = PutOptions {
+            mode: PutMode::Overwrite,
+            timestamp_ms: 0,
+        };
+        let err = store.put("big", data, opts).await.unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("parts:abort"),
+            "{calls:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.starts_with("complete:")),
+            "{calls:?}"
+        );
+        assert_eq!(
+            store.head("big").await.unwrap_err().kind,
+            StoreErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn completions_wait_for_an_answer_as_long_as_a_request_may_take() {
+        let read_timeout = |o: &ClientOptions| o.get_config_value(&ClientConfigKey::ReadTimeout);
+        let options = client_options(false, true);
+        assert_eq!(read_timeout(&options), Some(format!("{READ_TIMEOUT_MS}ms")));
+        let completion = completion_options(options.clone());
+        assert_eq!(
+            read_timeout(&completion),
+            Some(format!("{REQUEST_TIMEOUT_MS}ms"))
+        );
+        // Nothing else changes: the same connect timeout and plain-HTTP permission.
+        for key in [
+            ClientConfigKey::ConnectTimeout,
+            ClientConfigKey::AllowHttp,
+            ClientConfigKey::Timeout,
+        ] {
+            assert_eq!(
+                options.get_config_value(&key),
+                completion.get_config_value(&key),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]

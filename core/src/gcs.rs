@@ -17,7 +17,7 @@ use std::sync::Arc;
 use object_store::StaticCredentialProvider;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 
-use crate::cloud::{self, Client, CloudStore, Service};
+use crate::cloud::{self, Client, Clients, CloudStore, Service};
 
 /// GCS as a [`Service`].
 pub const SERVICE: Service = Service {
@@ -68,16 +68,22 @@ pub fn open(cfg: GcsConfig) -> Result<CloudStore, String> {
         None => format!("https://{}", SERVICE.home_suffix),
     };
     let allow_http = label_endpoint.starts_with("http://");
-    let client = builder
-        .with_client_options(cloud::client_options(false, allow_http))
-        .build()
-        .map_err(|e| format!("{label}: cannot configure the GCS client: {e}"))?;
+    let options = cloud::client_options(false, allow_http);
+    let build = |options| {
+        builder
+            .clone()
+            .with_client_options(options)
+            .build()
+            .map_err(|e| format!("{label}: cannot configure the GCS client: {e}"))
+    };
+    let client = build(options.clone())?;
+    let completion = build(cloud::completion_options(options))?;
     Ok(CloudStore::new(
         SERVICE,
         bucket,
         path,
         label_endpoint,
-        Client::Ready(Arc::new(client)),
+        Client::Ready(Clients::with_completion(client, completion)),
     ))
 }
 

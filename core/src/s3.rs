@@ -6,13 +6,12 @@
 //! Keys: `<path>/<level %04x>/<min>-<max>.ltx`, exactly where Litestream 0.5 puts them.
 
 use std::fmt;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use object_store::ClientOptions;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 
-use crate::cloud::{self, Client, CloudStore, Connect, Service, one_line};
+use crate::cloud::{self, Client, Clients, CloudStore, Connect, Service, one_line};
 use crate::store::StoreErrorKind;
 
 /// The object metadata key Litestream stores an LTX file's creation time under.
@@ -222,12 +221,9 @@ pub fn open(cfg: S3Config) -> Result<CloudStore, String> {
             }
         }
     }
-    let builder = builder.with_client_options(options.clone());
     // Built now even when the region is still to be looked up, so a bad setting shows
     // before any request.
-    let client = builder
-        .clone()
-        .build()
+    let clients = build_clients(&builder, &options)
         .map_err(|e| format!("{label}: cannot configure the S3 client: {e}"))?;
     let client = if lookup_region {
         Client::Lazy(Box::new(RegionLookup {
@@ -236,7 +232,7 @@ pub fn open(cfg: S3Config) -> Result<CloudStore, String> {
             options,
         }))
     } else {
-        Client::Ready(Arc::new(client))
+        Client::Ready(clients)
     };
     Ok(CloudStore::new(
         SERVICE,
@@ -256,9 +252,7 @@ struct RegionLookup {
 
 #[async_trait]
 impl Connect for RegionLookup {
-    async fn connect(
-        &self,
-    ) -> Result<Arc<dyn object_store::ObjectStore>, (StoreErrorKind, String)> {
+    async fn connect(&self) -> Result<Clients, (StoreErrorKind, String)> {
         let region = object_store::aws::resolve_bucket_region(&self.bucket, &self.options)
             .await
             .map_err(|e| {
@@ -277,19 +271,29 @@ impl Connect for RegionLookup {
                 )
             })?;
         tracing::info!(bucket = %self.bucket, %region, "found the bucket's region");
-        let client = self
-            .builder
-            .clone()
-            .with_region(region)
-            .build()
-            .map_err(|e| {
-                (
-                    StoreErrorKind::Permanent,
-                    format!("cannot configure the S3 client: {e}"),
-                )
-            })?;
-        Ok(Arc::new(client))
+        build_clients(&self.builder.clone().with_region(region), &self.options).map_err(|e| {
+            (
+                StoreErrorKind::Permanent,
+                format!("cannot configure the S3 client: {e}"),
+            )
+        })
     }
+}
+
+/// The client of `builder` with `options`, and its twin that completes multipart uploads.
+fn build_clients(
+    builder: &AmazonS3Builder,
+    options: &ClientOptions,
+) -> object_store::Result<Clients> {
+    let client = builder
+        .clone()
+        .with_client_options(options.clone())
+        .build()?;
+    let completion = builder
+        .clone()
+        .with_client_options(cloud::completion_options(options.clone()))
+        .build()?;
+    Ok(Clients::with_completion(client, completion))
 }
 
 #[cfg(test)]

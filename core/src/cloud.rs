@@ -1275,7 +1275,7 @@ mod tests {
         fn note(&self, call: String) {
             self.calls
                 .lock()
-                .unwrap()
+                .expect("recorder lock")
                 .push(format!("{}:{call}", self.name));
         }
     }
@@ -1376,8 +1376,8 @@ mod tests {
             mode: PutMode::Overwrite,
             timestamp_ms: 1_700_000_000_000,
         };
-        store.put("big", data.clone(), opts).await.unwrap();
-        let mut calls = calls.lock().unwrap().clone();
+        store.put("big", data.clone(), opts).await.expect("upload");
+        let mut calls = calls.lock().expect("recorder lock").clone();
         // Parts go out concurrently: their order among themselves is the scheduler's.
         calls[1..4].sort();
         assert_eq!(
@@ -1390,7 +1390,10 @@ mod tests {
                 "complete:complete 3"
             ]
         );
-        let back = store.get_range("big", 0, data.len() as u64).await.unwrap();
+        let back = store
+            .get_range("big", 0, data.len() as u64)
+            .await
+            .expect("read back");
         assert!(back == data, "the object is the bytes sent, in order");
     }
 
@@ -1403,9 +1406,12 @@ mod tests {
             mode: PutMode::Overwrite,
             timestamp_ms: 0,
         };
-        let err = store.put("big", data, opts).await.unwrap_err();
+        let err = store
+            .put("big", data, opts)
+            .await
+            .expect_err("a part fails");
         assert!(err.to_string().contains("connection reset"), "{err}");
-        let calls = calls.lock().unwrap().clone();
+        let calls = calls.lock().expect("recorder lock").clone();
         assert_eq!(
             calls.last().map(String::as_str),
             Some("parts:abort"),
@@ -1416,7 +1422,7 @@ mod tests {
             "{calls:?}"
         );
         assert_eq!(
-            store.head("big").await.unwrap_err().kind,
+            store.head("big").await.expect_err("nothing left").kind,
             StoreErrorKind::NotFound
         );
     }

@@ -245,6 +245,15 @@ impl Sampler {
     }
 
     /// The newest sample, or an empty one.
+    /// The process's peak RSS (VmHWM) so far.
+    pub fn peak_hwm_kib(&self) -> u64 {
+        lock(&self.samples)
+            .iter()
+            .map(|s| s.hwm_kib)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn last(&self) -> Sample {
         lock(&self.samples).last().copied().unwrap_or_default()
     }

@@ -36,6 +36,10 @@ struct Replication {
     first_snapshot_s: f64,
     first_snapshot_peak_rss_kib: u64,
     steady_peak_rss_kib: u64,
+    /// Restarted with a short `snapshot.interval`: seconds until its first scheduled snapshot
+    /// was on S3, and the restarted process's peak RSS to then.
+    scheduled_snapshot_s: f64,
+    scheduled_snapshot_peak_rss_kib: u64,
     load_seconds: f64,
     load_commits: u64,
     /// Everything the replicator read (`rchar`: the database, sockets, its own files).
@@ -116,15 +120,24 @@ fn replicate(
     }
     let at_end = sampler.last();
     let db_read = db_reads.map(FileReads::finish).transpose()?;
+    // A scheduled snapshot, under the same load: the tool restarted with a short interval
+    // (both take one when the interval has passed since the last; Litestream at the next
+    // multiple of it).
+    let scheduled = waited.and_then(|()| {
+        replicator.stop()?;
+        scheduled_snapshot(ctx, link, tool, db, &path, dir)
+    });
     stop.store(true, Ordering::Relaxed);
     let loaded = load
         .join()
         .map_err(|_| anyhow!("the load thread panicked"))?;
-    waited?;
+    let (mut replicator, scheduled_snapshot_s, scheduled_sampler) = scheduled?;
     let (load_commits, wal_written) = loaded?;
     let load_total_s = started.elapsed().as_secs_f64() + 0.5;
     wait_settled(ctx, link, &path, &mut replicator)?;
     replicator.stop()?;
+    let scheduled_snapshot_peak_rss_kib = scheduled_sampler.peak_hwm_kib();
+    drop(scheduled_sampler);
     let samples = sampler.finish();
     let conn = workload::open(db)?;
     workload::checkpoint_truncate(&conn)?;
@@ -142,6 +155,8 @@ fn replicate(
             .map(|s| s.rss_kib)
             .max()
             .unwrap_or(0),
+        scheduled_snapshot_s,
+        scheduled_snapshot_peak_rss_kib,
         load_seconds: load_total_s,
         load_commits,
         read_bytes_per_min: at_end.read_bytes.saturating_sub(at_snapshot.read_bytes) as f64
@@ -153,6 +168,53 @@ fn replicate(
         expected,
         path,
     })
+}
+
+/// `snapshot.interval` of the restarted replicator.
+const SCHEDULED_SNAPSHOT_INTERVAL: &str = "10s";
+
+/// Starts `tool` on `db` again with a `snapshot.interval` of [`SCHEDULED_SNAPSHOT_INTERVAL`]
+/// and waits until a level-9 file the replica did not hold before is there. Returns the
+/// running replicator, the seconds that took, and the sampler of its memory (started first).
+fn scheduled_snapshot(
+    ctx: &Ctx,
+    link: &crate::s3::Link,
+    tool: Tool,
+    db: &Path,
+    path: &str,
+    dir: &Path,
+) -> Result<(crate::proc::Running, f64, Sampler)> {
+    let replica = link.replica(path)?;
+    let snapshots = || -> Result<Vec<(u64, u64)>> {
+        Ok(ctx
+            .rt
+            .block_on(files(&replica))?
+            .into_iter()
+            .filter(|f| f.level == sluice_core::replica::SNAPSHOT_LEVEL)
+            .map(|f| (f.min_txid, f.max_txid))
+            .collect())
+    };
+    let before = snapshots()?;
+    let config = dir.join(format!("scheduled-{}.yml", tool.name()));
+    std::fs::write(
+        &config,
+        format!(
+            "snapshot:\n  interval: {SCHEDULED_SNAPSHOT_INTERVAL}\ndbs:\n  - path: \"{}\"\n    replica:\n      url: \"{}\"\n",
+            db.display(),
+            link.url(path)
+        ),
+    )?;
+    let started = Instant::now();
+    let mut replicator = ctx.tools.replicate_config(
+        tool,
+        &config,
+        &dir.join(format!("{}-scheduled.log", tool.name())),
+    )?;
+    let sampler = Sampler::start(replicator.pid());
+    replicator.wait_until("a scheduled snapshot", || {
+        Ok(snapshots()?.iter().any(|s| !before.contains(s)))
+    })?;
+    Ok((replicator, started.elapsed().as_secs_f64(), sampler))
 }
 
 fn one_size(ctx: &Ctx, size_mib: u64) -> Result<Size> {
@@ -277,7 +339,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
          snapshot: read from the database, what the replicator's `read` calls on the database \
          and its `-wal` returned (counted by `strace` on every thread); all reads, its `rchar` \
          (sockets and its own spool and cache files too); WAL written, the frames of the \
-         writer's commits (a WAL hook counting them).",
+         writer's commits (a WAL hook counting them). Then, the load still running, each \
+         tool is restarted with `snapshot.interval: {SCHEDULED_SNAPSHOT_INTERVAL}` until its \
+         first scheduled snapshot (a new level-9 file) is on S3: the seconds from the restart \
+         and the restarted process's peak RSS.",
         workload::BLOB_BYTES,
         if ctx.quick { 10 } else { 60 }
     ));
@@ -290,6 +355,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 format!("{:.1}", r.first_snapshot_s),
                 format!("{:.0}", r.first_snapshot_peak_rss_kib as f64 / 1024.0),
                 format!("{:.0}", r.steady_peak_rss_kib as f64 / 1024.0),
+                format!(
+                    "{:.0} ({:.0} s)",
+                    r.scheduled_snapshot_peak_rss_kib as f64 / 1024.0,
+                    r.scheduled_snapshot_s
+                ),
                 r.db_read_bytes_per_min
                     .map_or_else(|| "—".into(), |b| format!("{:.0}", mib(b as u64))),
                 format!("{:.0}", mib(r.read_bytes_per_min as u64)),
@@ -304,6 +374,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "first snapshot s",
             "peak RSS to it MiB",
             "peak RSS after MiB",
+            "peak RSS to a scheduled snapshot MiB",
             "read from the database MiB/min",
             "all reads MiB/min",
             "WAL written MiB/min",
@@ -343,7 +414,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     for z in &sizes {
         let s = &z.replication[0];
         let rss_target = TARGET_RSS_BASE_KIB + (z.pages * 8) as f64 / 1024.0;
-        let peak = s.first_snapshot_peak_rss_kib.max(s.steady_peak_rss_kib) as f64;
+        let peak = s
+            .first_snapshot_peak_rss_kib
+            .max(s.steady_peak_rss_kib)
+            .max(s.scheduled_snapshot_peak_rss_kib) as f64;
         let read = s.db_read_bytes_per_min.map_or_else(
             || "not measured (strace could not attach)".to_string(),
             |b| {

@@ -201,6 +201,9 @@ pub struct Sample {
     pub t_s: f64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// The part of `rss_kib` that is the process's own memory (`RssAnon`): the rest is files
+    /// mapped (the program's code and libraries, shared and reclaimable).
+    pub anon_kib: u64,
     pub cpu_s: f64,
     /// Bytes the process asked `read` and friends for (`rchar`: page-cache hits included,
     /// which is what rereading a database costs a host whose cache holds it).
@@ -244,7 +247,6 @@ impl Sampler {
         lock(&self.samples).clone()
     }
 
-    /// The newest sample, or an empty one.
     /// The process's peak RSS (VmHWM) so far.
     pub fn peak_hwm_kib(&self) -> u64 {
         lock(&self.samples)
@@ -254,6 +256,7 @@ impl Sampler {
             .unwrap_or(0)
     }
 
+    /// The newest sample, or an empty one.
     pub fn last(&self) -> Sample {
         lock(&self.samples).last().copied().unwrap_or_default()
     }
@@ -286,6 +289,7 @@ fn look(pid: u32, started: Instant, ticks: f64) -> Option<Sample> {
     // A zombie has no memory lines: the process is gone.
     let rss_kib = kib("VmRSS:")?;
     let hwm_kib = kib("VmHWM:").unwrap_or(rss_kib);
+    let anon_kib = kib("RssAnon:").unwrap_or(rss_kib);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) close with ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -302,6 +306,7 @@ fn look(pid: u32, started: Instant, ticks: f64) -> Option<Sample> {
         t_s: started.elapsed().as_secs_f64(),
         rss_kib,
         hwm_kib,
+        anon_kib,
         cpu_s,
         read_bytes,
     })

@@ -44,6 +44,8 @@ struct Phase {
 struct Row {
     tool: Tool,
     peak_rss_kib: u64,
+    /// The largest sampled `RssAnon`: RSS without the program's mapped code.
+    peak_anon_kib: u64,
     steady_rss_kib: u64,
     cpu_s: f64,
     read_bytes: u64,
@@ -139,6 +141,7 @@ fn measure(ctx: &Ctx, tool: Tool) -> Result<Row> {
     Ok(Row {
         tool,
         peak_rss_kib: samples.iter().map(|s| s.hwm_kib).max().unwrap_or(0),
+        peak_anon_kib: samples.iter().map(|s| s.anon_kib).max().unwrap_or(0),
         steady_rss_kib: idle_rss.get(idle_rss.len() / 2).copied().unwrap_or(0),
         cpu_s: end.cpu_s - start_sample.cpu_s,
         read_bytes: end.read_bytes.saturating_sub(start_sample.read_bytes),
@@ -219,6 +222,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             vec![
                 r.tool.name().to_string(),
                 format!("{:.1}", r.peak_rss_kib as f64 / 1024.0),
+                format!("{:.1}", r.peak_anon_kib as f64 / 1024.0),
                 format!("{:.1}", r.steady_rss_kib as f64 / 1024.0),
                 format!("{:.2}", r.cpu_s),
                 format!("{:.1}", mib(r.read_bytes)),
@@ -234,6 +238,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &[
             "tool",
             "peak RSS MiB",
+            "of it anonymous MiB (sampled)",
             "idle RSS MiB",
             "CPU s",
             "read MiB",
@@ -247,14 +252,16 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     );
     if let [s, l] = &rows[..] {
         let rss = s.peak_rss_kib as f64 / l.peak_rss_kib.max(1) as f64;
+        let anon = s.peak_anon_kib as f64 / l.peak_anon_kib.max(1) as f64;
         let cpu = s.cpu_s / l.cpu_s.max(1e-9);
         let idle_reads: u64 = ["LIST", "GET"]
             .iter()
             .filter_map(|k| s.idle.requests.get(*k))
             .sum();
         report.line(format!(
-            "Targets: sluice / Litestream peak RSS {rss:.2}: {}; CPU {cpu:.2}: {}; LIST and GET \
-             requests while idle: {idle_reads}: {}.",
+            "Targets: sluice / Litestream peak RSS {rss:.2}: {} (anonymous memory alone \
+             {anon:.2}: the rest is the programs' code mapped from their files); CPU {cpu:.2}: \
+             {}; LIST and GET requests while idle: {idle_reads}: {}.",
             verdict(rss, 0.25, true),
             verdict(cpu, 0.5, true),
             verdict(idle_reads as f64, 0.0, true)

@@ -79,6 +79,10 @@ enum Command {
         commits_per_second: u32,
         #[arg(long)]
         checkpoint_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        writer: u32,
+        #[arg(long)]
+        connection_per_commit: bool,
     },
 }
 
@@ -449,6 +453,8 @@ fn main() -> ExitCode {
             seed,
             commits_per_second,
             checkpoint_rate,
+            writer,
+            connection_per_commit,
         } => {
             let args = sluice_sim::chaos::workload::WriterArgs {
                 db,
@@ -456,6 +462,8 @@ fn main() -> ExitCode {
                 seed,
                 commits_per_second,
                 checkpoint_rate,
+                writer,
+                connection_per_commit,
             };
             match sluice_sim::chaos::workload::run_writer(&args) {
                 Ok(()) => ExitCode::SUCCESS,

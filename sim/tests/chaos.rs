@@ -201,6 +201,7 @@ fn a_bad_scenario_file_is_refused_naming_file_and_field() {
         ("cycles: 0\n", "cycles"),
         ("network-fault-rate: 0.1\n", "network-fault-rate"),
         ("store: nfs\n", "store"),
+        ("writers: 9\n", "writers"),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, body).expect("write the scenario");

@@ -1,12 +1,12 @@
 //! Real-process chaos: the system under test (`sluice replicate`, or the real Litestream) and
-//! a writer run as real processes on a real disk; a seeded schedule SIGKILLs and restarts them
+//! one or more writers run as real processes on a real disk; a seeded schedule SIGKILLs and restarts them
 //! and ends each cycle with a host loss (both killed, the host's files deleted), then the SUT's
 //! own `restore` rebuilds the database exactly as a replacement host would, and the checks run:
 //!
 //! - the restore passes `integrity_check` and equals the state after some commit `k`, row for
 //!   row (every commit's content is a function of the seed, [`workload::expected_state`]);
-//! - no phantom state: `k` is at most one past the last commit the writer logged (a commit can
-//!   return just before the kill and the log line not be written);
+//! - no phantom state: `k` is at most one past the last commit the writers logged, per writer
+//!   (a commit can return just before the kill and the log line not be written);
 //! - the application is not blocked: no writer process waits more than
 //!   [`Scenario::stall_ms_max`] between two commits;
 //! - the RPO: no commit that returned more than [`Scenario::rpo_ms`] plus
@@ -113,8 +113,13 @@ pub struct Scenario {
     pub checkpoint_rate: f64,
     /// Chance per schedule step (every 100–600 ms) of a SIGKILL of the SUT...
     pub sut_kill_rate: f64,
-    /// ...and of the writer.
+    /// ...and of a writer.
     pub writer_kill_rate: f64,
+    /// Writer processes committing at once (`commits-per-second` between them), 1 to 8.
+    pub writers: u32,
+    /// Each writer opens the database for each commit and closes it after: with the SUT down,
+    /// the last connection to close checkpoints the WAL and deletes it.
+    pub connection_per_commit: bool,
     /// How long a killed SUT stays down, at most.
     pub down_ms_max: u64,
     /// Where the replica lives: `dir` (a directory on this disk) or `s3` (the S3 server
@@ -156,6 +161,8 @@ impl Default for Scenario {
             checkpoint_rate: 0.01,
             sut_kill_rate: 0.2,
             writer_kill_rate: 0.1,
+            writers: 1,
+            connection_per_commit: false,
             down_ms_max: 1500,
             store: StoreKind::Dir,
             network_fault_rate: 0.0,
@@ -207,6 +214,9 @@ impl Scenario {
         }
         if self.commits_per_second == 0 {
             return Err("commits-per-second: must be at least 1".into());
+        }
+        if !(1..=8).contains(&self.writers) {
+            return Err(format!("writers: {} is not 1 to 8", self.writers));
         }
         if self.rpo_ms == 0 || self.settle_ms < self.rpo_ms {
             return Err(format!(
@@ -376,20 +386,30 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// How to start the writer: this executable's hidden `chaos-writer` command.
-fn spawn_writer(seed: u64, s: &Scenario, db: &Path, log: &Path) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .arg("chaos-writer")
+/// How to start writer `index`: this executable's hidden `chaos-writer` command, at its share
+/// of the scenario's rate.
+fn spawn_writer(
+    seed: u64,
+    s: &Scenario,
+    index: u32,
+    db: &Path,
+    log: &Path,
+) -> std::io::Result<Child> {
+    let rate = (s.commits_per_second / s.writers).max(1);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("chaos-writer")
         .arg("--db")
         .arg(db)
         .arg("--log")
         .arg(log)
         .args(["--seed", &seed.to_string()])
-        .args(["--commits-per-second", &s.commits_per_second.to_string()])
+        .args(["--commits-per-second", &rate.to_string()])
         .args(["--checkpoint-rate", &s.checkpoint_rate.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
+        .args(["--writer", &index.to_string()]);
+    if s.connection_per_commit {
+        cmd.arg("--connection-per-commit");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn()
 }
 
 /// A small tmpfs the runner mounts (as root) for a replica directory, unmounted when dropped.
@@ -519,7 +539,9 @@ pub fn run(
         std::fs::create_dir_all(&host).map_err(|e| io("create the host directory", e))?;
         let log = root.join(format!("commits-{n}.log"));
         let mut c = Cycle::default();
-        let mut writer = spawn_writer(seed, s, &db, &log).map_err(|e| io("start the writer", e))?;
+        // The first writer creates the table; the others start once it has committed.
+        let mut writers =
+            vec![spawn_writer(seed, s, 0, &db, &log).map_err(|e| io("start the writer", e))?];
         // The SUT starts on a database that exists (Litestream does not wait for one).
         let waited = Instant::now();
         while workload::read_log(&log)
@@ -527,12 +549,15 @@ pub fn run(
             .is_empty()
         {
             if waited.elapsed() > FIRST_COMMIT_WAIT_MAX {
-                kill(&mut writer);
+                writers.iter_mut().for_each(kill);
                 return Err(format!(
                     "the writer made no commit in {FIRST_COMMIT_WAIT_MAX:?}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        for i in 1..s.writers {
+            writers.push(spawn_writer(seed, s, i, &db, &log).map_err(|e| io("start a writer", e))?);
         }
         let mut starts = 0u32;
         let start_sut = |starts: &mut u32| {
@@ -600,11 +625,12 @@ pub fn run(
                 quiet_since = Instant::now();
             }
             if rng.random_bool(s.writer_kill_rate) {
-                kill(&mut writer);
+                let i = rng.random_range(0..writers.len());
+                kill(&mut writers[i]);
                 c.writer_kills += 1;
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
-                writer =
-                    spawn_writer(seed, s, &db, &log).map_err(|e| io("restart the writer", e))?;
+                writers[i] = spawn_writer(seed, s, i as u32, &db, &log)
+                    .map_err(|e| io("restart a writer", e))?;
             }
         }
         // The claim covers a SUT that has run `settle_ms` since its last start and the last
@@ -614,7 +640,8 @@ pub fn run(
         }
         // The host is lost: both processes at once, then every file on it.
         let loss_ms = now_ms();
-        kill(&mut writer);
+        let alive: Vec<u32> = writers.iter().map(Child::id).collect();
+        writers.iter_mut().for_each(kill);
         kill(&mut replicator);
         let logged = workload::read_log(&log).map_err(|e| io("read the commit log", e))?;
         std::fs::remove_dir_all(&host).map_err(|e| io("delete the host's files", e))?;
@@ -626,7 +653,7 @@ pub fn run(
         c.restore_ms = u64::try_from(restore_started.elapsed().as_millis()).unwrap_or(u64::MAX);
         c.commits_logged = logged.len() as u64;
         let last_logged = logged.iter().map(|l| l.seq).max().unwrap_or(0);
-        c.longest_stall_ms = workload::longest_stall_ms(&logged, loss_ms);
+        c.longest_stall_ms = workload::longest_stall_ms(&logged, loss_ms, &alive);
         if c.longest_stall_ms > s.stall_ms_max {
             c.violations.push(format!(
                 "the writer waited {} ms between two commits (limit {} ms): the application was blocked",
@@ -651,9 +678,11 @@ pub fn run(
                     ));
                     carry_on = false;
                 }
-                if k > last_logged + 1 {
+                // Each writer may have committed once more without logging it.
+                if k > last_logged + u64::from(s.writers) {
                     c.violations.push(format!(
-                        "restored commit {k}, but the writer's last commit was {last_logged}"
+                        "restored commit {k}, but the writers' last logged commit was {last_logged} ({} writers)",
+                        s.writers
                     ));
                     carry_on = false;
                 }

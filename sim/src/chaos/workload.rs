@@ -55,6 +55,11 @@ pub struct WriterArgs {
     pub commits_per_second: u32,
     /// Chance per commit of an application checkpoint (mode drawn from all four).
     pub checkpoint_rate: f64,
+    /// Which of the run's writers this is (its checkpoint draws differ from the others').
+    pub writer: u32,
+    /// Open the database for each commit and close it after (the last connection to close
+    /// checkpoints the WAL and deletes it), instead of one connection for the process.
+    pub connection_per_commit: bool,
 }
 
 fn now_ms() -> u64 {
@@ -63,34 +68,54 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The highest row, 0 in an empty table.
+fn highest_row(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM chaos", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+}
+
+fn open(db: &Path) -> anyhow::Result<rusqlite::Connection> {
+    use anyhow::Context;
+    let conn =
+        rusqlite::Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 /// Commits until killed: commit `seq` inserts row `seq` and updates one older row, then the
-/// line `seq unix_ms pid` is appended to the log. Continues after the database's highest row, so a
-/// writer restarted (or started on a restored database) carries on where the database is.
+/// line `seq unix_ms pid` is appended to the log. `seq` is one past the database's highest row,
+/// read inside the commit's write transaction, so writers restarted (or started on a restored
+/// database), and several writers at once, make one sequence of commits between them.
 pub fn run_writer(args: &WriterArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let conn = rusqlite::Connection::open(&args.db)
-        .with_context(|| format!("cannot open {}", args.db.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    let conn = open(&args.db)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS chaos (id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
     )?;
+    let highest = highest_row(&conn)?;
+    let mut kept = Some(conn);
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&args.log)
         .with_context(|| format!("cannot open {}", args.log.display()))?;
-    let mut seq: u64 = conn.query_row("SELECT coalesce(max(id), 0) FROM chaos", [], |r| {
-        r.get::<_, i64>(0)
-    })? as u64;
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ seq);
+    // Checkpoint draws from the seed, the writer and where the database was at the start.
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (u64::from(args.writer) << 48) ^ highest);
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.commits_per_second.max(1)));
     let started = Instant::now();
     let mut n = 0u32;
     loop {
-        seq += 1;
+        let conn = match kept.take() {
+            Some(c) => c,
+            None => open(&args.db)?,
+        };
+        let tx =
+            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        let seq = 1 + highest_row(&tx)?;
         let u = updated_row(args.seed, seq);
-        let tx = conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO chaos (id, v) VALUES (?1, ?2)",
             rusqlite::params![seq as i64, value(args.seed, seq, seq)],
@@ -100,11 +125,15 @@ pub fn run_writer(args: &WriterArgs) -> anyhow::Result<()> {
             rusqlite::params![u as i64, value(args.seed, seq, u)],
         )?;
         tx.commit()?;
-        writeln!(log, "{seq} {} {}", now_ms(), std::process::id())?;
+        // One write per line: the writers share the log, appending.
+        log.write_all(format!("{seq} {} {}\n", now_ms(), std::process::id()).as_bytes())?;
         if rng.random_bool(args.checkpoint_rate) {
             let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.random_range(0..4)];
             // A busy checkpoint is the application's everyday lot, not an error.
             let _ = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+        }
+        if !args.connection_per_commit {
+            kept = Some(conn);
         }
         n += 1;
         // Pacing, not synchronisation: the rate is a workload parameter.
@@ -147,15 +176,22 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<Logged>> {
 }
 
 /// The longest wait between two consecutive commits of one writer process, or between the
-/// last one's last commit and `end_ms` (it was alive until then): time the application spent
-/// blocked (an application checkpoint waiting on the replicator's read lock, Litestream #724),
-/// or the writer descheduled.
-pub fn longest_stall_ms(log: &[Logged], end_ms: u64) -> u64 {
-    let tail = log.last().map_or(0, |l| end_ms.saturating_sub(l.ms));
-    log.windows(2)
-        .filter(|w| w[0].pid == w[1].pid)
-        .map(|w| w[1].ms.saturating_sub(w[0].ms))
-        .fold(tail, u64::max)
+/// last commit of a writer in `alive` (still running at `end_ms`) and `end_ms`: time the
+/// application spent blocked (an application checkpoint waiting on the replicator's read
+/// lock, Litestream #724), or the writer descheduled.
+pub fn longest_stall_ms(log: &[Logged], end_ms: u64, alive: &[u32]) -> u64 {
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut longest = 0;
+    for l in log {
+        if let Some(before) = last.insert(l.pid, l.ms) {
+            longest = longest.max(l.ms.saturating_sub(before));
+        }
+    }
+    alive
+        .iter()
+        .filter_map(|pid| last.get(pid))
+        .map(|&ms| end_ms.saturating_sub(ms))
+        .fold(longest, u64::max)
 }
 
 /// Reads a restored database: `integrity_check`, then the table. Opened immutable: nothing is
@@ -210,12 +246,35 @@ mod tests {
             at(5, 1410, 8),
         ];
         // 110 -> 900 is a restart of the writer, not a stall.
-        assert_eq!(longest_stall_ms(&log, 1420), 500);
+        assert_eq!(longest_stall_ms(&log, 1420, &[8]), 500);
         assert_eq!(
-            longest_stall_ms(&log, 3000),
+            longest_stall_ms(&log, 3000, &[8]),
             1590,
             "blocked since its last commit"
         );
-        assert_eq!(longest_stall_ms(&log[..1], 100), 0);
+        assert_eq!(
+            longest_stall_ms(&log, 3000, &[9]),
+            500,
+            "writer 8 was gone by then"
+        );
+        assert_eq!(longest_stall_ms(&log[..1], 100, &[7]), 0);
+        // Two writers interleaved: each one's own gaps.
+        let log = [
+            at(1, 100, 7),
+            at(2, 105, 8),
+            at(3, 110, 7),
+            at(4, 700, 8),
+            at(5, 120, 7),
+        ];
+        assert_eq!(
+            longest_stall_ms(&log, 720, &[7, 8]),
+            600,
+            "writer 7 since 120"
+        );
+        assert_eq!(
+            longest_stall_ms(&log, 130, &[7, 8]),
+            595,
+            "writer 8: 105 -> 700"
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use proc::Tools;
+use proc::{Tool, Tools};
 use report::Report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -67,6 +67,11 @@ struct Args {
     /// 1 GiB and past the lock-byte page; add 10304 for the 10 GiB run).
     #[arg(long, value_delimiter = ',')]
     size_mib: Vec<u64>,
+    /// The size part with sluice alone, for a machine without the disk for both tools'
+    /// replicas (each tool keeps the snapshot at several levels: a 10 GiB database with both
+    /// needs about 110 GiB free, with sluice alone about 60).
+    #[arg(long)]
+    size_sluice_only: bool,
     /// Counted runs of each measurement (default: 3 quick, 5 full).
     #[arg(long)]
     runs: Option<usize>,
@@ -84,6 +89,8 @@ pub struct Ctx {
     pub quick: bool,
     pub runs: usize,
     pub size_mib: Vec<u64>,
+    /// The size part's tools: both, or sluice alone (`--size-sluice-only`).
+    pub size_tools: Vec<Tool>,
     /// A prefix of this run on the S3 server.
     pub run_id: String,
 }
@@ -180,6 +187,11 @@ fn run(args: Args) -> Result<bool> {
             vec![if args.quick { 96 } else { 1088 }]
         } else {
             args.size_mib.clone()
+        },
+        size_tools: if args.size_sluice_only {
+            vec![Tool::Sluice]
+        } else {
+            sections::TOOLS.to_vec()
         },
         run_id,
     };

@@ -38,6 +38,9 @@ impl Stat {
 
     /// `median (min–max)` with `digits` decimals.
     pub fn show(&self, digits: usize) -> String {
+        if self.runs.is_empty() {
+            return "not run".into();
+        }
         format!(
             "{:.digits$} ({:.digits$}–{:.digits$})",
             self.median, self.min, self.max
@@ -47,6 +50,9 @@ impl Stat {
 
 /// A target printed next to a measured figure: met or missed, and by how much.
 pub fn verdict(measured: f64, target: f64, lower_is_better: bool) -> String {
+    if measured.is_nan() {
+        return "not measured".into();
+    }
     let met = if lower_is_better {
         measured <= target
     } else {

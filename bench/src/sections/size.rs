@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 
-use super::{TOOLS, mib, same_file, wait_first_file, wait_settled};
+use super::{mib, same_file, wait_first_file, wait_settled};
 use crate::Ctx;
 use crate::plot;
 use crate::proc::{FileReads, Sample, Sampler, Tool};
@@ -220,13 +220,16 @@ fn scheduled_snapshot(
 fn one_size(ctx: &Ctx, size_mib: u64) -> Result<Size> {
     let dir = ctx.work.join(format!("size-{size_mib}"));
     std::fs::create_dir_all(&dir)?;
-    let need = size_mib * (1 << 20) * 6;
+    // The database, and per tool a copy of its end state, a restore's output and a replica
+    // holding the snapshot at several levels (L0, L1, L2 and a scheduled L9).
+    let need = size_mib * (1 << 20) * (1 + 5 * ctx.size_tools.len() as u64);
     let free = nix::sys::statvfs::statvfs(&dir)?;
     let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
     anyhow::ensure!(
         avail > need,
-        "{size_mib} MiB needs about {} GiB free in {} (the database, two copies, two replicas on \
-         the S3 server, restores); {} GiB are",
+        "{size_mib} MiB needs about {} GiB free in {} (the database, per tool a copy, a replica \
+         on the S3 server with the snapshot at several levels, a restore; --size-sluice-only \
+         halves it); {} GiB are",
         need >> 30,
         dir.display(),
         avail >> 30
@@ -242,7 +245,7 @@ fn one_size(ctx: &Ctx, size_mib: u64) -> Result<Size> {
     );
     let link = ctx.s3.link()?;
     let mut replication = Vec::new();
-    for tool in TOOLS {
+    for &tool in &ctx.size_tools {
         replication.push(replicate(ctx, &link, tool, &db, rows, &dir)?);
     }
     let _ = std::fs::remove_file(&db);
@@ -392,9 +395,13 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             z.sluice_over_litestream.show(2),
             z.sluice_over_floor.show(2),
             format!(
-                "{:.0} / {:.0}",
+                "{:.0} / {}",
                 z.sluice_restore_rss_kib.median / 1024.0,
-                z.litestream_restore_rss_kib.median / 1024.0
+                if z.litestream_restore_rss_kib.runs.is_empty() {
+                    "not run".to_string()
+                } else {
+                    format!("{:.0}", z.litestream_restore_rss_kib.median / 1024.0)
+                }
             ),
         ]);
     }
@@ -477,7 +484,12 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let pick = |f: fn(&Size) -> f64, label: &str| plot::Series {
         label: label.into(),
-        points: sizes.iter().map(|z| (mib(z.db_bytes), f(z))).collect(),
+        // A figure not measured (Litestream left out of a size) is not a point.
+        points: sizes
+            .iter()
+            .map(|z| (mib(z.db_bytes), f(z)))
+            .filter(|(_, y)| y.is_finite())
+            .collect(),
     };
     let series = [
         pick(|z| z.sluice_restore_s.median, "sluice"),

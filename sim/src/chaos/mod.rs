@@ -122,8 +122,9 @@ pub struct Scenario {
     pub connection_per_commit: bool,
     /// How long a killed SUT stays down, at most.
     pub down_ms_max: u64,
-    /// Where the replica lives: `dir` (a directory on this disk) or `s3` (the S3 server
-    /// `SLUICE_S3_ENDPOINT` names, reached through a fault proxy).
+    /// Where the replica lives: `dir` (a directory on this disk), `s3` (the S3 server
+    /// `SLUICE_S3_ENDPOINT` names) or `moto` (moto at `SLUICE_MOTO_ENDPOINT`), each S3 server
+    /// reached through a fault proxy.
     pub store: StoreKind,
     /// Chance per schedule step of a network fault between the SUT and an `s3` store: a
     /// partition, a stall, 503 answers, dropped answers (ambiguous writes) or a slow store
@@ -191,8 +192,8 @@ impl Scenario {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.network_fault_rate > 0.0 && self.store != StoreKind::S3 {
-            return Err("network-fault-rate: network faults need store: s3".into());
+        if self.network_fault_rate > 0.0 && self.store == StoreKind::Dir {
+            return Err("network-fault-rate: network faults need store: s3 or moto".into());
         }
         if self.disk_full_rate > 0.0 && self.store != StoreKind::Dir {
             return Err("disk-full-rate: a full replica disk needs store: dir".into());
@@ -234,7 +235,12 @@ impl Scenario {
 pub enum StoreKind {
     #[default]
     Dir,
+    /// The S3 server `SLUICE_S3_ENDPOINT` names (s3s-fs in CI: SigV4 checked, data on disk).
     S3,
+    /// moto's S3 server at `SLUICE_MOTO_ENDPOINT`: conditional writes (`If-None-Match`,
+    /// `If-Match`) are atomic there, so two replicators racing for the lease meet the
+    /// server's own arbitration, not a check-then-write.
+    Moto,
 }
 
 /// The replica as both tools are given it: a URL, the environment that reaches it, and the
@@ -251,6 +257,44 @@ fn env_var(name: &str) -> Result<String, String> {
     })
 }
 
+/// The bucket chaos runs use on moto, which keeps buckets in memory.
+const MOTO_BUCKET: &str = "sluice-chaos";
+
+/// `PUT /bucket` on moto, which checks no signature (an existing bucket answers 200 or 409).
+fn create_moto_bucket(addr: std::net::SocketAddr, bucket: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let fail =
+        |e: std::io::Error| format!("store: moto: cannot create bucket {bucket} at {addr}: {e}");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(fail)?;
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(fail)?;
+    match reply.split_whitespace().nth(1) {
+        Some("200" | "409") => Ok(()),
+        _ => Err(format!(
+            "store: moto: creating bucket {bucket} at {addr} was answered {:?}",
+            reply.lines().next().unwrap_or("")
+        )),
+    }
+}
+
+/// `http://IP:PORT` as a socket address, or an error naming the variable.
+fn endpoint_addr(name: &str, endpoint: &str) -> Result<std::net::SocketAddr, String> {
+    endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("{name} {endpoint:?} is not http://IP:PORT: {e}"))
+}
+
 impl Target {
     /// The replica for the run in `root`: a directory beside it, or a fresh prefix on the S3
     /// server behind a new proxy.
@@ -261,18 +305,28 @@ impl Target {
                 env: Vec::new(),
                 proxy: None,
             }),
-            StoreKind::S3 => {
-                let endpoint = env_var("SLUICE_S3_ENDPOINT")?;
-                let bucket = env_var("SLUICE_S3_BUCKET")?;
-                let key = env_var("SLUICE_S3_ACCESS_KEY")?;
-                let secret = env_var("SLUICE_S3_SECRET_KEY")?;
-                let upstream = endpoint
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .parse()
-                    .map_err(|e| {
-                        format!("SLUICE_S3_ENDPOINT {endpoint:?} is not http://IP:PORT: {e}")
+            StoreKind::S3 | StoreKind::Moto => {
+                let (upstream, bucket, key, secret) = if kind == StoreKind::S3 {
+                    (
+                        endpoint_addr("SLUICE_S3_ENDPOINT", &env_var("SLUICE_S3_ENDPOINT")?)?,
+                        env_var("SLUICE_S3_BUCKET")?,
+                        env_var("SLUICE_S3_ACCESS_KEY")?,
+                        env_var("SLUICE_S3_SECRET_KEY")?,
+                    )
+                } else {
+                    let endpoint = std::env::var("SLUICE_MOTO_ENDPOINT").map_err(|_| {
+                        "store: moto needs SLUICE_MOTO_ENDPOINT (ci/test.sh sets it)".to_string()
                     })?;
+                    let addr = endpoint_addr("SLUICE_MOTO_ENDPOINT", &endpoint)?;
+                    create_moto_bucket(addr, MOTO_BUCKET)?;
+                    // moto checks no signature; any key pair will do.
+                    (
+                        addr,
+                        MOTO_BUCKET.into(),
+                        "moto-key".into(),
+                        "moto-secret".into(),
+                    )
+                };
                 let proxy = faultnet::Proxy::start(upstream)
                     .map_err(|e| format!("cannot start the fault proxy: {e}"))?;
                 let run = root

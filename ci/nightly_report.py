@@ -65,6 +65,19 @@ def chaos_runs(out):
     return runs
 
 
+def mutants(out):
+    """The night's share of mutation testing (ci/mutants), or None if it did not run."""
+    share_file = out / "mutants" / "share.json"
+    if not share_file.exists():
+        return None
+    share = json.loads(share_file.read_text())
+    found = {}
+    for kind in ("caught", "missed", "timeout", "unviable"):
+        path = out / "mutants" / "mutants.out" / f"{kind}.txt"
+        found[kind] = [l for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    return {**share, **{k: len(v) for k, v in found.items()}, "survivors": found["missed"]}
+
+
 def version(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
@@ -86,6 +99,7 @@ def shard_report(out, start_seed, minutes, determinism, canary, shard):
         "determinism": [determinism],
         "canary": [canary],
         "chaos": chaos_runs(out),
+        "mutants": [m] if (m := mutants(out)) else [],
     }
 
 
@@ -102,6 +116,7 @@ def merged(dirs):
         "determinism": [d for p in parts for d in p["determinism"]],
         "canary": [c for p in parts for c in p["canary"]],
         "chaos": [r for p in parts for r in p["chaos"]],
+        "mutants": [m for p in parts for m in p.get("mutants", [])],
     }
 
 
@@ -132,6 +147,22 @@ def render(report):
     for r in report["chaos"]:
         for v in r["violations"]:
             lines.append(f"- {r['sut']} {r['scenario']} seed {r['seed']}: {v}  \n  replay: `{r['replay']}`")
+    lines += ["", "## Mutation testing", ""]
+    if not report["mutants"]:
+        lines.append("Not run.")
+    for m in report["mutants"]:
+        tested = m["caught"] + m["missed"] + m["timeout"]
+        rate = f"{(m['caught'] + m['timeout']) / tested:.0%}" if tested else "none tested"
+        lines.append(
+            f"Share {m['share']} of {m['shares']} ({m['mutants']} mutants of {m['files']}): "
+            f"{tested} tested in the budget, {m['caught']} caught, {m['timeout']} timed out "
+            f"(counted as caught), {m['missed']} survived, {m['unviable']} did not build; "
+            f"kill rate {rate}.")
+        for line in m["survivors"]:
+            lines.append(f"- survived: `{line}`")
+    lines.append("")
+    lines.append("Survivors are for review (a missing test, or an equivalent mutant); they do not "
+                 "fail the run.")
     ok = (all(f["failed"] == 0 for f in report["sweeps"])
           and not any(r["sut"] == "sluice" and r["violations"] for r in report["chaos"])
           and determinism == "ok" and canary == "caught")

@@ -69,7 +69,11 @@ impl Tools {
         cmd.env_remove("SLUICE_CONFIG")
             .env_remove("LITESTREAM_CONFIG")
             .env_remove("AWS_CA_BUNDLE")
-            .env("SLUICE_LOG", "warn")
+            // `SLUICE_BENCH_LOG=info` puts sluice's decisions in the kept logs (OUT/logs/).
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
-use crate::checksum::{DbChecksum, PageSums, checksum_file};
+use crate::checksum::{DbChecksum, checksum_file};
 use crate::ltx::{Decoder, Header, LtxError};
 use crate::replica::{FileInfo, Replica, SNAPSHOT_LEVEL, file_name};
 use crate::scratch::{Scratch, ScratchFile, ScratchReader, read_exact_at};
@@ -272,6 +272,8 @@ pub struct Fetched {
     /// Where the bytes are, for messages (`memory:…` for bytes in memory).
     pub path: PathBuf,
     bytes: Held,
+    /// The share of a restore's download budget its bytes in memory hold, until dropped.
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 enum Held {
@@ -329,6 +331,7 @@ impl Fetched {
             info,
             path,
             bytes: Held::Memory(bytes),
+            budget: None,
         }
     }
 
@@ -399,6 +402,7 @@ impl Fetched {
                 current: Vec::new(),
                 at: 0,
             }))),
+            budget: None,
         }
     }
 }
@@ -412,6 +416,13 @@ pub trait Image {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()>;
     fn set_len(&mut self, len: u64) -> std::io::Result<()>;
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum>;
+    /// Reads `buf.len()` bytes written earlier at `offset` (zeros where nothing was). A restore
+    /// reads a page back before it overwrites or truncates it, to keep the database checksum
+    /// as it goes; an image that cannot (the default) has it computed once at the end.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let _ = (buf, offset);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// The file a restore writes: the image, and its durability. The local-file seam for restores
@@ -437,6 +448,9 @@ impl Image for OsOutput {
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
         checksum_file(&self.0, page_size)
     }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
 }
 
 impl Image for Box<dyn OutputFile> {
@@ -448,6 +462,9 @@ impl Image for Box<dyn OutputFile> {
     }
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
         (**self).db_checksum(page_size)
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        (**self).read_at(buf, offset)
     }
 }
 
@@ -466,6 +483,9 @@ impl Image for &File {
     }
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
         checksum_file(self, page_size)
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
     }
 }
 
@@ -489,6 +509,14 @@ impl Image for Vec<u8> {
             .map(|(p, n)| (n, p));
         Ok(DbChecksum::of_pages(pages, page_size))
     }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let at = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let src = self
+            .get(at..at + buf.len())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
 }
 
 /// Fetches one replica file: a directory replica's file is read in place; a file of at most
@@ -507,6 +535,7 @@ pub async fn fetch(
             info,
             path,
             bytes: Held::InPlace,
+            budget: None,
         });
     }
     if info.size <= in_memory_max {
@@ -536,6 +565,7 @@ pub async fn fetch(
         info,
         path,
         bytes: Held::Scratch(file),
+        budget: None,
     })
 }
 
@@ -609,83 +639,147 @@ pub fn apply_one(
     Ok((h, h.db_checksums(&trailer)))
 }
 
-/// Databases of at most this many pages have their checksum kept as their pages are written
-/// (8 bytes a page in memory: 16 MiB, 8 GiB of 4 KiB pages); larger ones are read back once at
-/// the end, so a restore's memory stays bounded at any size.
-pub const SUMMED_PAGES_MAX: u64 = 2 << 20;
-
-/// An image whose database checksum is kept up to date as whole pages are written (the
-/// engine's [`PageSums`]), so the end of a restore need not read the whole output back. Any
-/// other write (not one whole page at a page boundary), a page size that changes, or a database
-/// past [`SUMMED_PAGES_MAX`] pages turns it off, and the inner image computes the checksum.
+/// An image whose database checksum is kept up to date as whole pages are written, so the end
+/// of a restore need not read the whole output back, in memory that does not grow with the
+/// database: a page about to be overwritten or truncated away is read back from the image
+/// first (one page read per page an incremental file carries; a snapshot onto the empty output
+/// reads nothing). Any other write (not one whole page at a page boundary), a page size that
+/// changes, or an image that cannot read back turns it off, and the inner image computes the
+/// checksum at the end.
 struct Summed<'a, I: Image> {
     inner: &'a mut I,
-    /// `None` before the first write (the page size is not known yet).
-    sums: Option<PageSums>,
+    /// `None` before the first write.
+    page_size: Option<u32>,
+    /// The image's size in pages, as the writes and truncations made it.
+    pages: u64,
+    total: DbChecksum,
     exact: bool,
+    /// The page read back.
+    old: Vec<u8>,
 }
 
 impl<'a, I: Image> Summed<'a, I> {
     fn new(inner: &'a mut I) -> Self {
         Self {
             inner,
-            sums: None,
+            page_size: None,
+            pages: 0,
+            total: DbChecksum::EMPTY,
             exact: true,
+            old: Vec::new(),
         }
     }
 
-    /// The page a whole-page write at `offset` sets, if the tracking holds.
-    fn page_of(&mut self, data: &[u8], offset: u64) -> Option<(&mut PageSums, u32)> {
-        let page_size = u32::try_from(data.len()).ok().filter(|&p| p > 0)?;
-        let sums = self.sums.get_or_insert_with(|| PageSums::new(page_size));
-        if sums.page_size() != page_size || !offset.is_multiple_of(u64::from(page_size)) {
-            return None;
+    fn off(&mut self) {
+        self.exact = false;
+    }
+
+    /// Toggles page `pgno` as the image holds it now (read back) out of the total.
+    fn toggle_out(&mut self, pgno: u64, page_size: u32) -> std::io::Result<bool> {
+        let Ok(n) = u32::try_from(pgno) else {
+            return Ok(false);
+        };
+        if n == crate::checksum::lock_pgno(page_size) {
+            return Ok(true);
+        }
+        self.old.resize(page_size as usize, 0);
+        match self
+            .inner
+            .read_at(&mut self.old, (pgno - 1) * u64::from(page_size))
+        {
+            Ok(()) => {
+                self.total
+                    .toggle(crate::checksum::page_checksum(n, &self.old));
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grows the image to `pages` with all-zero pages (a gap, or a longer length).
+    fn grow(&mut self, pages: u64, page_size: u32) -> bool {
+        let zero = vec![0u8; page_size as usize];
+        let lock = crate::checksum::lock_pgno(page_size);
+        for pgno in self.pages + 1..=pages {
+            let Ok(n) = u32::try_from(pgno) else {
+                return false;
+            };
+            if n != lock {
+                self.total.toggle(crate::checksum::page_checksum(n, &zero));
+            }
+        }
+        self.pages = self.pages.max(pages);
+        true
+    }
+
+    /// Takes a whole-page write into the total before it is made. `false`: not trackable.
+    fn track_write(&mut self, data: &[u8], offset: u64) -> std::io::Result<bool> {
+        let Some(page_size) = u32::try_from(data.len()).ok().filter(|&p| p > 0) else {
+            return Ok(false);
+        };
+        if *self.page_size.get_or_insert(page_size) != page_size
+            || !offset.is_multiple_of(u64::from(page_size))
+        {
+            return Ok(false);
         }
         let pgno = offset / u64::from(page_size) + 1;
-        if pgno > SUMMED_PAGES_MAX {
-            return None;
+        let Ok(n) = u32::try_from(pgno) else {
+            return Ok(false);
+        };
+        if pgno <= self.pages {
+            if !self.toggle_out(pgno, page_size)? {
+                return Ok(false);
+            }
+        } else if self.grow(pgno - 1, page_size) {
+            // Pages in between are a gap of zeros; this one is new.
+            self.pages = pgno;
+        } else {
+            return Ok(false);
         }
-        Some((sums, u32::try_from(pgno).ok()?))
+        // The lock-byte page is never part of the checksum.
+        if n != crate::checksum::lock_pgno(page_size) {
+            self.total.toggle(crate::checksum::page_checksum(n, data));
+        }
+        Ok(true)
+    }
+
+    /// Takes a new length into the total before it is set. `false`: not trackable.
+    fn track_len(&mut self, len: u64) -> std::io::Result<bool> {
+        let Some(page_size) = self.page_size else {
+            // Nothing written yet: only an empty image is known.
+            return Ok(len == 0);
+        };
+        if !len.is_multiple_of(u64::from(page_size)) {
+            return Ok(false);
+        }
+        let pages = len / u64::from(page_size);
+        while self.pages > pages {
+            if !self.toggle_out(self.pages, page_size)? {
+                return Ok(false);
+            }
+            self.pages -= 1;
+        }
+        Ok(self.grow(pages, page_size))
     }
 }
 
 impl<I: Image> Image for Summed<'_, I> {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(data, offset)?;
-        if self.exact {
-            match self.page_of(data, offset) {
-                // The lock-byte page is never part of the checksum: `set` leaves it out.
-                Some((sums, pgno)) => sums.set(pgno, crate::checksum::page_checksum(pgno, data)),
-                None => {
-                    self.exact = false;
-                    self.sums = None;
-                }
-            }
+        if self.exact && !self.track_write(data, offset)? {
+            self.off();
         }
-        Ok(())
+        self.inner.write_at(data, offset)
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)?;
-        if self.exact {
-            match self.sums.as_mut() {
-                Some(sums)
-                    if len.is_multiple_of(u64::from(sums.page_size()))
-                        && len / u64::from(sums.page_size()) <= SUMMED_PAGES_MAX =>
-                {
-                    let pages = len / u64::from(sums.page_size());
-                    sums.resize(u32::try_from(pages).unwrap_or(u32::MAX));
-                }
-                _ => {
-                    self.exact = false;
-                    self.sums = None;
-                }
-            }
+        if self.exact && !self.track_len(len)? {
+            self.off();
         }
-        Ok(())
+        self.inner.set_len(len)
     }
     fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
-        match &self.sums {
-            Some(sums) if self.exact && sums.page_size() == page_size => Ok(sums.total()),
+        match self.page_size {
+            Some(p) if self.exact && p == page_size => Ok(self.total),
             None if self.exact => Ok(DbChecksum::EMPTY),
             _ => self.inner.db_checksum(page_size),
         }
@@ -863,7 +957,9 @@ pub async fn restore_to(
     });
     let parallelism = parallelism.clamp(1, PARALLELISM_MAX);
     // Permits are KiB: the budget fits a semaphore's count on every platform.
-    let budget = tokio::sync::Semaphore::new(kib(DOWNLOAD_BYTES_IN_FLIGHT_MAX));
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(kib(
+        DOWNLOAD_BYTES_IN_FLIGHT_MAX,
+    )));
     let budget = &budget;
     let in_memory_max = scratch.in_memory_bytes_max();
     let mut downloads = futures::stream::iter(files)
@@ -874,14 +970,22 @@ pub async fn restore_to(
                 return Ok(Next::Stream(info));
             }
             let want = kib(info.size.clamp(1, DOWNLOAD_CHUNK_BYTES));
-            // The semaphore is never closed; the permits go back when the fetch is done.
-            let _held = budget
-                .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+            // The semaphore is never closed. The permits go back when the fetch is done, or,
+            // for a file held in memory, once the applier is done with it: files fetched
+            // ahead of the applier (while a large one streams) stay inside the budget. No
+            // deadlock: the permits are granted in plan order (the fetches are polled in plan
+            // order and the semaphore is fair), so a file waiting for them is never behind
+            // later files holding them.
+            let held = budget
+                .clone()
+                .acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX))
                 .await
                 .ok();
-            fetch(replica, info, scratch, in_memory_max)
-                .await
-                .map(Next::Fetched)
+            let mut fetched = fetch(replica, info, scratch, in_memory_max).await?;
+            if matches!(fetched.bytes, Held::Memory(_)) {
+                fetched.budget = held;
+            }
+            Ok(Next::Fetched(fetched))
         })
         .buffered(parallelism);
     // Files that finished while a large one streamed, in plan order.
@@ -968,6 +1072,16 @@ mod tests {
             });
             Ok(DbChecksum::of_pages(pages, page_size))
         }
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            if offset + buf.len() as u64 > self.len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            match self.pages.get(&offset) {
+                Some(p) => buf.copy_from_slice(p),
+                None => buf.fill(0),
+            }
+            Ok(())
+        }
     }
 
     /// The checksum kept while writing equals the one read back, through overwrites, gaps,
@@ -1011,6 +1125,35 @@ mod tests {
         assert!(!summed.exact);
         let read = summed.inner.db_checksum(ps).expect("read back");
         assert_eq!(summed.db_checksum(ps).expect("checksum"), read);
+    }
+
+    /// An image that cannot read back: the first overwrite turns the tracking off, and the
+    /// checksum read at the end is still right.
+    #[test]
+    fn an_image_that_cannot_read_back_is_checksummed_at_the_end() {
+        struct NoRead(Sparse);
+        impl Image for NoRead {
+            fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+                self.0.write_at(data, offset)
+            }
+            fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+                self.0.set_len(len)
+            }
+            fn db_checksum(&mut self, page_size: u32) -> std::io::Result<DbChecksum> {
+                self.0.db_checksum(page_size)
+            }
+        }
+        let mut inner = NoRead(Sparse::default());
+        let mut summed = Summed::new(&mut inner);
+        summed.write_at(&[1u8; 512], 0).expect("write");
+        summed.write_at(&[2u8; 512], 512).expect("write");
+        assert!(summed.exact, "new pages need no read");
+        summed.write_at(&[3u8; 512], 0).expect("overwrite");
+        assert!(!summed.exact);
+        let read = summed.inner.db_checksum(512).expect("read");
+        let want = DbChecksum::of_pages([(1, &[3u8; 512][..]), (2, &[2u8; 512][..])], 512);
+        assert_eq!(read, want);
+        assert_eq!(summed.db_checksum(512).expect("checksum"), want);
     }
 
     fn ranges(p: &[FileInfo]) -> Vec<(u8, u64, u64)> {

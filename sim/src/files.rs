@@ -343,6 +343,18 @@ impl sluice_core::restore::Image for SimOutput {
         let mut image = image;
         sluice_core::restore::Image::db_checksum(&mut image, page_size)
     }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        vfs::with(|s| {
+            let src = s
+                .disk
+                .contents(&self.name)
+                .and_then(|c| c.get(at..at + buf.len()))
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
 }
 
 impl sluice_core::restore::OutputFile for SimOutput {

@@ -74,6 +74,17 @@ struct Size {
     restore_samples: Vec<(Tool, Vec<Sample>)>,
 }
 
+/// A replicator's log, kept beside the report (`OUT/logs/`) for whoever reads a figure and
+/// wants to know why.
+fn kept_log(ctx: &Ctx, dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let logs = ctx.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let size = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Ok(logs.join(format!("{size}-{name}")))
+}
+
 fn replicate(
     ctx: &Ctx,
     link: &crate::s3::Link,
@@ -102,7 +113,7 @@ fn replicate(
         tool,
         db,
         &link.url(&path),
-        &dir.join(format!("{}.log", tool.name())),
+        &kept_log(ctx, dir, &format!("{}.log", tool.name()))?,
     )?;
     let sampler = Sampler::start(replicator.pid());
     let waited = wait_first_file(ctx, link, &path, &mut replicator);
@@ -208,7 +219,7 @@ fn scheduled_snapshot(
     let mut replicator = ctx.tools.replicate_config(
         tool,
         &config,
-        &dir.join(format!("{}-scheduled.log", tool.name())),
+        &kept_log(ctx, dir, &format!("{}-scheduled.log", tool.name()))?,
     )?;
     let sampler = Sampler::start(replicator.pid());
     replicator.wait_until("a scheduled snapshot", || {

@@ -670,10 +670,6 @@ impl<'a, I: Image> Summed<'a, I> {
         }
     }
 
-    fn off(&mut self) {
-        self.exact = false;
-    }
-
     /// Toggles page `pgno` as the image holds it now (read back) out of the total.
     fn toggle_out(&mut self, pgno: u64, page_size: u32) -> std::io::Result<bool> {
         let Ok(n) = u32::try_from(pgno) else {
@@ -699,6 +695,10 @@ impl<'a, I: Image> Summed<'a, I> {
 
     /// Grows the image to `pages` with all-zero pages (a gap, or a longer length).
     fn grow(&mut self, pages: u64, page_size: u32) -> bool {
+        // The common case, a page written just past the end: nothing to add, nothing allocated.
+        if pages <= self.pages {
+            return true;
+        }
         let zero = vec![0u8; page_size as usize];
         let lock = crate::checksum::lock_pgno(page_size);
         for pgno in self.pages + 1..=pages {
@@ -709,7 +709,7 @@ impl<'a, I: Image> Summed<'a, I> {
                 self.total.toggle(crate::checksum::page_checksum(n, &zero));
             }
         }
-        self.pages = self.pages.max(pages);
+        self.pages = pages;
         true
     }
 
@@ -767,13 +767,13 @@ impl<'a, I: Image> Summed<'a, I> {
 impl<I: Image> Image for Summed<'_, I> {
     fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
         if self.exact && !self.track_write(data, offset)? {
-            self.off();
+            self.exact = false;
         }
         self.inner.write_at(data, offset)
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
         if self.exact && !self.track_len(len)? {
-            self.off();
+            self.exact = false;
         }
         self.inner.set_len(len)
     }

@@ -52,13 +52,15 @@ impl World {
         let mut c = Connection::open_with_flags_and_vfs(":memory:", flags, "unix")
             .map_err(|e| e.to_string())?;
         // A WAL-mode image (header bytes 18 and 19 are 2) cannot be opened from memory; the
-        // check runs on a copy marked as a rollback-journal database, pages otherwise untouched.
-        let mut copy = image.to_vec();
-        if copy.len() >= 20 {
-            copy[18] = 1;
-            copy[19] = 1;
+        // check runs on the image as read with those bytes marking a rollback-journal
+        // database, pages otherwise untouched.
+        let mut head = image[..image.len().min(20)].to_vec();
+        if head.len() == 20 {
+            head[18] = 1;
+            head[19] = 1;
         }
-        c.deserialize_read_exact("main", &copy[..], copy.len(), true)
+        let bytes = std::io::Read::chain(&head[..], &image[head.len()..]);
+        c.deserialize_read_exact("main", bytes, image.len(), true)
             .map_err(|e| e.to_string())?;
         let rows: Vec<String> = c
             .prepare("PRAGMA integrity_check")
@@ -141,10 +143,15 @@ impl World {
             ));
             return;
         };
-        if let Err(e) = Self::integrity_ok(&image) {
-            self.fail(format!(
-                "{why}: restored database fails integrity_check: {e}"
-            ));
+        if !self.intact.contains(&digest) {
+            match Self::integrity_ok(&image) {
+                Ok(()) => {
+                    self.intact.insert(digest);
+                }
+                Err(e) => self.fail(format!(
+                    "{why}: restored database fails integrity_check: {e}"
+                )),
+            }
         }
         if k < self.acked {
             self.fail(format!(

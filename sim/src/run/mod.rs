@@ -144,6 +144,9 @@ struct World {
     /// Commits (count) the store acknowledged.
     acked: usize,
     last_restored: usize,
+    /// Digests of restored images that passed `integrity_check` (the same bytes get the same
+    /// verdict, so a restore of an image already checked is not checked again).
+    intact: std::collections::HashSet<u64>,
     /// Last time something could delay replication (engine start, injected fault, partition).
     disturbed_ms: i64,
     report: Report,
@@ -479,6 +482,7 @@ pub fn run_scenario(
         commits: Vec::new(),
         acked: 0,
         last_restored: 0,
+        intact: std::collections::HashSet::new(),
         disturbed_ms: 0,
         report: Report {
             seed,

@@ -252,20 +252,141 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// One page index entry: page number, offset of its frame, frame size.
-fn put_index_entry(out: &mut Vec<u8>, pgno: u32, offset: u64, size: u64) {
-    put_uvarint(out, u64::from(pgno));
-    put_uvarint(out, offset);
-    put_uvarint(out, size);
+/// The page index of a file being written or read, kept compactly. LTX's own index holds three
+/// uvarints a page with absolute offsets (about 11 bytes a page in a 10 GiB file); this holds
+/// two, the step from the previous page number and the page's frame size (about 3 bytes a
+/// page): frames are contiguous from the end of the header, so offsets follow from the sizes.
+/// Expanded to LTX's entries only while they are written out or compared.
+#[derive(Debug, Default)]
+struct PageLog {
+    bytes: Vec<u8>,
+    last_pgno: u32,
 }
 
-/// The page index entry at `pos`: page number, offset, size.
-fn read_index_entry(b: &[u8], pos: &mut usize) -> Result<[u64; 3], LtxError> {
-    Ok([
-        read_uvarint(b, pos)?,
-        read_uvarint(b, pos)?,
-        read_uvarint(b, pos)?,
-    ])
+impl PageLog {
+    /// Page `pgno` (above every page before it) has a frame of `size` bytes right after the
+    /// previous page's.
+    fn push(&mut self, pgno: u32, size: u64) {
+        put_uvarint(&mut self.bytes, u64::from(pgno - self.last_pgno));
+        put_uvarint(&mut self.bytes, size);
+        self.last_pgno = pgno;
+    }
+
+    /// LTX's index entries: page number, offset of its frame, frame size.
+    fn entries(&self) -> impl Iterator<Item = [u64; 3]> + '_ {
+        let (mut pos, mut pgno, mut offset) = (0usize, 0u64, HEADER_SIZE as u64);
+        std::iter::from_fn(move || {
+            if pos >= self.bytes.len() {
+                return None;
+            }
+            // Written by `push`: always whole.
+            pgno += read_uvarint(&self.bytes, &mut pos).ok()?;
+            let size = read_uvarint(&self.bytes, &mut pos).ok()?;
+            let entry = [pgno, offset, size];
+            offset += size;
+            Some(entry)
+        })
+    }
+}
+
+/// The bytes after a file's page block, read in bounded chunks: each byte is hashed into the
+/// file checksum once eight more have been read, so that at the end of the file the eight
+/// not hashed are the stored checksum.
+struct Tail<'a, R> {
+    input: &'a mut R,
+    buf: Vec<u8>,
+    /// `buf[start..pos]` is read but not hashed; `buf[pos..len]` not read yet.
+    start: usize,
+    pos: usize,
+    len: usize,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl<'a, R: Read> Tail<'a, R> {
+    const CHUNK: usize = 64 << 10;
+
+    /// `hint`: about how many bytes the tail holds (the buffer is no larger than needed).
+    fn new(input: &'a mut R, hint: usize) -> Self {
+        Self {
+            input,
+            buf: vec![0u8; hint.clamp(64, Self::CHUNK)],
+            start: 0,
+            pos: 0,
+            len: 0,
+            read: 0,
+        }
+    }
+
+    /// The next byte, or `None` at the end of the file.
+    fn byte(&mut self, hash: &mut Hasher) -> Result<Option<u8>, LtxError> {
+        if self.pos == self.len {
+            // Hash all but the last eight read, move those to the front, refill after them.
+            let keep = (self.pos - self.start).min(8);
+            hash.update(&self.buf[self.start..self.pos - keep]);
+            self.buf.copy_within(self.pos - keep..self.pos, 0);
+            let n = loop {
+                match self.input.read(&mut self.buf[keep..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            (self.start, self.pos, self.len) = (0, keep, keep + n);
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        self.read += 1;
+        Ok(Some(b))
+    }
+
+    fn uvarint(&mut self, hash: &mut Hasher) -> Result<u64, LtxError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte(hash)?.ok_or(LtxError::Truncated)?;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(LtxError::InvalidPage("page index varint overflows".into()))
+    }
+
+    fn u64(&mut self, hash: &mut Hasher) -> Result<u64, LtxError> {
+        let mut b = [0u8; 8];
+        for x in &mut b {
+            *x = self.byte(hash)?.ok_or(LtxError::Truncated)?;
+        }
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// Reads to the end of the file (no further than `limit` bytes in all) and returns the
+    /// last eight bytes, the ones not hashed, or `None` if fewer than eight were read.
+    fn drain(&mut self, hash: &mut Hasher, limit: u64) -> Result<Option<u64>, LtxError> {
+        while self.read <= limit {
+            if self.pos < self.len {
+                // Skip ahead within the buffer; `byte` hashes what it skipped on refill.
+                let step = (self.len - self.pos).min((limit + 1 - self.read) as usize);
+                self.pos += step;
+                self.read += step as u64;
+                continue;
+            }
+            if self.byte(hash)?.is_none() {
+                break;
+            }
+        }
+        if self.read > limit {
+            return Err(LtxError::InvalidPage("page index too large".into()));
+        }
+        if self.pos - self.start < 8 {
+            return Ok(None);
+        }
+        hash.update(&self.buf[self.start..self.pos - 8]);
+        Ok(Some(be_u64(&self.buf, self.pos - 8)))
+    }
 }
 
 fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
@@ -309,13 +430,13 @@ impl<W: Write> Counted<W> {
 
 /// Streams one LTX file out. Pages must arrive in ascending order; a snapshot must carry
 /// every page 1..=commit except the lock page. Memory: one compressed page plus the page index,
-/// kept as it is written (three uvarints a page: about 11 bytes for a 10 GiB database).
+/// kept compactly as it is written (about 3 bytes a page: 8 MiB for a 10 GiB snapshot).
 pub struct Encoder<W: Write> {
     out: Counted<W>,
     header: Header,
     prev_pgno: u32,
-    /// The page index's entries, encoded.
-    index: Vec<u8>,
+    /// The page index, written out at the end.
+    index: PageLog,
     compressed: Vec<u8>,
     /// Database checksum accumulated over a snapshot's pages.
     snapshot_sum: DbChecksum,
@@ -335,7 +456,7 @@ impl<W: Write> Encoder<W> {
             out,
             header,
             prev_pgno: 0,
-            index: Vec::new(),
+            index: PageLog::default(),
             compressed: vec![0u8; bound],
             snapshot_sum: DbChecksum::EMPTY,
         })
@@ -392,7 +513,7 @@ impl<W: Write> Encoder<W> {
         self.out.inner.write_all(&self.compressed[..n])?;
         self.out.offset += n as u64;
         self.out.hash.update(page);
-        put_index_entry(&mut self.index, pgno, offset, self.out.offset - offset);
+        self.index.push(pgno, self.out.offset - offset);
         self.prev_pgno = pgno;
         Ok(())
     }
@@ -436,13 +557,23 @@ impl<W: Write> Encoder<W> {
             }
         }
         self.out.write_hashed(&[0u8; PAGE_HEADER_SIZE])?;
-        let index = std::mem::take(&mut self.index);
-        self.out.write_hashed(&index)?;
-        let mut buf = Vec::with_capacity(16);
-        put_uvarint(&mut buf, 0);
+        // The index, expanded to LTX's entries a chunk at a time.
+        const CHUNK: usize = 64 << 10;
+        let mut buf = Vec::with_capacity(CHUNK + 64);
         // The size field counts the index entries and terminator, not itself.
-        let index_len = (index.len() + buf.len()) as u64;
-        drop(index);
+        let mut index_len = 0u64;
+        for entry in self.index.entries() {
+            for v in entry {
+                put_uvarint(&mut buf, v);
+            }
+            if buf.len() >= CHUNK {
+                index_len += buf.len() as u64;
+                self.out.write_hashed(&buf)?;
+                buf.clear();
+            }
+        }
+        put_uvarint(&mut buf, 0);
+        index_len += buf.len() as u64;
         buf.extend_from_slice(&index_len.to_be_bytes());
         self.out.write_hashed(&buf)?;
         self.out.write_hashed(&post.to_be_bytes())?;
@@ -472,8 +603,8 @@ pub struct Decoder<R: Read> {
     done: bool,
     compressed: Vec<u8>,
     snapshot_sum: DbChecksum,
-    /// The page index the pages read call for, encoded as the file must hold it.
-    index: Vec<u8>,
+    /// The page index the pages read call for (the file's must list exactly these).
+    index: PageLog,
 }
 
 /// Reads a whole file and checks it: header, every page, trailer and CRC. Returns the header
@@ -503,7 +634,7 @@ impl<R: Read> Decoder<R> {
             done: false,
             compressed: Vec::new(),
             snapshot_sum: DbChecksum::EMPTY,
-            index: Vec::new(),
+            index: PageLog::default(),
         })
     }
 
@@ -524,14 +655,16 @@ impl<R: Read> Decoder<R> {
                 page.len()
             )));
         }
-        let mut ph = [0u8; PAGE_HEADER_SIZE];
-        self.input.read_exact(&mut ph)?;
-        self.hash.update(&ph);
+        // The page header and, when flagged, the compressed size after it: hashed together
+        // once both are read (one checksum update for the two).
+        let mut ph = [0u8; PAGE_HEADER_SIZE + 4];
+        self.input.read_exact(&mut ph[..PAGE_HEADER_SIZE])?;
         let start = self.offset;
         self.offset += PAGE_HEADER_SIZE as u64;
         let pgno = be_u32(&ph, 0);
         let flags = u16::from_be_bytes([ph[4], ph[5]]);
         if pgno == 0 && flags == 0 {
+            self.hash.update(&ph[..PAGE_HEADER_SIZE]);
             self.done = true;
             return Ok(None);
         }
@@ -558,10 +691,9 @@ impl<R: Read> Decoder<R> {
             )));
         }
         if flags & PAGE_FLAG_SIZE != 0 {
-            let mut sb = [0u8; 4];
-            self.input.read_exact(&mut sb)?;
-            self.hash.update(&sb);
-            let size = u32::from_be_bytes(sb) as usize;
+            self.input.read_exact(&mut ph[PAGE_HEADER_SIZE..])?;
+            self.hash.update(&ph);
+            let size = be_u32(&ph, PAGE_HEADER_SIZE) as usize;
             let bound = lz4_flex::block::get_maximum_output_size(page_size);
             if size > bound {
                 return Err(LtxError::InvalidPage(format!(
@@ -582,6 +714,7 @@ impl<R: Read> Decoder<R> {
         } else {
             // Legacy: one LZ4 frame per page. Find the frame's extent from its structure, then
             // let lz4_flex decode it.
+            self.hash.update(&ph[..PAGE_HEADER_SIZE]);
             let frame = read_lz4_frame(&mut self.input)?;
             self.offset += frame.len() as u64;
             let mut decoded = Vec::with_capacity(page_size);
@@ -599,7 +732,7 @@ impl<R: Read> Decoder<R> {
             page.copy_from_slice(&decoded);
         }
         self.hash.update(page);
-        put_index_entry(&mut self.index, pgno, start, self.offset - start);
+        self.index.push(pgno, self.offset - start);
         if self.header.is_snapshot() {
             self.snapshot_sum.toggle(page_checksum(pgno, page));
         }
@@ -627,48 +760,69 @@ impl<R: Read> Decoder<R> {
                 )));
             }
         }
-        let mut rest = Vec::new();
-        (&mut self.input)
-            .take(PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64 + 1)
-            .read_to_end(&mut rest)?;
-        if rest.len() < TRAILER_SIZE + 8 + 1 {
-            return Err(LtxError::Truncated);
-        }
-        if rest.len() as u64 > PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64 {
-            return Err(LtxError::InvalidPage("page index too large".into()));
-        }
-        let (body, file_sum) = rest.split_at(rest.len() - 8);
-        self.hash.update(body);
+        // The index, read and compared entry by entry in bounded chunks (never held whole):
+        // it must list exactly the pages read, at the offsets they were read at. A damaged
+        // file is reported as its checksum mismatch first, as the bytes show it.
+        let limit = PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64;
+        // LTX's entries take about three times the compact log's bytes, plus the trailer.
+        let hint = self.index.bytes.len() * 3 + 64;
+        let mut tail = Tail::new(&mut self.input, hint);
+        let mut expected = self.index.entries();
+        let parsed = (|| {
+            loop {
+                let pgno = tail.uvarint(&mut self.hash)?;
+                let want = expected.next();
+                if pgno == 0 {
+                    if let Some(e) = want {
+                        return Err(LtxError::InvalidPage(format!(
+                            "page index disagrees with page {}",
+                            e[0]
+                        )));
+                    }
+                    break;
+                }
+                let Some(want) = want else {
+                    return Err(LtxError::InvalidPage(
+                        "page index lists pages the file lacks".into(),
+                    ));
+                };
+                let entry = [
+                    pgno,
+                    tail.uvarint(&mut self.hash)?,
+                    tail.uvarint(&mut self.hash)?,
+                ];
+                if entry != want {
+                    return Err(LtxError::InvalidPage(format!(
+                        "page index disagrees with page {}",
+                        want[0]
+                    )));
+                }
+                if tail.read > limit {
+                    return Err(LtxError::InvalidPage("page index too large".into()));
+                }
+            }
+            let entries_len = tail.read;
+            let index_len = tail.u64(&mut self.hash)?;
+            let post = tail.u64(&mut self.hash)?;
+            tail.u64(&mut self.hash)?;
+            Ok((entries_len, index_len, post, tail.read))
+        })();
+        let stored = match tail.drain(&mut self.hash, limit)? {
+            Some(stored) if tail.read >= (TRAILER_SIZE + 8 + 1) as u64 => stored,
+            _ => return Err(LtxError::Truncated),
+        };
         let computed = self.hash.finish_flagged();
-        let stored = be_u64(file_sum, 0);
         if stored != computed {
             return Err(LtxError::FileChecksumMismatch { stored, computed });
         }
-        // The index must list exactly the pages we read, at the offsets we read them.
-        let index_bytes = &body[..body.len() - 8];
-        let (mut pos, mut want) = (0usize, 0usize);
-        while want < self.index.len() {
-            let expected = read_index_entry(&self.index, &mut want)?;
-            if read_index_entry(index_bytes, &mut pos)? != expected {
-                return Err(LtxError::InvalidPage(format!(
-                    "page index disagrees with page {}",
-                    expected[0]
-                )));
-            }
-        }
-        if read_uvarint(index_bytes, &mut pos)? != 0 {
-            return Err(LtxError::InvalidPage(
-                "page index lists pages the file lacks".into(),
-            ));
-        }
-        let index_len = be_u64(index_bytes, pos);
-        if pos + 8 + 8 != body.len() || index_len != pos as u64 {
+        let (entries_len, index_len, post, parsed_len) = parsed?;
+        if parsed_len != tail.read || index_len != entries_len {
             return Err(LtxError::InvalidPage(
                 "page index size field is wrong".into(),
             ));
         }
         let trailer = Trailer {
-            post_apply_checksum: be_u64(body, body.len() - 8),
+            post_apply_checksum: post,
             file_checksum: stored,
         };
         if h.has_checksums() {
@@ -956,5 +1110,55 @@ mod tests {
             err.to_string().contains("page index disagrees with page 2"),
             "{err}"
         );
+    }
+
+    /// A reader that hands out at most `n` bytes a call, to push the tail's refills through
+    /// every boundary.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// An index larger than the tail's read buffer, read in reads of every small size, still
+    /// verifies; a byte after the trailer is refused.
+    #[test]
+    fn a_long_index_streams_through_small_reads() {
+        // 30,000 pages of 512 bytes: an index of about 150 KiB, over two chunks.
+        let bytes = snapshot(30_000);
+        for n in [1, 7, 8, 9, 4096, 1 << 20] {
+            let mut dec = Decoder::new(Trickle(&bytes, n)).expect("header");
+            let mut page = vec![0u8; 512];
+            let mut count = 0;
+            while dec.next_page(&mut page).expect("page").is_some() {
+                count += 1;
+            }
+            assert_eq!(count, 30_000);
+            dec.finish().expect("a whole file verifies");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_all(&longer).is_err(), "a byte after the trailer");
+    }
+
+    /// The page log the encoder and decoder keep is a fraction of LTX's index: about 3 bytes a
+    /// page where the index takes three uvarints with absolute offsets.
+    #[test]
+    fn the_page_log_is_compact_and_expands_to_the_index() {
+        let mut log = PageLog::default();
+        let (mut offset, mut want) = (HEADER_SIZE as u64, Vec::new());
+        for pgno in 1..=100_000u32 {
+            let size = 10 + u64::from(pgno % 4000);
+            log.push(pgno, size);
+            want.push([u64::from(pgno), offset, size]);
+            offset += size;
+        }
+        assert!(log.bytes.len() <= 3 * 100_000, "{} bytes", log.bytes.len());
+        assert_eq!(log.entries().collect::<Vec<_>>(), want);
     }
 }

@@ -37,9 +37,9 @@ struct Replication {
     first_snapshot_peak_rss_kib: u64,
     steady_peak_rss_kib: u64,
     /// Restarted with a short `snapshot.interval`: seconds until its first scheduled snapshot
-    /// was on S3, and the restarted process's peak RSS to then.
-    scheduled_snapshot_s: f64,
-    scheduled_snapshot_peak_rss_kib: u64,
+    /// was on S3, and the restarted process's peak RSS to then; or why it was not measured
+    /// (the other figures are kept: the replicator is started again to settle).
+    scheduled_snapshot: std::result::Result<(f64, u64), String>,
     load_seconds: f64,
     load_commits: u64,
     /// Everything the replicator read (`rchar`: the database, sockets, its own files).
@@ -136,19 +136,36 @@ fn replicate(
     // multiple of it).
     let scheduled = waited.and_then(|()| {
         replicator.stop()?;
-        scheduled_snapshot(ctx, link, tool, db, &path, dir)
+        Ok(scheduled_snapshot(ctx, link, tool, db, &path, dir))
     });
     stop.store(true, Ordering::Relaxed);
     let loaded = load
         .join()
         .map_err(|_| anyhow!("the load thread panicked"))?;
-    let (mut replicator, scheduled_snapshot_s, scheduled_sampler) = scheduled?;
+    let (mut replicator, scheduled) = match scheduled? {
+        Ok((r, seconds, sampler)) => (r, Ok((seconds, sampler))),
+        Err(e) => {
+            // The scheduled snapshot is one figure: the rest stand, with a replicator started
+            // again (default settings) to settle the replica for the restore.
+            let why = format!("{e:#}");
+            eprintln!("sluice-bench: no scheduled snapshot measured: {why}");
+            let again = ctx.tools.replicate(
+                tool,
+                db,
+                &link.url(&path),
+                &kept_log(ctx, dir, &format!("{}-settle.log", tool.name()))?,
+            )?;
+            (
+                again,
+                Err(why.lines().next().unwrap_or_default().to_string()),
+            )
+        }
+    };
     let (load_commits, wal_written) = loaded?;
     let load_total_s = started.elapsed().as_secs_f64() + 0.5;
     wait_settled(ctx, link, &path, &mut replicator)?;
     replicator.stop()?;
-    let scheduled_snapshot_peak_rss_kib = scheduled_sampler.peak_hwm_kib();
-    drop(scheduled_sampler);
+    let scheduled_snapshot = scheduled.map(|(seconds, sampler)| (seconds, sampler.peak_hwm_kib()));
     let samples = sampler.finish();
     let conn = workload::open(db)?;
     workload::checkpoint_truncate(&conn)?;
@@ -166,8 +183,7 @@ fn replicate(
             .map(|s| s.rss_kib)
             .max()
             .unwrap_or(0),
-        scheduled_snapshot_s,
-        scheduled_snapshot_peak_rss_kib,
+        scheduled_snapshot,
         load_seconds: load_total_s,
         load_commits,
         read_bytes_per_min: at_end.read_bytes.saturating_sub(at_snapshot.read_bytes) as f64
@@ -369,11 +385,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 format!("{:.1}", r.first_snapshot_s),
                 format!("{:.0}", r.first_snapshot_peak_rss_kib as f64 / 1024.0),
                 format!("{:.0}", r.steady_peak_rss_kib as f64 / 1024.0),
-                format!(
-                    "{:.0} ({:.0} s)",
-                    r.scheduled_snapshot_peak_rss_kib as f64 / 1024.0,
-                    r.scheduled_snapshot_s
-                ),
+                match &r.scheduled_snapshot {
+                    Ok((seconds, kib)) => format!("{:.0} ({seconds:.0} s)", *kib as f64 / 1024.0),
+                    Err(why) => format!("not measured: {why}"),
+                },
                 r.db_read_bytes_per_min
                     .map_or_else(|| "—".into(), |b| format!("{:.0}", mib(b as u64))),
                 format!("{:.0}", mib(r.read_bytes_per_min as u64)),
@@ -432,10 +447,10 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     for z in &sizes {
         let s = &z.replication[0];
         let rss_target = TARGET_RSS_BASE_KIB + (z.pages * 8) as f64 / 1024.0;
-        let peak = s
-            .first_snapshot_peak_rss_kib
-            .max(s.steady_peak_rss_kib)
-            .max(s.scheduled_snapshot_peak_rss_kib) as f64;
+        let peak =
+            s.first_snapshot_peak_rss_kib
+                .max(s.steady_peak_rss_kib)
+                .max(s.scheduled_snapshot.as_ref().map_or(0, |(_, kib)| *kib)) as f64;
         let read = s.db_read_bytes_per_min.map_or_else(
             || "not measured (strace could not attach)".to_string(),
             |b| {
@@ -447,11 +462,16 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             },
         );
         report.line(format!(
-            "- {} MiB targets: replicator peak RSS {:.0} MiB ≤ {:.0} MiB (64 MiB + 8 B a page): {}; \
+            "- {} MiB targets: replicator peak RSS {:.0} MiB{} ≤ {:.0} MiB (64 MiB + 8 B a page): {}; \
              restore RSS {:.0} MiB ≤ 64 MiB: {}; read from the database / WAL written {read}; restore / \
              Litestream {:.2}: {}; restore / floor {:.2}: {}.",
             z.mib,
             peak / 1024.0,
+            if s.scheduled_snapshot.is_ok() {
+                ""
+            } else {
+                " (no scheduled snapshot measured)"
+            },
             rss_target / 1024.0,
             verdict(peak / 1024.0, (rss_target / 1024.0).round(), true),
             z.sluice_restore_rss_kib.median / 1024.0,

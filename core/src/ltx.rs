@@ -30,8 +30,6 @@ const HEADER_FLAG_MASK: u32 = HEADER_FLAG_NO_CHECKSUM;
 pub const PAGE_FLAG_SIZE: u16 = 1;
 /// Marks sluice's database checksums in the header's reserved bytes 80..100 (see [`ExtChecksums`]).
 pub const EXT_MAGIC: &[u8; 4] = b"SLCK";
-/// The largest trailing page index we accept, so a corrupt size cannot make us allocate wildly.
-const PAGE_INDEX_BYTES_MAX: u64 = 256 << 20;
 
 /// Errors found while decoding or encoding an LTX file. The caller adds the file name.
 #[derive(Debug, thiserror::Error)]
@@ -363,23 +361,17 @@ impl<'a, R: Read> Tail<'a, R> {
         Ok(u64::from_be_bytes(b))
     }
 
-    /// Reads to the end of the file (no further than `limit` bytes in all) and returns the
-    /// last eight bytes, the ones not hashed, or `None` if fewer than eight were read.
-    fn drain(&mut self, hash: &mut Hasher, limit: u64) -> Result<Option<u64>, LtxError> {
-        while self.read <= limit {
-            if self.pos < self.len {
-                // Skip ahead within the buffer; `byte` hashes what it skipped on refill.
-                let step = (self.len - self.pos).min((limit + 1 - self.read) as usize);
-                self.pos += step;
-                self.read += step as u64;
-                continue;
-            }
+    /// Reads to the end of the file and returns the last eight bytes, the ones not hashed, or
+    /// `None` if fewer than eight were read. Memory stays one buffer, whatever the length (the
+    /// index of a 100 GB database is about 270 MB).
+    fn drain(&mut self, hash: &mut Hasher) -> Result<Option<u64>, LtxError> {
+        loop {
+            // Skip what the buffer holds; `byte` hashes what was skipped when it refills.
+            self.read += (self.len - self.pos) as u64;
+            self.pos = self.len;
             if self.byte(hash)?.is_none() {
                 break;
             }
-        }
-        if self.read > limit {
-            return Err(LtxError::InvalidPage("page index too large".into()));
         }
         if self.pos - self.start < 8 {
             return Ok(None);
@@ -762,8 +754,9 @@ impl<R: Read> Decoder<R> {
         }
         // The index, read and compared entry by entry in bounded chunks (never held whole):
         // it must list exactly the pages read, at the offsets they were read at. A damaged
-        // file is reported as its checksum mismatch first, as the bytes show it.
-        let limit = PAGE_INDEX_BYTES_MAX + TRAILER_SIZE as u64;
+        // file is reported as its checksum mismatch first, as the bytes show it. No bound on
+        // its size is needed: nothing of it is kept, and the parse stops at the first entry
+        // the pages read do not call for.
         // LTX's entries take about three times the compact log's bytes, plus the trailer.
         let hint = self.index.bytes.len() * 3 + 64;
         let mut tail = Tail::new(&mut self.input, hint);
@@ -797,9 +790,6 @@ impl<R: Read> Decoder<R> {
                         want[0]
                     )));
                 }
-                if tail.read > limit {
-                    return Err(LtxError::InvalidPage("page index too large".into()));
-                }
             }
             let entries_len = tail.read;
             let index_len = tail.u64(&mut self.hash)?;
@@ -807,7 +797,7 @@ impl<R: Read> Decoder<R> {
             tail.u64(&mut self.hash)?;
             Ok((entries_len, index_len, post, tail.read))
         })();
-        let stored = match tail.drain(&mut self.hash, limit)? {
+        let stored = match tail.drain(&mut self.hash)? {
             Some(stored) if tail.read >= (TRAILER_SIZE + 8 + 1) as u64 => stored,
             _ => return Err(LtxError::Truncated),
         };

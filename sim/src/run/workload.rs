@@ -207,9 +207,9 @@ impl World {
                 self.log(format!("oracle feed lost track ({e}): full digest"));
                 false
             }
-            // SQLite calls the WAL hook after every commit that wrote a frame: a commit that
-            // called nothing changed nothing (a DELETE or UPDATE that matched no row), so the
-            // previous commit's digest stands. The periodic and pre-restore full digests
+            // SQLite calls the WAL hook after every commit that wrote a frame: a commit after
+            // which it was not called changed nothing (a DELETE or UPDATE that matched no
+            // row), so the previous commit's digest stands. The periodic and pre-restore full digests
             // check that claim like every other.
             Changes::None => !self.commits.is_empty(),
         };
